@@ -1,0 +1,174 @@
+"""Content -> the config-drive-v2 file tree, as nova writes it.
+
+The tree is a plain ``{path: bytes}`` mapping with relative POSIX paths
+(``openstack/latest/meta_data.json``), in a stable order. Every OpenStack version directory
+holds every file its version allows, because cloud-init reads the NEWEST dated directory it
+knows and ignores ``latest`` when one exists; glean reads only ``latest``. So anything
+written only into ``latest`` would be lost on half the consumers.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from typing import Any, Iterable
+
+from .content import Content
+from .errors import ConfigDriveError
+
+# Oldest first (nova api/metadata/base.py). Each name is also the directory name.
+OPENSTACK_VERSIONS = (
+    "2012-08-10", "2013-04-04", "2013-10-17", "2015-10-15", "2016-06-30",
+    "2016-10-06", "2017-02-22", "2018-08-27", "2020-10-14", "2025-04-04",
+)
+# nova writes only these EC2 versions by default (config_drive_skip_versions).
+EC2_VERSIONS = ("2009-04-04",)
+LATEST = "latest"
+
+# The first version whose directory carries each file or meta_data key.
+VENDOR_DATA_SINCE = "2013-10-17"
+NETWORK_DATA_SINCE = "2015-10-15"
+VENDOR_DATA2_SINCE = "2016-10-06"
+META_KEY_SINCE = {
+    "random_seed": "2013-04-04",
+    "project_id": "2015-10-15",
+    "devices": "2016-06-30",
+    "dedicated_cpus": "2020-10-14",
+}
+# Keys of a devices[] entry, and device types, that later versions brought.
+DEVICE_KEY_SINCE = {"vlan": "2017-02-22", "vf_trusted": "2018-08-27"}
+DEVICE_TYPE_SINCE = {"share": "2025-04-04"}
+
+RANDOM_SEED_BYTES = 512
+
+
+def allows(version: str, since: str) -> bool:
+    """Whether directory ``version`` may carry a thing that arrived in ``since``."""
+    return version == LATEST or version >= since  # ISO dates compare as strings
+
+
+def parse_versions(spec: str | Iterable[str] | None) -> tuple[str, ...]:
+    """The OpenStack directories to write: all by default, else the named ones (a comma
+    list like ``2012-08-10,latest``), validated and in canonical order."""
+    if spec is None:
+        return OPENSTACK_VERSIONS + (LATEST,)
+    names = [v.strip() for v in (spec.split(",") if isinstance(spec, str) else spec) if v.strip()]
+    known = OPENSTACK_VERSIONS + (LATEST,)
+    for name in names:
+        if name not in known:
+            raise ConfigDriveError(f"--versions: unknown OpenStack version {name!r} (known: {', '.join(known)})")
+    if not names:
+        raise ConfigDriveError("--versions: names no version")
+    return tuple(v for v in known if v in names)
+
+
+def build_tree(content: Content, versions: str | Iterable[str] | None = None,
+               ec2: bool = True) -> dict[str, bytes]:
+    """The whole drive as ``{relative path: bytes}``."""
+    chosen = parse_versions(versions)
+    tree: dict[str, bytes] = {}
+    meta_data, content_files = _with_injected_files(content)
+
+    for version in chosen:
+        base = f"openstack/{version}/"
+        tree[base + "meta_data.json"] = _json(_meta_data_for(meta_data, version, content.random_seed))
+        if content.user_data is not None:
+            tree[base + "user_data"] = content.user_data
+        if allows(version, VENDOR_DATA_SINCE):
+            tree[base + "vendor_data.json"] = _json(content.vendor_data or {})
+        if allows(version, NETWORK_DATA_SINCE):
+            tree[base + "network_data.json"] = _json(content.network_data or {})
+        if allows(version, VENDOR_DATA2_SINCE):
+            tree[base + "vendor_data2.json"] = _json(content.vendor_data2 or {})
+    tree.update(content_files)
+
+    if ec2:
+        ec2_meta = _json(ec2_meta_data(meta_data, content.network_data))
+        for version in EC2_VERSIONS + (LATEST,):
+            tree[f"ec2/{version}/meta-data.json"] = ec2_meta
+            if content.user_data is not None:
+                tree[f"ec2/{version}/user-data"] = content.user_data
+    return tree
+
+
+def _with_injected_files(content: Content) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """meta_data with a ``files`` entry per injected file, and the content/NNNN bytes.
+    One copy of each file, referenced from every version (content_path is relative to
+    ``openstack/``)."""
+    meta_data = dict(content.meta_data)
+    if not content.files:
+        return meta_data, {}
+    entries = list(meta_data.get("files") or [])
+    used = {e.get("content_path") for e in entries if isinstance(e, dict)}
+    blobs: dict[str, bytes] = {}
+    index = 0
+    for injected in content.files:
+        while f"/content/{index:04d}" in used:
+            index += 1
+        content_path = f"/content/{index:04d}"
+        used.add(content_path)
+        entries.append({"path": injected.path, "content_path": content_path})
+        blobs["openstack" + content_path] = injected.data
+    meta_data["files"] = entries
+    return meta_data, blobs
+
+
+def _meta_data_for(meta_data: dict[str, Any], version: str, random_seed: bool) -> dict[str, Any]:
+    """meta_data.json as directory ``version`` carries it: keys a later version brought
+    are left out, as nova leaves them out."""
+    doc = {k: v for k, v in meta_data.items()
+           if k not in META_KEY_SINCE or allows(version, META_KEY_SINCE[k])}
+    if "devices" in doc and isinstance(doc["devices"], list):
+        doc["devices"] = [_device_for(d, version) for d in doc["devices"]
+                          if not (isinstance(d, dict) and d.get("type") in DEVICE_TYPE_SINCE
+                                  and not allows(version, DEVICE_TYPE_SINCE[d["type"]]))]
+    if random_seed and allows(version, META_KEY_SINCE["random_seed"]):
+        # nova draws a fresh seed for every directory; only when asked, so that builds
+        # stay reproducible by default.
+        doc["random_seed"] = base64.b64encode(os.urandom(RANDOM_SEED_BYTES)).decode()
+    return doc
+
+
+def _device_for(device: Any, version: str) -> Any:
+    if not isinstance(device, dict):
+        return device
+    return {k: v for k, v in device.items()
+            if k not in DEVICE_KEY_SINCE or allows(version, DEVICE_KEY_SINCE[k])}
+
+
+def ec2_meta_data(meta_data: dict[str, Any], network_data: dict[str, Any] | None) -> dict[str, Any]:
+    """ec2 meta-data.json derived from the OpenStack metadata (nova's EC2 view of the same
+    instance). Keys with no source are left out rather than invented."""
+    hostname = meta_data.get("hostname") or meta_data.get("name") or ""
+    doc: dict[str, Any] = {
+        "instance-id": meta_data.get("uuid", ""),
+        "ami-launch-index": meta_data.get("launch_index", 0),
+        "hostname": hostname,
+        "local-hostname": hostname,
+        "public-hostname": hostname,
+        "reservation-id": meta_data.get("reservation_id", ""),
+        "security-groups": [],
+        "block-device-mapping": {"ami": "vda", "root": "/dev/vda"},
+    }
+    if meta_data.get("availability_zone"):
+        doc["placement"] = {"availability-zone": meta_data["availability_zone"]}
+    keys = list((meta_data.get("public_keys") or {}).items())
+    if keys:
+        name, key = keys[0]
+        doc["public-keys"] = {"0": {"_name": f"0={name}", "openssh-key": key}}
+    ipv4 = _first_static_ipv4(network_data)
+    if ipv4:
+        doc["local-ipv4"] = ipv4
+    return doc
+
+
+def _first_static_ipv4(network_data: dict[str, Any] | None) -> str | None:
+    for net in (network_data or {}).get("networks") or []:
+        if isinstance(net, dict) and net.get("type") == "ipv4" and net.get("ip_address"):
+            return str(net["ip_address"])
+    return None
+
+
+def _json(obj: Any) -> bytes:
+    return json.dumps(obj).encode()
