@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .errors import PartitionError
+from .probe import probe_filesystem
 
 ENTRY = struct.Struct("<B3sB3sII")   # status, CHS first, type, CHS last, LBA first, sectors
 TABLE_OFFSET = 446
@@ -63,10 +64,11 @@ def _entries(sector: bytes) -> list[tuple[int, MbrEntry]]:
 
 
 def read_mbr(fp: BinaryIO, disk_bytes: int, sector_size: int) -> Mbr | None:
-    """The MBR in sector 0, or None when there is no boot signature or no valid entry.
+    """The MBR in sector 0 (possibly with no partitions yet), or None when there is none.
 
-    A FAT or NTFS boot sector also ends in 55 AA; it is told apart because its "entries"
-    are not plausible (status not 0/0x80, or reaching past the disk)."""
+    A FAT boot sector also ends in 55 AA; it is told apart because its "entries" are not
+    plausible (status not 0/0x80, start 0) or, when they are all empty, because it holds
+    a FAT boot parameter block."""
     fp.seek(0)
     sector = fp.read(512)
     if len(sector) < 512 or sector[510:512] != BOOT_SIGNATURE:
@@ -81,8 +83,8 @@ def read_mbr(fp: BinaryIO, disk_bytes: int, sector_size: int) -> Mbr | None:
         if entry.type != PROTECTIVE_TYPE and entry.start == 0:
             return None
         primaries.append(entry)
-    if not primaries:
-        return None
+    if not primaries and probe_filesystem(fp, 0) is not None:
+        return None     # a FAT boot sector of a whole-disk filesystem, not a table
     mbr = Mbr(sector_size, struct.unpack_from("<I", sector, 440)[0], primaries, [])
     if mbr.is_protective:
         return mbr
