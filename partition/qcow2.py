@@ -214,10 +214,10 @@ class Qcow2:
         for index, offset in enumerate(l1):
             if offset:
                 where = f"L1 entry {index} at byte {h.l1_table_offset + 8 * index}"
-                if offset % self.cluster:
-                    raise self._refuse(f"L2 table offset {offset} is not cluster aligned ({where})")
                 if offset < self.cluster:
                     raise self._refuse(f"L2 table at byte {offset} points into the header ({where})")
+                if offset % self.cluster:
+                    raise self._refuse(f"L2 table offset {offset} is not cluster aligned ({where})")
                 if offset + self.cluster > self.file_size:
                     raise self._refuse(f"L2 table at byte {offset} is beyond the end of the file "
                                        f"({self.file_size} bytes; {where})")
@@ -254,11 +254,13 @@ class Qcow2:
                                    else not entry & ZERO_FLAG)
             if not reads_host:
                 continue
-            if host % self.cluster:
-                raise self._refuse(f"data cluster offset {host} is not cluster aligned ({where})")
             if host < self.cluster:
                 raise self._refuse(f"data cluster at byte {host} points into the header ({where})")
-            if host + self.cluster > self.file_size:
+            if host % self.cluster:
+                raise self._refuse(f"data cluster offset {host} is not cluster aligned ({where})")
+            # Only the start must be inside: qemu writes the last cluster of a file only
+            # as far as its allocated subclusters go, and reads the rest as zeros.
+            if host >= self.file_size:
                 raise self._refuse(f"data cluster at byte {host} is beyond the end of the file "
                                    f"({self.file_size} bytes; {where})")
 
@@ -335,7 +337,9 @@ class Qcow2:
             return start, length, bytes(inflated)
         data = self._pread(host, length, f"data at virtual byte {start}")
         if len(data) != length:
-            raise PartitionError(f"{self.name}: short read of data at byte {host}")
+            if host + len(data) < self.file_size:
+                raise PartitionError(f"{self.name}: short read of data at byte {host}")
+            data += bytes(length - len(data))     # past the end of the file: zeros
         return start, length, data
 
     def _inflate(self, entry: int, voff: int) -> bytes:
