@@ -89,7 +89,9 @@ class _StdlibReader(io.RawIOBase):
     def _next_member(self) -> None:
         """After one member/stream: another may follow; zero padding may end the file
         (tar tapes, xz stream padding); anything else is refused."""
-        rest = self._d.unused_data + self._pending
+        # Everything after the end is in unused_data (zlib may still show a stale copy
+        # of it as unconsumed_tail: ignore that).
+        rest = self._d.unused_data
         self._pending = b""
         while len(rest) < len(MAGIC[self._kind]):
             more = self._fill()
