@@ -63,8 +63,12 @@ def deploy_from_args(args: argparse.Namespace, content_factory: Callable | None)
         drive = args.config_drive
     elif content_factory is not None:
         drive = content_factory(args)
+    # How the drive is built (as for ``build``) and where it goes (configdrive/placement.py).
+    drive_options = dict(config_size=args.config_size, mbr_type=args.mbr_type, format=args.format,
+                         label=args.label, size=args.size, versions=args.versions, ec2=args.ec2,
+                         validate=args.validate)
     summary = deploy(args.device, args.image, checksum=args.checksum, drive=drive,
-                     preserve_on_error=args.preserve_on_error, quiet=args.quiet)
+                     preserve_on_error=args.preserve_on_error, quiet=args.quiet, **drive_options)
     if not args.quiet and summary["image"]:
         s = summary["image"]
         print(f"configdrive: wrote {s['source']} ({s['format']}"
@@ -72,4 +76,12 @@ def deploy_from_args(args: argparse.Namespace, content_factory: Callable | None)
               f"{s['virtual_size']} bytes in {s['seconds']:.1f}s"
               f"{', ' + s['checksum']['algorithm'] + ' verified' if s['checksum'] else ''}",
               file=sys.stderr)
+    if not args.quiet and summary["config_drive"]:
+        c, p = summary["config_drive"], summary["config_drive"]["partition"]
+        print(f"configdrive: wrote the {c['drive']['format']} drive labelled {c['drive']['label']} to "
+              f"partition {p['number']} ({'created, ' if p['created'] else ''}found by {p['identity']}) "
+              f"at byte {p['start']} of {args.device}{', node ' + p['node'] if p['node'] else ''}",
+              file=sys.stderr)
+        for note in c["notes"]:
+            print(f"configdrive: note: {note}", file=sys.stderr)
     return summary

@@ -69,6 +69,11 @@ def place_config_drive(device: str, drive: str | bytes | Content, *,
                                  f"({room} bytes)")
         if fs.label not in CONFIG_LABELS:
             notes.append(f"drive label {fs.label!r}: cloud-init looks for config-2")
+        fat_sector = int.from_bytes(image[11:13], "little") if fs.type == "vfat" else 0
+        if fat_sector and fat_sector < table.sector_size:
+            # Linux refuses to mount a FAT whose sectors are smaller than the device's.
+            notes.append(f"the vfat drive has {fat_sector}-byte sectors: Linux cannot mount it from "
+                         f"a {table.sector_size}-byte-sector device")
 
         # -- from here on the disk changes --
         gpt_fixed = False

@@ -259,3 +259,39 @@ def test_mounted_partition_makes_the_deploy_refuse_with_its_name(tmp_path):
             assert file_hash(disk) == image
         finally:
             run("umount", mnt)
+
+
+def test_deploy_command_writes_image_then_drive(tmp_path):
+    """``configdrive deploy --image --config-drive --json`` on a disk image file: the OS
+    image's table is fixed for the larger disk and the drive is in config-v2."""
+    from conftest import configdrive
+    need_tool("sgdisk", "blkid")
+    image = tmp_path / "os.img"
+    sgdisk_gpt(image, 40 * MiB, "-n", "1:0:+16M", "-c", "1:root")
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as fp:
+        fp.truncate(200 * MiB)
+    proc = configdrive("deploy", "--device", disk, "--image", image, "--config-drive",
+                       iso_drive(tmp_path), "--config-size", "32M", "--json")
+    result = json.loads(proc.stdout)["config_drive"]
+    sgdisk_verify(disk)
+    new = sfdisk_json(disk)["partitions"][-1]
+    assert (new["name"], new["size"] * 512, new["start"] * 512) == \
+        ("config-v2", 32 * MiB, result["partition"]["start"])
+    assert blkid_at(disk, new["start"] * 512)["LABEL"] == "config-2"
+    # A second deploy finds the partition it made instead of making another.
+    again = json.loads(configdrive("deploy", "--device", disk, "--config-drive",
+                                   tmp_path / "drive.iso", "--json").stdout)["config_drive"]
+    assert again["partition"]["created"] is False and again["partition"]["number"] == 2
+    assert len(sfdisk_json(disk)["partitions"]) == 2
+
+
+def test_deploy_command_refusal_is_one_line(tmp_path):
+    from conftest import configdrive
+    disk = os_disk(tmp_path, 48 * MiB, 48 * MiB, "-n", "3:0:+4M", "-c", "3:config-v2",
+                   "-n", "4:0:+4M", "-c", "4:config-v2")
+    proc = configdrive("deploy", "--device", disk, "--config-drive", iso_drive(tmp_path), check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and err.count("\n") == 1
+    assert err.startswith("configdrive: error: ") and "partition 3 'config-v2'" in err \
+        and "partition 4 'config-v2'" in err
