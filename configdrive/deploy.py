@@ -44,6 +44,10 @@ def deploy(device: str, image: str | None = None, *, checksum: str | None = None
     if drive is not None:
         # The config drive goes in after the image (configdrive/placement.py).
         summary["config_drive"] = _place_config_drive(device, drive, **drive_options)
+    elif image is not None:
+        # No drive, but the image's GPT still has to fit this disk (backup at its end).
+        from .placement import refresh_disk
+        summary["table"] = refresh_disk(device)
     return summary
 
 

@@ -90,6 +90,20 @@ def place_config_drive(device: str, drive: str | bytes | Content, *,
     return _summary(device, table, found, fs, image, rescan.node, rescan.method, notes)
 
 
+def refresh_disk(device: str) -> dict[str, Any]:
+    """After an image was written and no drive is to be placed: move a misplaced backup
+    GPT to the disk's end (an image smaller than the disk) and refresh the kernel's view."""
+    with open_target(device) as target:
+        fp = target.fileobj()
+        table = read_table(fp, target.size, target.sector_size if target.is_block else None, source=device)
+        if table is None:
+            return {"table": None, "gpt_fixed": False, "rescan": None, "notes": []}
+        fixed = fix_backup_gpt(fp, table)
+        rescan = reread(device, target.fd, table.partitions)
+    return {"table": table.kind, "gpt_fixed": fixed, "rescan": rescan.method or None,
+            "notes": table.notes + rescan.notes}
+
+
 def _drive_image(drive: str | bytes | Content, sector_size: int, room: int, *, format: str | None,
                  label: str, size: int | None, versions, ec2: bool, validate: bool):
     """(image bytes, its Filesystem, a note when it was converted) in the format the

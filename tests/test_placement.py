@@ -295,3 +295,40 @@ def test_deploy_command_refusal_is_one_line(tmp_path):
     assert proc.returncode == 1 and err.count("\n") == 1
     assert err.startswith("configdrive: error: ") and "partition 3 'config-v2'" in err \
         and "partition 4 'config-v2'" in err
+
+
+def test_deploy_image_alone_moves_the_backup_gpt_to_the_disk_end(tmp_path):
+    from conftest import configdrive
+    need_tool("sgdisk")
+    image = tmp_path / "os.img"
+    sgdisk_gpt(image, 40 * MiB, "-n", "1:0:+16M", "-c", "1:root")
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as fp:
+        fp.truncate(200 * MiB)
+    result = json.loads(configdrive("deploy", "--device", disk, "--image", image, "--json").stdout)
+    assert result["table"]["gpt_fixed"] is True and result["config_drive"] is None
+    sgdisk_verify(disk)
+    assert sfdisk_json(disk)["lastlba"] == 200 * MiB // 512 - 34
+
+
+def test_drive_fetched_from_a_url_as_a_packed_string(tmp_path):
+    import functools
+    import http.server
+    import threading
+    serve = tmp_path / "www"
+    serve.mkdir()
+    (serve / "drive").write_text(pack(iso_drive(tmp_path).read_bytes()))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+    handler = functools.partial(Quiet, directory=str(serve))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        disk = os_disk(tmp_path, 48 * MiB, 128 * MiB)
+        result = place_config_drive(str(disk), f"http://127.0.0.1:{server.server_port}/drive")
+    finally:
+        server.shutdown()
+    assert result["drive"]["format"] == "iso9660"
+    cloud_init_sees_our_drive(tmp_path, disk, result["partition"]["start"], "iso9660")
