@@ -11,6 +11,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from ..errors import ConfigDriveError
+
 _DHCP_METHODS = {
     "ipv4_dhcp": ("inet", "dhcp", []),
     "ipv6_dhcp": ("inet6", "dhcp", []),
@@ -40,6 +42,14 @@ def interface_names(links: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def render(network_data: dict[str, Any]) -> str:
+    """The interfaces file; ConfigDriveError names what in network_data was unusable."""
+    try:
+        return _render(network_data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigDriveError(f"network_data: cannot render etc/network/interfaces ({exc!s})") from None
+
+
+def _render(network_data: dict[str, Any]) -> str:
     links = list(network_data.get("links") or [])
     networks = list(network_data.get("networks") or [])
     names = interface_names(links)
@@ -60,7 +70,12 @@ def render(network_data: dict[str, Any]) -> str:
             stanza.append(f"iface {name} inet manual")
             stanza += [f"    {o}" for o in extra]
         for i, net in enumerate(nets):
-            stanza += _network_stanza(name, net, global_dns)
+            # A second network on one link becomes an alias (eth0:1), as cloud-init's own
+            # renderer writes it: its parser refuses a repeated "iface eth0" stanza.
+            alias = name if i == 0 else f"{name}:{i}"
+            if i:
+                stanza.append(f"auto {alias}")
+            stanza += _network_stanza(alias, net, global_dns)
             if i == 0:
                 stanza += [f"    {o}" for o in extra]
         out += ["", *stanza]
@@ -91,14 +106,14 @@ def _network_stanza(name: str, net: dict[str, Any], global_dns: list[str]) -> li
         family, method, opts = _DHCP_METHODS[kind]
         return [f"iface {name} {family} {method}", *(f"    {o}" for o in opts)]
     family = "inet6" if kind == "ipv6" else "inet"
-    iface = ipaddress.ip_interface(f"{net['ip_address']}/{net.get('netmask') or _default_prefix(kind)}")
+    iface = ipaddress.ip_interface((net["ip_address"], _prefixlen(net.get("netmask"), kind)))
     lines = [f"iface {name} {family} static"]
     if family == "inet":
         lines += [f"    address {iface.ip}", f"    netmask {iface.netmask}"]
     else:
         lines.append(f"    address {iface.ip}/{iface.network.prefixlen}")
     for route in net.get("routes") or []:
-        dest = ipaddress.ip_network(f"{route['network']}/{route['netmask']}", strict=False)
+        dest = ipaddress.ip_network((route["network"], _prefixlen(route.get("netmask"), kind)), strict=False)
         if dest.prefixlen == 0:
             lines.append(f"    gateway {route['gateway']}")
         else:
@@ -110,8 +125,19 @@ def _network_stanza(name: str, net: dict[str, Any], global_dns: list[str]) -> li
     return lines
 
 
-def _default_prefix(kind: str) -> int:
-    return 64 if kind == "ipv6" else 32
+def _prefixlen(mask: Any, kind: str) -> int:
+    """network_data gives masks as dotted or colon notation, sometimes as a length;
+    ipaddress accepts a mask only for IPv4, so count the bits ourselves."""
+    if mask in (None, ""):
+        return 64 if kind == "ipv6" else 32
+    if isinstance(mask, int) or str(mask).isdigit():
+        return int(mask)
+    bits = int(ipaddress.ip_address(str(mask)))
+    width = 128 if ":" in str(mask) else 32
+    length = bin(bits).count("1")
+    if bits != ((1 << width) - 1) ^ ((1 << (width - length)) - 1):
+        raise ValueError(f"netmask {mask} is not contiguous")
+    return length
 
 
 def _dns(services: Any) -> list[str]:
