@@ -54,16 +54,18 @@ def inject(image: str, content: Content, handlers: str | list[str] | None = None
                 root = handler.attach(target)
             except ConfigDriveError as exc:
                 # Like nova: a handler that cannot mount this image hands over to the next.
-                handler.detach()
+                _detach_after_failure(handler)
                 reason = f"could not attach: {exc}"
             except BaseException:      # Ctrl-C half-way through attaching, too
-                handler.detach()
+                _detach_after_failure(handler)
                 raise
             else:
                 try:
                     injected, warnings = run_steps(root, content, image)
-                finally:
-                    handler.detach()
+                except BaseException:
+                    _detach_after_failure(handler)
+                    raise
+                handler.detach()
                 return {
                     "image": image, "format": target.format, "handler": name,
                     "partition": handler.slice.number if handler.slice else None,
@@ -74,6 +76,15 @@ def inject(image: str, content: Content, handlers: str | list[str] | None = None
         skipped.append({"handler": name, "reason": reason})
     reasons = "; ".join(f"{s['handler']}: {s['reason']}" for s in skipped)
     raise NoHandlerError(f"{image}: no handler can inject into this image ({reasons})")
+
+
+def _detach_after_failure(handler: Handler) -> None:
+    """Detach while an error is on its way up: a failing undo is reported, but must not
+    hide the error that caused it."""
+    try:
+        handler.detach()
+    except Exception as exc:
+        log.warning("handler %s: teardown failed: %s", handler.name, exc)
 
 
 def inject_from_args(args: argparse.Namespace, content: Content) -> dict[str, Any]:

@@ -33,8 +33,8 @@ def partition_node(dev: str, part: Slice, cleanup: contextlib.ExitStack) -> str:
         if wait_for(lambda: os.path.exists(kernel_node), timeout=5):
             return kernel_node
     if which("kpartx"):
-        run_tool("kpartx", "-a", "-s", dev, check=False)
-        cleanup.callback(retry, lambda: run_tool("kpartx", "-d", dev), f"kpartx -d {dev}")
+        if run_tool("kpartx", "-a", "-s", dev, check=False).returncode == 0:
+            cleanup.callback(retry, lambda: run_tool("kpartx", "-d", dev), f"kpartx -d {dev}")
         mapper_node = f"/dev/mapper/{os.path.basename(dev)}p{part.number}"
         if wait_for(lambda: os.path.exists(mapper_node), timeout=5):
             return mapper_node

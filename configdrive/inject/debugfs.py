@@ -110,7 +110,8 @@ class DebugfsRoot(GuestRoot):
 
     def mkdir(self, path: GuestPath, mode: int, uid: int, gid: int) -> None:
         name = _q((path[-1],), absolute=False)
-        self.lstat(path)   # checks the parents
+        if self.require(path, "dir") is not None:     # also checks the parents
+            raise GuestPathError(f"guest path {show(path)}: already exists")
         self._debugfs([f"cd {_q(path[:-1])}", f"mkdir {name}",
                        *_attr_requests(name, stat.S_IFDIR | mode, uid, gid)], write=True)
 

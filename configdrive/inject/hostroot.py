@@ -96,6 +96,8 @@ class HostDirRoot(GuestRoot):
                 raise
 
     def mkdir(self, path: GuestPath, mode: int, uid: int, gid: int) -> None:
+        if self.require(path, "dir") is not None:
+            raise GuestPathError(f"guest path {show(path)}: already exists")
         with self._parent(path) as pfd:
             os.mkdir(path[-1], 0o700, dir_fd=pfd)
         self.set_attrs(path, mode, uid, gid)
