@@ -92,7 +92,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .drive import build
     content = content_from_args(args)
     if args.validate:
-        _report_validation(content, args.strict)
+        _report_validation(content, args.strict, versions=args.versions, ec2=args.ec2)
     image = build(content, None, format=args.format or "iso", label=args.label, size=args.size,
                   versions=args.versions, ec2=args.ec2, validate=False)
     if args.output == "-":
@@ -106,12 +106,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_validation(content, strict: bool) -> None:
+def _report_validation(content, strict: bool, versions=None, ec2: bool = True) -> None:
     """Validate before building; warnings are printed, errors (and, with --strict,
     warnings) stop the build with every problem listed."""
     from .errors import ConfigDriveError
     from .validate import validate_content
-    problems = validate_content(content)
+    problems = validate_content(content, versions=versions, ec2=ec2)
     errors = [p for p in problems if p.severity == "error" or strict]
     for p in problems:
         if p not in errors:
@@ -244,8 +244,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = command("validate", cmd_validate, "check metadata files, a drive or a drive directory")
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--kind", choices=("meta_data", "network_data", "vendor_data", "ec2_meta_data", "ironic"),
-                   help="what the files are (default: by file name)")
+    p.add_argument("--kind", choices=("meta_data", "network_data", "vendor_data", "vendor_data2",
+                                      "ec2_meta_data", "ironic", "user_data", "drive"),
+                   help="what the files are (default: by file name; directories and images are drives)")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
 
     p = command("pack", cmd_pack, "print a drive as gzip+base64 (the ironic API form)")
