@@ -215,17 +215,21 @@ def _say(args: argparse.Namespace, line: str) -> None:
 # -- the parser --------------------------------------------------------------------
 
 def make_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show a traceback on errors")
-    common.add_argument("-q", "--quiet", action="store_true", help="print nothing but results and errors")
+    def global_options(p: argparse.ArgumentParser, default) -> None:
+        # Accepted before and after the command name; after it the default is SUPPRESS
+        # so that a subcommand does not overwrite a value given before the name.
+        p.add_argument("--debug", action="store_true", default=default, help="show a traceback on errors")
+        p.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="print nothing but results and errors")
 
     parser = argparse.ArgumentParser(
-        prog=PROG, parents=[common],
-        description="Build, read and deploy OpenStack config-drive-v2 images.")
+        prog=PROG, description="Build, read and deploy OpenStack config-drive-v2 images.")
+    global_options(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p = sub.add_parser(name, help=help, description=help)
+        global_options(p, argparse.SUPPRESS)
         p.set_defaults(handler=handler)
         return p
 

@@ -1,0 +1,1 @@
+"""The legacy injector: write drive content into a guest image's filesystem."""
