@@ -35,10 +35,12 @@ class NbdHandler(Handler):
             return f"{reason} (qemu-nbd -c, mount)"
         if which("qemu-nbd") is None:
             return "qemu-nbd (qemu-utils) is not installed"
-        if not _devices() and which("modprobe"):
+        if not _devices():
+            if which("modprobe") is None:
+                return "no nbd kernel module (no /sys/block/nbd*, and no modprobe to load one)"
             run_tool("modprobe", "nbd", check=False)
         if not _devices():
-            return "no nbd kernel module (/sys/block/nbd* absent, modprobe nbd failed)"
+            return "no nbd kernel module (no /sys/block/nbd*; modprobe nbd failed)"
         return None
 
     def attach(self, target: Target) -> HostDirRoot:
