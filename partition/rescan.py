@@ -136,8 +136,8 @@ def _settle(notes: list[str]) -> None:
 def _wait_for_node(disk: str, want: Partition, retries: int, delay: float) -> str | None:
     """The node of the partition at ``want``'s offset: found by its position, not its
     number, since device-mapper and md disks number partitions their own way."""
-    for attempt in range(retries):
-        for number, (start, size, name) in kernel_partitions(disk).items():
+    for _ in range(retries):
+        for start, _size, name in kernel_partitions(disk).values():
             if start == want.start and Path("/dev", name).exists():
                 return f"/dev/{name}"
         time.sleep(delay)
