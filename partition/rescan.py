@@ -127,7 +127,9 @@ def _blkpg_add_missing(disk: str, fd: int, partitions: list[Partition], notes: l
 
 def _settle(notes: list[str]) -> None:
     if not Path("/run/udev/control").exists() or shutil.which("udevadm") is None:
-        return                          # no udev: devtmpfs makes the nodes by itself
+        # devtmpfs still makes the partition nodes; only udev's links are missing.
+        notes.append("udev is not running: no /dev/disk/by-* links for the new partitions")
+        return
     proc = subprocess.run(["udevadm", "settle", "--timeout=30"], capture_output=True)
     if proc.returncode != 0:
         notes.append("udevadm settle timed out; device links may appear later")
