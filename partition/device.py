@@ -37,8 +37,11 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 
 ZERO_BLOCK = bytes(1 << 20)
 
+SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE, SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 
 
 class Target:
@@ -101,6 +104,17 @@ class Target:
             os.ftruncate(self.fd, length)
             actual = length
         self.size = actual
+
+    def start_writeback(self, offset: int, length: int) -> None:
+        """Have the kernel start writing this range out now, without waiting."""
+        _libc.sync_file_range(self.fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+    def wait_writeback(self, offset: int, length: int) -> None:
+        """Wait until this range is written out (bounds dirty memory; no cache flush:
+        ``sync`` at the end does that)."""
+        flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
+        if _libc.sync_file_range(self.fd, offset, length, flags) != 0:
+            self.sync()
 
     def sync(self) -> None:
         try:
