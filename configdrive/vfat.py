@@ -22,7 +22,6 @@ import os
 import stat
 import struct
 import sys
-import time
 import warnings
 from array import array
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ END_OF_CHAIN = {12: 0xFFF, 16: 0xFFFF, 32: 0x0FFFFFFF}
 ATTR_DIRECTORY = FATDirectoryEntry.ATTR_DIRECTORY
 ATTR_ARCHIVE = FATDirectoryEntry.ATTR_ARCHIVE
 ATTR_VOLUME_ID = FATDirectoryEntry.ATTR_VOLUME_ID
+DOS_EPOCH_FIRST, DOS_EPOCH_LAST = 315532800, 4354819198   # 1980-01-01, 2107-12-31 23:59:58 UTC
 NTRES_LOWER_BASE, NTRES_LOWER_EXT = 0x08, 0x10   # Windows NT / Linux case flags of 8.3 names
 
 # Characters a long name may not hold (besides controls), and the ones a short name may not.
@@ -262,7 +262,8 @@ class _Stamp:
     def at(cls, epoch: int | None) -> "_Stamp":
         if epoch is None:
             t = dt.datetime.now()
-        else:
+        else:   # clamped to what a DOS date can say: 1980 to 2107
+            epoch = min(max(epoch, DOS_EPOCH_FIRST), DOS_EPOCH_LAST)
             t = dt.datetime.fromtimestamp(epoch, dt.timezone.utc).replace(tzinfo=None)
         t = min(max(t, dt.datetime(1980, 1, 1)), dt.datetime(2107, 12, 31, 23, 59, 58))
         return cls(((t.year - 1980) << 9) | (t.month << 5) | t.day,
@@ -479,7 +480,8 @@ def _put_boot_sectors(head: bytearray, geo: Geometry, label: bytes, volume_id: i
     head[:SECTOR] = sector
     if fat32:
         # fsck.fat checks the free count; allocation is contiguous from cluster 2.
-        info = bytes(FSInfo(free_count=geo.clusters - used_clusters, next_free=2 + used_clusters))
+        next_free = 2 + used_clusters if used_clusters < geo.clusters else 0xFFFFFFFF   # "unknown"
+        info = bytes(FSInfo(free_count=geo.clusters - used_clusters, next_free=next_free))
         head[SECTOR:2 * SECTOR] = info
         head[6 * SECTOR:7 * SECTOR] = sector      # backup boot sector
         head[7 * SECTOR:8 * SECTOR] = info        # and its FSInfo, right after it
@@ -535,7 +537,7 @@ def _write_padded(out: BinaryIO, head: bytearray, size: int) -> None:
 
 def _zero_beyond_end(out: BinaryIO) -> bool:
     try:
-        if not out.seekable():
+        if not out.seekable() or "a" in getattr(out, "mode", ""):   # appends ignore seeks
             return False
         if not isinstance(out, io.BytesIO) and not stat.S_ISREG(os.fstat(out.fileno()).st_mode):
             return False
