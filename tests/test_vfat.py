@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from configdrive import vfat
 from configdrive.content import Content, InjectedFile
@@ -342,3 +344,22 @@ def test_import_and_use_never_load_pyfilesystem2_or_pkg_resources():
             "assert not loaded, loaded\n")
     proc = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+# Names mixing the cases that drive the short-name rules: case, dots, spaces, "~", long
+# stems sharing their first six characters, and non-ASCII letters.
+_name = st.text(alphabet="abcXYZ019 .-_~\u00e9", min_size=1, max_size=20)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=st.dictionaries(st.lists(_name, min_size=1, max_size=3).map("/".join),
+                            st.binary(max_size=5000), min_size=1, max_size=12))
+def test_any_tree_comes_back_from_mtools_unchanged(tmp_path_factory, tree):
+    need_tool("mcopy", "fsck.fat")
+    work = tmp_path_factory.mktemp("prop")
+    try:
+        image = build(tree, work / "cd.img", size=MiB)
+    except ConfigDriveError:
+        assume(False)   # names FAT cannot hold (tested above), or a file/directory clash
+    assert_fsck_clean(image)
+    assert mcopy_out(image, work / "out") == tree
