@@ -9,7 +9,8 @@ demo: install
 	.venv/bin/configdrive inspect example-config-drive.iso
 
 test: install
-	.venv/bin/python -m pytest -q -ra tests
+	# .venv/bin/pytest (not python -m) so the tests import the installed package, not the checkout
+	.venv/bin/pytest -q -ra tests
 
 bench: install
 	.venv/bin/python benchmarks/run.py

@@ -92,7 +92,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from .drive import build
     content = content_from_args(args)
     if args.validate:
-        _report_validation(content, args.strict)
+        _report_validation(content, args.strict, versions=args.versions, ec2=args.ec2)
     image = build(content, None, format=args.format or "iso", label=args.label, size=args.size,
                   versions=args.versions, ec2=args.ec2, validate=False)
     if args.output == "-":
@@ -106,12 +106,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_validation(content, strict: bool) -> None:
+def _report_validation(content, strict: bool, versions=None, ec2: bool = True) -> None:
     """Validate before building; warnings are printed, errors (and, with --strict,
     warnings) stop the build with every problem listed."""
     from .errors import ConfigDriveError
     from .validate import validate_content
-    problems = validate_content(content)
+    problems = validate_content(content, versions=versions, ec2=ec2)
     errors = [p for p in problems if p.severity == "error" or strict]
     for p in problems:
         if p not in errors:
@@ -215,17 +215,21 @@ def _say(args: argparse.Namespace, line: str) -> None:
 # -- the parser --------------------------------------------------------------------
 
 def make_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show a traceback on errors")
-    common.add_argument("-q", "--quiet", action="store_true", help="print nothing but results and errors")
+    def global_options(p: argparse.ArgumentParser, default) -> None:
+        # Accepted before and after the command name; after it the default is SUPPRESS
+        # so that a subcommand does not overwrite a value given before the name.
+        p.add_argument("--debug", action="store_true", default=default, help="show a traceback on errors")
+        p.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="print nothing but results and errors")
 
     parser = argparse.ArgumentParser(
-        prog=PROG, parents=[common],
-        description="Build, read and deploy OpenStack config-drive-v2 images.")
+        prog=PROG, description="Build, read and deploy OpenStack config-drive-v2 images.")
+    global_options(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p = sub.add_parser(name, help=help, description=help)
+        global_options(p, argparse.SUPPRESS)
         p.set_defaults(handler=handler)
         return p
 
@@ -244,8 +248,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = command("validate", cmd_validate, "check metadata files, a drive or a drive directory")
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--kind", choices=("meta_data", "network_data", "vendor_data", "ec2_meta_data", "ironic"),
-                   help="what the files are (default: by file name)")
+    p.add_argument("--kind", choices=("meta_data", "network_data", "vendor_data", "vendor_data2",
+                                      "ec2_meta_data", "ironic", "user_data", "drive"),
+                   help="what the files are (default: by file name; directories and images are drives)")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
 
     p = command("pack", cmd_pack, "print a drive as gzip+base64 (the ironic API form)")

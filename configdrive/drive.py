@@ -63,7 +63,7 @@ def build(content: Content, out: str | os.PathLike | BinaryIO | None = None, *,
     content.fill_defaults()
     if validate:
         from .validate import check_content
-        check_content(content)
+        check_content(content, versions=versions, ec2=ec2)
     tree = build_tree(content, versions=versions, ec2=ec2)
     buffer = io.BytesIO()
     write_image(tree, buffer, format=format, label=label, size=size)

@@ -1,0 +1,114 @@
+"""The `configdrive` command as users run it: build, inspect, extract, pack, unpack, and
+the error contract (exit 1 with one line, exit 2 for a bad command line)."""
+
+import json
+import os
+
+import pytest
+
+from conftest import cloud_init_read, configdrive, need_tool, out, run
+
+EPOCH_ENV = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
+
+
+def blkid(path) -> dict:
+    need_tool("blkid")
+    text = out("blkid", "-p", "-o", "export", path)
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+@pytest.mark.parametrize("fmt, fstype", [("iso", "iso9660"), ("vfat", "vfat")])
+def test_build_example_then_inspect_extract_and_cloud_init_reads_it(tmp_path, fmt, fstype):
+    image = tmp_path / f"drive.{fmt}"
+    motd = tmp_path / "motd"
+    motd.write_bytes(b"welcome\n")
+    configdrive("build", "--example", "--format", fmt, "-o", image, "--file", f"/etc/motd={motd}")
+    ids = blkid(image)
+    assert ids["LABEL"] == "config-2" and ids["TYPE"] == fstype
+
+    summary = json.loads(configdrive("inspect", "--json", image).stdout)
+    assert summary["format"] == fstype and summary["label"] == "config-2"
+    assert summary["uuid"] == "83679162-1378-4288-a2d4-70e13ec132aa"
+    assert summary["hostname"] == "example-node.example.org"
+    assert summary["public_keys"] == ["example@configdrive"]
+    assert (summary["links"], summary["networks"]) == (1, 1)
+    assert "latest" in summary["versions"] and "2018-08-27" in summary["versions"]
+
+    dest = tmp_path / "out"
+    configdrive("extract", image, dest)
+    result = cloud_init_read(dest)
+    assert result["metadata"]["instance-id"] == "83679162-1378-4288-a2d4-70e13ec132aa"
+    assert result["metadata"]["local-hostname"] == "example-node.example.org"
+    assert b"CONFIGDRIVE-EXAMPLE-RAN" in result["userdata"]
+    assert result["networkdata"]["networks"][0]["ip_address"] == "10.0.2.15"
+    assert result["files"] == {"/etc/motd": b"welcome\n"}
+
+
+@pytest.mark.parametrize("fmt", ["iso", "vfat"])
+def test_same_inputs_with_source_date_epoch_give_identical_bytes(tmp_path, fmt):
+    a, b = tmp_path / "a", tmp_path / "b"
+    configdrive("build", "--example", "--format", fmt, "-o", a, env=EPOCH_ENV)
+    configdrive("build", "--example", "--format", fmt, "-o", b, env=EPOCH_ENV)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_stdin_and_stdout_and_label(tmp_path):
+    proc = configdrive("build", "--uuid", "5d0c1e0a-7a0b-4b0c-8d0e-0f1a2b3c4d5e", "--user-data", "-",
+                       "--label", "CONFIG-2", "-o", "-", input=b"#!/bin/sh\necho from-stdin\n")
+    image = tmp_path / "d.iso"
+    image.write_bytes(proc.stdout)
+    assert blkid(image)["LABEL"] == "CONFIG-2"
+    dest = tmp_path / "x"
+    configdrive("extract", image, dest)
+    assert (dest / "openstack/latest/user_data").read_bytes() == b"#!/bin/sh\necho from-stdin\n"
+
+
+def test_pack_unpack_round_trip_through_the_command(tmp_path):
+    image = tmp_path / "d.iso"
+    configdrive("build", "--example", "-o", image)
+    packed = tmp_path / "packed.txt"
+    packed.write_bytes(configdrive("pack", image).stdout)
+    assert run("sh", "-c", f"base64 -d {packed} | gzip -dc").stdout == image.read_bytes()
+    configdrive("unpack", packed, "-o", tmp_path / "back.iso")
+    assert (tmp_path / "back.iso").read_bytes() == image.read_bytes()
+
+
+def test_inspect_reads_a_drive_made_by_genisoimage_as_nova_does(tmp_path):
+    need_tool("genisoimage")
+    tree = tmp_path / "tree"
+    configdrive("build", "--example", "-o", tmp_path / "ours.iso")
+    configdrive("extract", tmp_path / "ours.iso", tree)
+    nova = tmp_path / "nova.iso"
+    run("genisoimage", "-o", nova, "-ldots", "-allow-lowercase", "-allow-multidot", "-l",
+        "-publisher", "test", "-quiet", "-J", "-r", "-V", "config-2", tree)
+    summary = json.loads(configdrive("inspect", "--json", nova).stdout)
+    assert summary["uuid"] == "83679162-1378-4288-a2d4-70e13ec132aa"
+    assert {f["path"] for f in summary["files"]} == {
+        p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file()}
+
+
+def test_errors_are_one_line_with_exit_1_and_bad_usage_exits_2(tmp_path):
+    proc = configdrive("build", "-o", tmp_path / "x.iso", "--meta-data", tmp_path / "missing.json", check=False)
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert err.startswith("configdrive: error: ") and "missing.json" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "x.iso").exists()
+
+    bad = tmp_path / "meta.json"
+    bad.write_text("{\"uuid\": ")
+    proc = configdrive("build", "-o", tmp_path / "x.iso", "--meta-data", bad, check=False)
+    assert proc.returncode == 1 and "meta.json: line 1 column 10: invalid JSON" in proc.stderr.decode()
+
+    proc = configdrive("inspect", tmp_path / "meta.json", check=False)
+    assert proc.returncode == 1 and proc.stderr.decode().startswith("configdrive: error: ")
+
+    proc = configdrive("build", "--format", "udf", "-o", "x", check=False)
+    assert proc.returncode == 2
+    proc = configdrive("frobnicate", check=False)
+    assert proc.returncode == 2
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = configdrive("--debug", "build", "-o", tmp_path / "x.iso", "--meta-data", tmp_path / "nope", check=False)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr.decode()
