@@ -62,6 +62,10 @@ def write(tree: Mapping[str, bytes], out: BinaryIO, *, label: str = "config-2",
 
     With ``epoch`` (SOURCE_DATE_EPOCH) every date in the image is that instant, so equal
     inputs give byte-identical images; without it, the current time. Dates are UTC.
+    (pycdlib writes an epoch of 0 into the volume descriptors as "date not specified".)
+    Directories deeper than 8 levels are relocated as ``genisoimage -r`` does, but
+    pycdlib calls the relocation directory ``RR_MOVED`` in the primary tree, not
+    ``rr_moved``; Rock Ridge readers see the tree as given either way.
     """
     _check_label(label)
     files, dirs = _check_tree(tree)
