@@ -12,5 +12,5 @@ if __name__ == "__main__":
     for name in BENCHES:
         if (HERE / name).exists():
             print(f"\n# {name}", flush=True)
-            failed |= subprocess.run([sys.executable, str(HERE / name), *sys.argv[1:]], cwd=HERE).returncode
+            failed |= subprocess.run([sys.executable, str(HERE / name)], cwd=HERE).returncode
     sys.exit(failed)
