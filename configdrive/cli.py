@@ -93,16 +93,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     content = content_from_args(args)
     if args.validate:
         _report_validation(content, args.strict, versions=args.versions, ec2=args.ec2)
-    image = build(content, None, format=args.format or "iso", label=args.label, size=args.size,
-                  versions=args.versions, ec2=args.ec2, validate=False)
-    if args.output == "-":
-        sys.stdout.buffer.write(image)
+    to_stdout = args.output == "-"
+    build(content, sys.stdout.buffer if to_stdout else args.output, format=args.format or "iso",
+          label=args.label, size=args.size, versions=args.versions, ec2=args.ec2, validate=False)
+    if to_stdout:
         sys.stdout.buffer.flush()
     else:
-        from .drive import _write_file_atomically
-        from pathlib import Path
-        _write_file_atomically(Path(args.output), image)
-        _say(args, f"wrote {args.output}: {args.format or 'iso'}, {len(image)} bytes, label {args.label}")
+        import os
+        _say(args, f"wrote {args.output}: {args.format or 'iso'}, {os.path.getsize(args.output)} bytes, "
+                   f"label {args.label}")
     return 0
 
 
@@ -185,8 +184,9 @@ def cmd_unpack(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(image)
     else:
         from pathlib import Path
-        from .drive import _write_file_atomically
-        _write_file_atomically(Path(args.output), image)
+        from .drive import atomic_output
+        with atomic_output(Path(args.output)) as fp:
+            fp.write(image)
         _say(args, f"wrote {args.output}: {len(image)} bytes")
     return 0
 

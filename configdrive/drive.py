@@ -7,12 +7,13 @@ config partition holds the drive -> a :class:`Drive` with its format, label and 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO, Iterator, Mapping
 
 from partition.probe import probe_filesystem
 
@@ -65,28 +66,43 @@ def build(content: Content, out: str | os.PathLike | BinaryIO | None = None, *,
         from .validate import check_content
         check_content(content, versions=versions, ec2=ec2)
     tree = build_tree(content, versions=versions, ec2=ec2)
-    buffer = io.BytesIO()
-    write_image(tree, buffer, format=format, label=label, size=size)
-    data = buffer.getvalue()
     if out is None:
-        return data
+        buffer = io.BytesIO()
+        write_image(tree, buffer, format=format, label=label, size=size)
+        return buffer.getvalue()
     if isinstance(out, (str, os.PathLike)):
-        _write_file_atomically(Path(out), data)
-    else:
-        out.write(data)
+        # Straight into the file (vfat leaves its zeros as a hole), under a temporary name
+        # so that a failed build never leaves a half-written image under the final one.
+        with atomic_output(Path(out)) as fp:
+            write_image(tree, fp, format=format, label=label, size=size)
+    elif _seekable(out):
+        write_image(tree, out, format=format, label=label, size=size)
+    else:  # a pipe: the writers seek, so build in memory first
+        buffer = io.BytesIO()
+        write_image(tree, buffer, format=format, label=label, size=size)
+        out.write(buffer.getbuffer())
     return None
 
 
-def _write_file_atomically(path: Path, data: bytes) -> None:
-    """Never leave a half-written image under the final name."""
+def _seekable(fp: BinaryIO) -> bool:
+    try:
+        return fp.seekable()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[BinaryIO]:
+    """A file that appears under ``path`` only when the block completes."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as fp:
-            fp.write(data)
+            yield fp
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ConfigDriveError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass
