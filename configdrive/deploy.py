@@ -43,20 +43,13 @@ def deploy(device: str, image: str | None = None, *, checksum: str | None = None
 
     if drive is not None:
         # The config drive goes in after the image (configdrive/placement.py).
-        summary["config_drive"] = _place_config_drive(device, drive, **drive_options)
+        from .placement import place_config_drive
+        summary["config_drive"] = place_config_drive(device, drive, **drive_options)
     elif image is not None:
         # No drive, but the image's GPT still has to fit this disk (backup at its end).
         from .placement import refresh_disk
         summary["table"] = refresh_disk(device)
     return summary
-
-
-def _place_config_drive(device: str, drive: Any, **options) -> dict:
-    try:
-        from .placement import place_config_drive
-    except ImportError:
-        raise ConfigDriveError("deploy: placing a config drive is not available in this build") from None
-    return place_config_drive(device, drive, **options)
 
 
 def deploy_from_args(args: argparse.Namespace, content_factory: Callable | None) -> dict:
