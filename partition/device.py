@@ -73,21 +73,25 @@ class Target:
     def write_zeros(self, offset: int, length: int) -> None:
         """Make ``[offset, offset+length)`` read back as zeros.
 
-        A block device gets BLKZEROOUT (the kernel writes zeros, or has the device do it
-        with a guarantee that they read back as zeros - never a discard that might not);
-        a regular file gets a punched hole. Either falls back to writing zero buffers."""
+        A regular file gets a punched hole. A block device gets the same call, which the
+        kernel turns into "write zeroes, unmapping allowed" and refuses unless the device
+        guarantees that the range reads back as zeros (never a plain discard, which might
+        not); then BLKZEROOUT (the kernel writes the zeros itself if need be). Both fall
+        back to writing zero buffers."""
         if length <= 0:
             return
+        mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
         if self.is_block:
             aligned = offset % self.sector_size == 0 and length % self.sector_size == 0
             if aligned:
+                if _libc.fallocate(self.fd, mode, offset, length) == 0:
+                    return
                 try:
                     fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
                     return
                 except OSError:
                     pass
         else:
-            mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
             self.grow_to(offset + length)   # a hole cannot grow a file: extend it first
             if _libc.fallocate(self.fd, mode, offset, length) == 0:
                 return
