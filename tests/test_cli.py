@@ -132,3 +132,16 @@ def test_errors_are_one_line_with_exit_1_and_bad_usage_exits_2(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     proc = configdrive("--debug", "build", "-o", tmp_path / "x.iso", "--meta-data", tmp_path / "nope", check=False)
     assert proc.returncode != 0 and "Traceback" in proc.stderr.decode()
+
+
+def test_inspect_a_directory_and_the_openstacksdk_shape(tmp_path):
+    image = tmp_path / "sdk.iso"
+    configdrive("build", "--example", "--versions", "2012-08-10,latest", "--no-ec2", "-o", image)
+    need_tool("isoinfo")
+    listing = out("isoinfo", "-R", "-f", "-i", image)
+    assert "/openstack/2012-08-10/meta_data.json" in listing and "/ec2" not in listing
+    assert "/openstack/2015-10-15" not in listing
+    configdrive("extract", image, tmp_path / "tree")
+    summary = json.loads(configdrive("inspect", "--json", tmp_path / "tree").stdout)
+    assert summary["format"] == "directory" and summary["versions"] == ["2012-08-10", "latest"]
+    assert summary["ec2_versions"] == []
