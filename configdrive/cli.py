@@ -39,12 +39,16 @@ def add_content_options(p: argparse.ArgumentParser) -> None:
                    help="start from the built-in example instance (other options override it)")
 
 
-def add_format_options(p: argparse.ArgumentParser) -> None:
+def add_format_options(p: argparse.ArgumentParser, sector_size: bool = False) -> None:
     g = p.add_argument_group("drive format")
     g.add_argument("--format", choices=("iso", "vfat"), default=None, help="filesystem (default iso)")
     g.add_argument("--label", default="config-2", help="volume label (default config-2)")
     g.add_argument("--size", type=_size, metavar="BYTES",
                    help="vfat image size, e.g. 64M (default 64 MiB)")
+    if sector_size:   # deploy takes the sector size from the target disk
+        g.add_argument("--sector-size", type=int, choices=(512, 1024, 2048, 4096), metavar="BYTES",
+                       help="vfat logical sector size: 512 (default), 1024, 2048 or 4096; "
+                            "a drive for a 4096-byte-sector (4Kn) disk needs 4096")
     g.add_argument("--versions", metavar="LIST",
                    help="OpenStack version directories to write, e.g. 2012-08-10,latest (default all)")
     g.add_argument("--no-ec2", dest="ec2", action="store_false", help="leave out the ec2/ tree")
@@ -90,12 +94,16 @@ def _size(text: str) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from .drive import build
+    from .errors import ConfigDriveError
+    if args.sector_size and args.format != "vfat":
+        raise ConfigDriveError("--sector-size applies to --format vfat only (ISO 9660 has 2048-byte blocks)")
     content = content_from_args(args)
     if args.validate:
         _report_validation(content, args.strict, versions=args.versions, ec2=args.ec2)
     to_stdout = args.output == "-"
     build(content, sys.stdout.buffer if to_stdout else args.output, format=args.format or "iso",
-          label=args.label, size=args.size, versions=args.versions, ec2=args.ec2, validate=False)
+          label=args.label, size=args.size, versions=args.versions, ec2=args.ec2, validate=False,
+          sector_size=args.sector_size)
     if to_stdout:
         sys.stdout.buffer.flush()
     else:
@@ -192,10 +200,29 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from .deploy import deploy_from_args
-    result = deploy_from_args(args, content_from_args if has_content_options(args) else None)
+    from .deploy import deploy
+    # The drive: a ready one (--config-drive), or content options built like `build` does.
+    drive = args.config_drive or (content_from_args(args) if has_content_options(args) else None)
+    summary = deploy(args.device, args.image, checksum=args.checksum, drive=drive,
+                     preserve_on_error=args.preserve_on_error, quiet=args.quiet,
+                     config_size=args.config_size, mbr_type=args.mbr_type, format=args.format,
+                     label=args.label, size=args.size, versions=args.versions, ec2=args.ec2,
+                     validate=args.validate)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(summary, indent=2))
+    if summary["image"]:
+        s = summary["image"]
+        _say(args, f"{PROG}: wrote {s['source']} ({s['format']}"
+                   f"{', ' + s['compression'] if s['compression'] else ''}) to {args.device}: "
+                   f"{s['virtual_size']} bytes in {s['seconds']:.1f}s"
+                   f"{', ' + s['checksum']['algorithm'] + ' verified' if s['checksum'] else ''}")
+    if summary["config_drive"]:
+        c, p = summary["config_drive"], summary["config_drive"]["partition"]
+        _say(args, f"{PROG}: wrote the {c['drive']['format']} drive labelled {c['drive']['label']} to "
+                   f"partition {p['number']} ({'created, ' if p['created'] else ''}found by {p['identity']}) "
+                   f"at byte {p['start']} of {args.device}{', node ' + p['node'] if p['node'] else ''}")
+        for note in c["notes"]:
+            _say(args, f"{PROG}: note: {note}")
     return 0
 
 
@@ -236,7 +263,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = command("build", cmd_build, "build a config drive image")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="image file, or - for stdout")
     add_content_options(p)
-    add_format_options(p)
+    add_format_options(p, sector_size=True)
 
     p = command("inspect", cmd_inspect, "show what a drive, a drive directory or a disk's config partition holds")
     p.add_argument("drive", metavar="DRIVE_OR_DISK")

@@ -69,11 +69,6 @@ def place_config_drive(device: str, drive: str | bytes | Content, *,
                                  f"({room} bytes)")
         if fs.label not in CONFIG_LABELS:
             notes.append(f"drive label {fs.label!r}: cloud-init looks for config-2")
-        fat_sector = int.from_bytes(image[11:13], "little") if fs.type == "vfat" else 0
-        if fat_sector and fat_sector < table.sector_size:
-            # Linux refuses to mount a FAT whose sectors are smaller than the device's.
-            notes.append(f"the vfat drive has {fat_sector}-byte sectors: Linux cannot mount it from "
-                         f"a {table.sector_size}-byte-sector device")
 
         # -- from here on the disk changes --
         gpt_fixed = False
@@ -106,29 +101,38 @@ def refresh_disk(device: str) -> dict[str, Any]:
 
 def _drive_image(drive: str | bytes | Content, sector_size: int, room: int, *, format: str | None,
                  label: str, size: int | None, versions, ec2: bool, validate: bool):
-    """(image bytes, its Filesystem, a note when it was converted) in the format the
-    target can mount: vfat on 4 KiB-sector disks, where ISO 9660 cannot be mounted."""
+    """(image bytes, its Filesystem, a note when it was converted) in the form the target
+    can mount. On disks with sectors over 512 bytes that is vfat, since ISO 9660 cannot be
+    mounted there, with FAT sectors of the disk's size: Linux refuses a FAT whose logical
+    sectors are smaller than the device's."""
     needs_vfat = sector_size > 512
+    # A vfat drive fills the partition it goes into unless a size was asked for.
+    vfat_options = dict(format="vfat", size=size or min(room, MAX_DRIVE_BYTES), sector_size=sector_size)
     if isinstance(drive, Content):
         fmt = "vfat" if needs_vfat else (format or "iso")
-        # A vfat drive fills the partition it goes into unless a size was asked for.
-        vfat_size = size or min(room, MAX_DRIVE_BYTES)
-        image = build(drive, None, format=fmt, label=label, size=vfat_size if fmt == "vfat" else None,
-                      versions=versions, ec2=ec2, validate=validate)
+        options = vfat_options if fmt == "vfat" else {"format": fmt}
+        image = build(drive, None, label=label, versions=versions, ec2=ec2, validate=validate, **options)
         note = (f"{sector_size}-byte sectors: ISO 9660 cannot be mounted there, drive built as vfat"
                 if needs_vfat and format != "vfat" else "")
         return image, _probe(image, "the built drive"), note
     source = "drive" if isinstance(drive, bytes) else str(drive)
     image = drive if isinstance(drive, bytes) else load_drive(str(drive))
     fs = _probe(image, source)
-    if needs_vfat and fs.type == "iso9660":
-        tree = read_image(io.BytesIO(image), fs.type, source)
-        out = io.BytesIO()
-        write_image(tree, out, format="vfat", label=fs.label, size=size or min(room, MAX_DRIVE_BYTES))
-        image = out.getvalue()
-        return image, _probe(image, f"{source} (converted)"), \
-            f"{sector_size}-byte sectors: ISO 9660 cannot be mounted there, {source} converted to vfat"
-    return image, fs, ""
+    if not needs_vfat:
+        return image, fs, ""
+    if fs.type == "iso9660":
+        why = f"ISO 9660 cannot be mounted there, {source} converted to vfat"
+    else:
+        fat_sector = int.from_bytes(image[11:13], "little")   # the boot sector's BPB_BytsPerSec
+        if fat_sector >= sector_size:
+            return image, fs, ""
+        why = (f"Linux cannot mount a FAT with {fat_sector}-byte sectors there, "
+               f"{source} rewritten with {sector_size}-byte sectors")
+    tree = read_image(io.BytesIO(image), fs.type, source)
+    out = io.BytesIO()
+    write_image(tree, out, label=fs.label, **vfat_options)
+    image = out.getvalue()
+    return image, _probe(image, f"{source} (converted)"), f"{sector_size}-byte sectors: {why}"
 
 
 def load_drive(spec: str) -> bytes:

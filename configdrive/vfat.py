@@ -1,13 +1,13 @@
 """vfat config drives: a file tree as a FAT12/16/32 image, and any FAT image back as a tree.
 
 Writing lays the whole filesystem out in memory in one pass: the geometry mkfs.fat would
-choose for the size, then every directory and file in contiguous cluster runs, then the
-FATs. Only the part up to the last used cluster is built; the rest of the image is zeros,
-which a regular file gets as a hole. pyfatfs serialises the on-disk records (boot sector,
-FSInfo, directory entries and their long-name slots). Its file-level API (PyFatFS, and
-FatIO) is not used: it imports PyFilesystem2, whose namespace package needs pkg_resources,
-which setuptools 81 removed; and its mkfs writes an uppercase label entry that disagrees
-with the boot sector and fills the image cluster by cluster.
+choose for the size and logical sector size, then every directory and file in contiguous
+cluster runs, then the FATs. Only the part up to the last used cluster is built; the rest
+of the image is zeros, which a regular file gets as a hole. pyfatfs serialises the on-disk
+records (boot sector, FSInfo, directory entries and their long-name slots). Its file-level
+API (PyFatFS, and FatIO) is not used: it imports PyFilesystem2, whose namespace package
+needs pkg_resources, which setuptools 81 removed; and its mkfs writes an uppercase label
+entry that disagrees with the boot sector and fills the image cluster by cluster.
 
 Reading uses pyfatfs' low-level PyFat on a read-only view of the stream, so neither a
 writable handle nor the caller's file object is ever changed or closed.
@@ -37,7 +37,8 @@ from pyfatfs.PyFat import PyFat
 
 from .errors import ConfigDriveError
 
-SECTOR = 512
+SECTOR = 512                             # the usual logical sector, and the boot record's size
+SECTOR_SIZES = (512, 1024, 2048, 4096)   # the logical sector sizes disks have and FAT allows
 NUM_FATS = 2
 DEFAULT_SIZE = 64 * 1024 * 1024          # what nova creates for a vfat config drive
 MIN_SIZE = 1024 * 1024                   # room for the structures and a nova-sized tree
@@ -77,6 +78,7 @@ class Geometry:
     """Where everything lies in a FAT image of a given size (all counts in sectors)."""
 
     size: int
+    sector_size: int
     fat_bits: int
     total_sectors: int
     sectors_per_cluster: int
@@ -89,15 +91,15 @@ class Geometry:
 
     @property
     def cluster_bytes(self) -> int:
-        return self.sectors_per_cluster * SECTOR
+        return self.sectors_per_cluster * self.sector_size
 
     @property
     def fat_offset(self) -> int:
-        return self.reserved_sectors * SECTOR
+        return self.reserved_sectors * self.sector_size
 
     @property
     def root_offset(self) -> int:
-        return (self.reserved_sectors + NUM_FATS * self.fat_sectors) * SECTOR
+        return (self.reserved_sectors + NUM_FATS * self.fat_sectors) * self.sector_size
 
     @property
     def data_offset(self) -> int:
@@ -107,15 +109,20 @@ class Geometry:
         return self.data_offset + (cluster - 2) * self.cluster_bytes
 
 
-def geometry_for(size: int) -> Geometry:
-    """The layout mkfs.fat (dosfstools 4.2) makes for an image file of ``size`` bytes:
-    FAT12 up to about 8 MiB, FAT16 with 2 KiB clusters at 64 MiB, FAT32 from 512 MiB."""
+def geometry_for(size: int, sector_size: int = SECTOR) -> Geometry:
+    """The layout ``mkfs.fat -S sector_size`` (dosfstools 4.2) makes for an image file of
+    ``size`` bytes. With 512-byte sectors: FAT12 up to about 8 MiB, FAT16 with 2 KiB
+    clusters at 64 MiB, FAT32 from 512 MiB. mkfs.fat counts clusters in sectors, so larger
+    sectors give larger clusters (4096: FAT12 with 16 KiB clusters up to 32 MiB)."""
+    if sector_size not in SECTOR_SIZES:
+        raise ConfigDriveError(f"vfat sector size {sector_size!r}: must be one of "
+                               f"{', '.join(map(str, SECTOR_SIZES))} bytes")
     if not isinstance(size, int) or isinstance(size, bool):
         raise ConfigDriveError(f"vfat size {size!r}: not a whole number of bytes")
     if size < MIN_SIZE or size > MAX_SIZE:
         raise ConfigDriveError(f"vfat size {size} bytes: must be between {MIN_SIZE} (1 MiB) "
                                f"and {MAX_SIZE} (2 GiB) for a config drive")
-    sectors = size // SECTOR
+    sectors = size // sector_size
     # The CHS geometry only matters to DOS and mtools, which want whole tracks.
     if sectors <= 524288:
         heads = 2 if sectors <= 32768 else 4 if sectors <= 65536 else 8 if sectors <= 262144 else 16
@@ -128,8 +135,10 @@ def geometry_for(size: int) -> Geometry:
     # Structures are aligned to the cluster size except on floppy-sized images.
     aligned = total > 8192
     reserved = 32 if fat32 else 1
-    root_sectors = 0 if fat32 else 512 * DIR_ENTRY // SECTOR
-    per_cluster = 8 if fat32 else 4   # FAT32: 4 KiB clusters up to 8 GiB (our maximum is below)
+    root_sectors = 0 if fat32 else -(-512 * DIR_ENTRY // sector_size)
+    # FAT32: Microsoft's cluster table for 512-byte sectors, which mkfs.fat applies to the
+    # sector count whatever their size: 8 per cluster above 260 MiB worth of 512, else 1.
+    per_cluster = (8 if sectors > 260 * 1024 * 2 else 1) if fat32 else 4
 
     while per_cluster <= 128:
         def align(n: int) -> int:
@@ -138,27 +147,29 @@ def geometry_for(size: int) -> Geometry:
         fits = {}
         for bits in ((32,) if fat32 else (12, 16)):
             area = after_reserved - (0 if bits == 32 else align(root_sectors))
-            fit = _clusters_that_fit(bits, area, per_cluster, align)
+            fit = _clusters_that_fit(bits, area, per_cluster, sector_size, align)
             if fit:
                 fits[bits] = fit
         if fits:
             bits = max(fits, key=lambda b: fits[b][0])
             clusters, fat_sectors = fits[bits]
-            return Geometry(size, bits, total, per_cluster, align(reserved), fat_sectors,
-                            align(root_sectors) * SECTOR // DIR_ENTRY, clusters, per_track, heads)
+            return Geometry(size, sector_size, bits, total, per_cluster, align(reserved), fat_sectors,
+                            align(root_sectors) * sector_size // DIR_ENTRY, clusters, per_track, heads)
         per_cluster *= 2
     raise ConfigDriveError(f"vfat size {size} bytes: no FAT layout fits")  # unreachable in range
 
 
-def _clusters_that_fit(bits: int, area: int, per_cluster: int, align) -> tuple[int, int] | None:
-    """(clusters, FAT sectors) for an area of ``area`` sectors shared by the FATs and the
-    data, or None when the count is outside what a FAT of ``bits`` may hold."""
+def _clusters_that_fit(bits: int, area: int, per_cluster: int, sector: int,
+                       align) -> tuple[int, int] | None:
+    """(clusters, FAT sectors) for an area of ``area`` sectors of ``sector`` bytes shared
+    by the FATs and the data, or None when the count is outside what a FAT of ``bits``
+    may hold."""
     nibbles = bits // 4   # twice the bytes of one FAT entry, to stay in integers for FAT12
-    guess = (2 * area * SECTOR + NUM_FATS * 2 * nibbles) // (2 * per_cluster * SECTOR + NUM_FATS * nibbles)
-    fat_sectors = align(-(-((guess + 2) * nibbles + 1) // 2 // SECTOR))
+    guess = (2 * area * sector + NUM_FATS * 2 * nibbles) // (2 * per_cluster * sector + NUM_FATS * nibbles)
+    fat_sectors = align(-(-((guess + 2) * nibbles + 1) // 2 // sector))
     # The unused tail of the FATs could otherwise count as one more (absent) cluster.
     clusters = (area - NUM_FATS * fat_sectors) // per_cluster
-    limit = min(fat_sectors * SECTOR * 8 // bits, MAX_CLUSTERS[bits])
+    limit = min(fat_sectors * sector * 8 // bits, MAX_CLUSTERS[bits])
     if clusters > limit or clusters < MIN_CLUSTERS[bits]:
         return None
     return clusters, fat_sectors
@@ -363,14 +374,16 @@ def _volume_id(tree: Mapping[str, bytes], label: str, epoch: int | None) -> int:
 
 
 def write(tree: Mapping[str, bytes], out: BinaryIO, *, label: str = "config-2",
-          size: int | None = None, epoch: int | None = None) -> None:
+          size: int | None = None, epoch: int | None = None, sector_size: int = SECTOR) -> None:
     """Write ``tree`` ({relative posix path: bytes}) as a vfat image of ``size`` bytes
-    (default 64 MiB, as nova makes) to the binary stream ``out``.
+    (default 64 MiB, as nova makes) with ``sector_size``-byte logical sectors to the
+    binary stream ``out``. Linux mounts a FAT only from a device whose logical sectors
+    are no larger than the FAT's: a drive for a 4Kn disk needs ``sector_size=4096``.
 
     Everything is checked and laid out before the first byte goes to ``out``; with
     ``epoch`` (SOURCE_DATE_EPOCH) the same inputs give the same bytes.
     """
-    geo = geometry_for(DEFAULT_SIZE if size is None else size)
+    geo = geometry_for(DEFAULT_SIZE if size is None else size, sector_size)
     label_field = _volume_label(label)
     root = _build_nodes(tree)
     stamp = _Stamp.at(epoch)
@@ -449,7 +462,7 @@ def _put_boot_sectors(head: bytearray, geo: Geometry, label: bytes, volume_id: i
     header.update({
         "BS_jmpBoot": bytes([0xEB, len(header) - 2, 0x90]),   # jump over the BPB to the code
         "BS_OEMName": b"MSWIN4.1",   # the name Microsoft recommends for compatibility
-        "BPB_BytsPerSec": SECTOR,
+        "BPB_BytsPerSec": geo.sector_size,
         "BPB_SecPerClus": geo.sectors_per_cluster,
         "BPB_RsvdSecCnt": geo.reserved_sectors,
         "BPB_NumFATs": NUM_FATS,
@@ -472,19 +485,20 @@ def _put_boot_sectors(head: bytearray, geo: Geometry, label: bytes, volume_id: i
         header.update({"BPB_FATSz32": geo.fat_sectors, "BPB_ExtFlags": 0, "BPB_FSVer": 0,
                        "BPB_RootClus": 2, "BPB_FSInfo": 1, "BPB_BkBootSec": 6,
                        "BPB_Reserved": bytes(12)})
-    sector = bytearray(SECTOR)
+    ss = geo.sector_size
+    sector = bytearray(ss)   # the boot record fills the first 512 bytes whatever the sector size
     packed = bytes(header)
     sector[:len(packed)] = packed
     sector[len(packed):len(packed) + len(BOOT_CODE)] = BOOT_CODE
     sector[510:512] = b"\x55\xaa"
-    head[:SECTOR] = sector
+    head[:ss] = sector
     if fat32:
         # fsck.fat checks the free count; allocation is contiguous from cluster 2.
         next_free = 2 + used_clusters if used_clusters < geo.clusters else 0xFFFFFFFF   # "unknown"
         info = bytes(FSInfo(free_count=geo.clusters - used_clusters, next_free=next_free))
-        head[SECTOR:2 * SECTOR] = info
-        head[6 * SECTOR:7 * SECTOR] = sector      # backup boot sector
-        head[7 * SECTOR:8 * SECTOR] = info        # and its FSInfo, right after it
+        head[ss:ss + len(info)] = info
+        head[6 * ss:7 * ss] = sector              # backup boot sector
+        head[7 * ss:7 * ss + len(info)] = info    # and its FSInfo, right after it
 
 
 def _put_fats(head: bytearray, geo: Geometry, owners: list[_Node]) -> None:
@@ -513,7 +527,7 @@ def _put_fats(head: bytearray, geo: Geometry, owners: list[_Node]) -> None:
             table.byteswap()
         fat = table.tobytes()
     for copy in range(NUM_FATS):
-        start = geo.fat_offset + copy * geo.fat_sectors * SECTOR
+        start = geo.fat_offset + copy * geo.fat_sectors * geo.sector_size
         head[start:start + len(fat)] = fat
 
 

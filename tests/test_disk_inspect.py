@@ -5,10 +5,11 @@ cloud-init's own reader. And ``deploy`` followed by ``inspect``/``extract``."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from conftest import cloud_init_read, configdrive, loop_device, need_tool, run
+from conftest import add_partitions, cloud_init_read, configdrive, loop_device, need_tool, run
 from test_placement import UUID, iso_drive, vfat_drive
 from test_tables import MiB, sfdisk_dos, sfdisk_json, sgdisk_gpt
 
@@ -109,19 +110,38 @@ def test_iso_drive_given_for_a_4096_byte_sector_disk_is_converted_to_vfat(tmp_pa
         assert any("converted to vfat" in n for n in result["notes"])
         found = dict(line.split("=", 1) for line in
                      run("blkid", "-p", "-o", "export", result["partition"]["node"]).stdout.decode().splitlines())
-        assert (found["TYPE"], found["LABEL"]) == ("vfat", "config-2")
+        assert (found["TYPE"], found["LABEL"], found["BLOCK_SIZE"]) == ("vfat", "config-2", "4096")
         dest = tmp_path / "out"
         configdrive("extract", dev, dest)
     assert cloud_init_read(dest)["metadata"]["uuid"] == UUID
 
 
-@pytest.mark.xfail(strict=True, reason="configdrive.vfat.write has no sector-size option yet: it always "
-                   "writes 512-byte FAT sectors, which Linux will not mount from a 4096-byte-sector device")
-def test_vfat_drive_on_a_4096_byte_sector_disk_has_4096_byte_fat_sectors(tmp_path):
+def fsck_sector_size(node: str) -> int:
+    """fsck.fat's read-only check of the FAT on ``node`` (exit 0), and its logical sector size."""
+    proc = run("fsck.fat", "-n", "-v", node, check=False)
+    text = proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
+    assert proc.returncode == 0, text
+    return int(re.search(r"(\d+) bytes per logical sector", text).group(1))
+
+
+@pytest.mark.parametrize("given", ["content", "vfat-512"])
+def test_vfat_drive_on_a_4096_byte_sector_disk_has_4096_byte_fat_sectors(tmp_path, given):
+    """Linux mounts a FAT only from a device whose sectors are no larger than the FAT's:
+    a drive built for, or given to, a 4Kn disk ends up with 4096-byte FAT sectors."""
+    need_tool("sgdisk", "blkid", "fsck.fat", "partx")
     disk = tmp_path / "disk4k.img"
-    sgdisk_gpt(disk, 128 * MiB, "-n", "1:0:+16M", sector_size=4096)
+    sgdisk_gpt(disk, 128 * MiB, "-n", "1:0:+16M", "-c", "1:root", sector_size=4096)
+    source = ["--example", "--uuid", UUID] if given == "content" else ["--config-drive", vfat_drive(tmp_path)]
     with loop_device(disk, sector_size=4096) as dev:
-        result = json.loads(configdrive("deploy", "--device", dev, "--example", "--json").stdout)
-    with open(disk, "rb") as fp:
-        fp.seek(result["config_drive"]["partition"]["start"] + 11)
-        assert int.from_bytes(fp.read(2), "little") >= 4096
+        result = json.loads(configdrive("deploy", "--device", dev, *source, "--json").stdout)["config_drive"]
+        if given == "vfat-512":
+            assert any("512-byte sectors" in n and "rewritten" in n for n in result["notes"]), result["notes"]
+        add_partitions(dev)
+        node = f"{dev}p{result['partition']['number']}"
+        found = dict(line.split("=", 1) for line in run("blkid", "-p", "-o", "export", node).stdout.decode().splitlines())
+        assert (found["TYPE"], found["BLOCK_SIZE"]) == ("vfat", "4096")
+        assert found["LABEL"] == ("config-2" if given == "content" else "CONFIG-2")
+        assert fsck_sector_size(node) == 4096
+        dest = tmp_path / "out"
+        configdrive("extract", dev, dest)
+    assert cloud_init_read(dest)["metadata"]["uuid"] == UUID

@@ -76,9 +76,14 @@ def assert_fsck_clean(image: Path) -> None:
 
 
 def fsck_geometry(image: Path) -> dict[str, str]:
-    """What fsck.fat -v reports about the layout: FAT width, cluster size, cluster count."""
+    """What fsck.fat -v reports about the layout: sector size and count, FAT width, cluster
+    size and count, root entries, and where the data area starts (after the reserved
+    sectors, FATs and root directory)."""
     text = out("fsck.fat", "-n", "-v", image)
     return {
+        "sector": re.search(r"(\d+) bytes per logical sector", text).group(1),
+        "sectors": re.search(r"(\d+) sectors total", text).group(1),
+        "data": re.search(r"Data area starts at byte (\d+)", text).group(1),
         "fat": re.search(r"(\d+) bit entries", text).group(1),
         "cluster": re.search(r"(\d+) bytes per cluster", text).group(1),
         "clusters": re.search(r"(\d+) data clusters", text).group(1),
@@ -270,17 +275,74 @@ def test_only_the_used_part_is_written_to_a_regular_file(tmp_path, nova_tree):
     assert image.stat().st_blocks * 512 < 4 * MiB   # a hole, like mkfs.vfat -C makes
 
 
+# -- logical sectors over 512 bytes (what a 4Kn disk needs) --------------------------------
+
+@pytest.mark.parametrize("sector_size", [1024, 2048, 4096])
+@pytest.mark.parametrize("size", [1 * MiB, 32 * MiB, 64 * MiB, 100 * MiB + 4096, 600 * MiB, 2048 * MiB])
+def test_larger_sectors_get_the_layout_mkfs_vfat_makes_with_them(tmp_path, size, sector_size):
+    """mkfs.fat counts clusters in sectors, so 4096-byte sectors give FAT12 with 16 KiB
+    clusters up to 32 MiB, and a FAT32 cluster size that follows the sector count."""
+    need_tool("mkfs.vfat", "fsck.fat")
+    image = build({"openstack/latest/meta_data.json": b"{}"}, tmp_path / "cd.img", size=size,
+                  sector_size=sector_size)
+    theirs = tmp_path / "mkfs.img"
+    run("mkfs.vfat", "-S", sector_size, "-n", "config-2", "-C", theirs, size // 1024)
+    ours = fsck_geometry(image)
+    assert ours == fsck_geometry(theirs)
+    assert ours["sector"] == str(sector_size)
+    assert_fsck_clean(image)
+
+
+def test_4096_byte_sector_drive_as_fsck_blkid_mtools_and_cloud_init_see_it(tmp_path, nova_tree):
+    need_tool("blkid", "fsck.fat", "mcopy")
+    image = build(nova_tree, tmp_path / "cd.img", sector_size=4096)
+    assert image.stat().st_size == 64 * MiB
+    assert_fsck_clean(image)
+    assert "4096 bytes per logical sector" in out("fsck.fat", "-n", "-v", image)
+    found = blkid(image)
+    assert (found["TYPE"], found["LABEL"], found["LABEL_FATBOOT"]) == ("vfat", "config-2", "config-2")
+    assert found["BLOCK_SIZE"] == "4096"   # libblkid's reading of the boot sector's sector size
+    extracted = tmp_path / "out"
+    assert mcopy_out(image, extracted) == nova_tree
+    seen = cloud_init_read(extracted)
+    assert seen["metadata"]["uuid"] == "83679162-1378-4288-a2d4-70e13ec132aa"
+    assert seen["files"] == {"/etc/motd": b"welcome\n"}
+
+
+@pytest.mark.parametrize("sector_size, size, fat", [(1024, 8 * MiB, "12"), (2048, 8 * MiB, "12"),
+                                                    (4096, 8 * MiB, "12"), (4096, 64 * MiB, "16"),
+                                                    (4096, 600 * MiB, "32")])
+def test_larger_sectors_keep_every_file_for_mtools_and_our_reader(tmp_path, sector_size, size, fat):
+    need_tool("mcopy", "fsck.fat", "blkid")
+    image = build(TRICKY_TREE, tmp_path / "cd.img", size=size, sector_size=sector_size)
+    assert blkid(image)["VERSION"] == f"FAT{fat}"
+    assert_fsck_clean(image)
+    assert mcopy_out(image, tmp_path / "out") == TRICKY_TREE
+    with open(image, "rb") as fp:
+        assert vfat.read(fp, source=str(image)) == TRICKY_TREE
+
+
+@pytest.mark.parametrize("sector_size", [256, 520, 8192, "4096", None])
+def test_unsupported_sector_sizes_are_refused(sector_size):
+    sink = io.BytesIO()
+    with pytest.raises(ConfigDriveError, match="sector size"):
+        vfat.write({"a": b"1"}, sink, sector_size=sector_size)
+    assert sink.getvalue() == b""
+
+
 # -- reading ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("size_kib", [1024, 8 * 1024, 64 * 1024, 600 * 1024])
-def test_reads_a_drive_made_by_mkfs_vfat_and_mcopy(tmp_path, nova_tree, size_kib):
+@pytest.mark.parametrize("size_kib, sector_size", [(1024, 512), (8 * 1024, 512), (64 * 1024, 512),
+                                                    (600 * 1024, 512), (8 * 1024, 4096), (64 * 1024, 4096),
+                                                    (600 * 1024, 4096)])
+def test_reads_a_drive_made_by_mkfs_vfat_and_mcopy(tmp_path, nova_tree, size_kib, sector_size):
     need_tool("mkfs.vfat", "mcopy")
     source = tmp_path / "tree"
     for rel, data in nova_tree.items():
         (source / rel).parent.mkdir(parents=True, exist_ok=True)
         (source / rel).write_bytes(data)
     image = tmp_path / "nova.img"
-    run("mkfs.vfat", "-n", "config-2", "-C", image, size_kib)
+    run("mkfs.vfat", "-S", sector_size, "-n", "config-2", "-C", image, size_kib)
     run("mcopy", "-s", "-i", image, *sorted(source.iterdir()), "::/")
     with open(image, "rb") as fp:
         assert vfat.read(fp, source=str(image)) == nova_tree
