@@ -10,7 +10,6 @@ file.
 from __future__ import annotations
 
 import base64
-import binascii
 import ipaddress
 import re
 from typing import Any, Iterator, NamedTuple
@@ -84,14 +83,15 @@ def meta_data_findings(doc: Any) -> list[Finding]:
 def _random_seed_findings(seed: str) -> list[Finding]:
     # cloud-init decodes with base64.b64decode (not strict): it fails only on bad padding
     # and silently drops characters outside the alphabet.
+    # A non-ASCII string raises ValueError (binascii.Error's base) in both, cloud-init's too.
     try:
         base64.b64decode(seed, validate=True)
         return []
-    except binascii.Error:
+    except ValueError:
         pass
     try:
         base64.b64decode(seed)
-    except binascii.Error as exc:
+    except ValueError as exc:
         return [Finding("/random_seed", f"not base64 ({exc}); cloud-init rejects the drive")]
     return [Finding("/random_seed", "has characters outside base64, which cloud-init skips", "warning")]
 
