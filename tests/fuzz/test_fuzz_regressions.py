@@ -90,3 +90,11 @@ def test_network_type_that_is_an_object_is_a_schema_error_not_a_crash():
 def test_deeply_nested_json_is_refused_not_a_recursion_error():
     assert run_case("json", b"[" * 100000) == "refused"
     assert run_case("json", b'{"meta_data": ' + b"[" * 5000 + b"]" * 5000 + b"}") in ("ok", "refused")
+
+
+def test_non_ascii_random_seed_is_reported_not_a_crash():
+    """checks.py: base64.b64decode raises ValueError (not binascii.Error) for non-ASCII."""
+    from configdrive.validate import validate_document
+    problems = validate_document("meta_data", {"uuid": "83679162-1378-4288-a2d4-70e13ec132aa",
+                                               "random_seed": "é"}, "m.json")
+    assert any(p.pointer == "/random_seed" and "not base64" in p.message for p in problems)
