@@ -146,3 +146,10 @@ def sample_content(**extra):
     )
     content.fill_defaults()
     return content
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The figures of tests/fuzz (cases per parser, faults survived), when they ran."""
+    tally = sys.modules.get("fuzz_tally")
+    if tally is not None:
+        tally.report(terminalreporter.write_line)
