@@ -29,6 +29,10 @@ def probe_filesystem(fp: BinaryIO, offset: int = 0) -> Filesystem | None:
 
 
 def _read(fp: BinaryIO, offset: int, size: int) -> bytes:
+    # Offsets come from the bytes being probed: a root cluster below 2 or a huge FAT size
+    # points before the start or past any disk. Such a place holds nothing.
+    if not 0 <= offset < 1 << 62:
+        return b""
     fp.seek(offset)
     return fp.read(size)
 

@@ -98,3 +98,20 @@ def test_non_ascii_random_seed_is_reported_not_a_crash():
     problems = validate_document("meta_data", {"uuid": "83679162-1378-4288-a2d4-70e13ec132aa",
                                                "random_seed": "é"}, "m.json")
     assert any(p.pointer == "/random_seed" and "not base64" in p.message for p in problems)
+
+
+def test_fat32_root_cluster_below_2_probes_without_a_negative_seek(tmp_path):
+    """probe.py: a FAT32 root cluster of 0 with one reserved sector and FATs of size 0
+    put the root directory before byte 0 (seek raised EINVAL)."""
+    need_tool("mkfs.vfat")
+    img = tmp_path / "fat32.img"
+    run("mkfs.vfat", "-F", "32", "-n", "config-2", "-C", img, str(40 * 1024))
+    data = bytearray(img.read_bytes())
+    struct.pack_into("<H", data, 14, 1)     # reserved sectors
+    struct.pack_into("<I", data, 36, 0)     # sectors per FAT (FAT32 field)
+    struct.pack_into("<I", data, 44, 0)     # root directory's first cluster
+    from partition.probe import probe_filesystem
+    fs = probe_filesystem(io.BytesIO(bytes(data)))
+    assert fs is not None and fs.type == "vfat" and fs.label == "config-2"   # the boot sector's label
+    assert run_case("probe", bytes(data)) == "ok"
+    assert run_case("drive", bytes(data)) in ("ok", "refused")
