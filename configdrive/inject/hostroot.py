@@ -63,15 +63,9 @@ class HostDirRoot(GuestRoot):
         return GuestStat.from_mode(st.st_mode, st.st_uid, st.st_gid)
 
     def read(self, path: GuestPath) -> bytes:
-        # O_NONBLOCK: a FIFO planted where a file should be must not hang the injection.
         self.require(path, "file")
         with self._parent(path) as pfd:
-            try:
-                fd = os.open(path[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                             dir_fd=pfd)
-            except OSError as exc:
-                self._refuse_file(pfd, path, exc)
-            with os.fdopen(fd, "rb") as f:
+            with os.fdopen(self._open_no_follow(pfd, path), "rb") as f:
                 return f.read()
 
     def write(self, path: GuestPath, data: bytes, mode: int, uid: int, gid: int) -> None:
@@ -104,16 +98,20 @@ class HostDirRoot(GuestRoot):
 
     def set_attrs(self, path: GuestPath, mode: int, uid: int, gid: int) -> None:
         with self._parent(path) as pfd:
-            try:
-                fd = os.open(path[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                             dir_fd=pfd)
-            except OSError as exc:
-                self._refuse_file(pfd, path, exc)
+            fd = self._open_no_follow(pfd, path)
             try:
                 os.fchown(fd, uid, gid)
                 os.fchmod(fd, mode)
             finally:
                 os.close(fd)
+
+    def _open_no_follow(self, pfd: int, path: GuestPath) -> int:
+        """The last component, opened read-only without following a link. O_NONBLOCK: a
+        FIFO planted where a file should be must not hang the injection."""
+        try:
+            return os.open(path[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=pfd)
+        except OSError as exc:
+            self._refuse_file(pfd, path, exc)
 
     def _refuse_file(self, pfd: int, path: GuestPath, exc: OSError):
         if exc.errno == errno.ELOOP:
