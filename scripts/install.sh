@@ -13,6 +13,7 @@ DEBS=(
   e2fsprogs                                 # mkfs.ext4 -d, debugfs, e2fsck (injector)
   zstd xz-utils gzip                        # compressed image fixtures
   cloud-init                                # cloud-init's own config drive reader
+  debootstrap qemu-system-x86               # the end-to-end guest (make e2e): build, boot
   python3 python3-venv
 )
 
