@@ -39,12 +39,16 @@ def add_content_options(p: argparse.ArgumentParser) -> None:
                    help="start from the built-in example instance (other options override it)")
 
 
-def add_format_options(p: argparse.ArgumentParser) -> None:
+def add_format_options(p: argparse.ArgumentParser, sector_size: bool = False) -> None:
     g = p.add_argument_group("drive format")
     g.add_argument("--format", choices=("iso", "vfat"), default=None, help="filesystem (default iso)")
     g.add_argument("--label", default="config-2", help="volume label (default config-2)")
     g.add_argument("--size", type=_size, metavar="BYTES",
                    help="vfat image size, e.g. 64M (default 64 MiB)")
+    if sector_size:   # deploy takes the sector size from the target disk
+        g.add_argument("--sector-size", type=int, choices=(512, 1024, 2048, 4096), metavar="BYTES",
+                       help="vfat logical sector size: 512 (default), 1024, 2048 or 4096; "
+                            "a drive for a 4096-byte-sector (4Kn) disk needs 4096")
     g.add_argument("--versions", metavar="LIST",
                    help="OpenStack version directories to write, e.g. 2012-08-10,latest (default all)")
     g.add_argument("--no-ec2", dest="ec2", action="store_false", help="leave out the ec2/ tree")
@@ -90,28 +94,31 @@ def _size(text: str) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from .drive import build
+    from .errors import ConfigDriveError
+    if args.sector_size and args.format != "vfat":
+        raise ConfigDriveError("--sector-size applies to --format vfat only (ISO 9660 has 2048-byte blocks)")
     content = content_from_args(args)
     if args.validate:
-        _report_validation(content, args.strict)
-    image = build(content, None, format=args.format or "iso", label=args.label, size=args.size,
-                  versions=args.versions, ec2=args.ec2, validate=False)
-    if args.output == "-":
-        sys.stdout.buffer.write(image)
+        _report_validation(content, args.strict, versions=args.versions, ec2=args.ec2)
+    to_stdout = args.output == "-"
+    build(content, sys.stdout.buffer if to_stdout else args.output, format=args.format or "iso",
+          label=args.label, size=args.size, versions=args.versions, ec2=args.ec2, validate=False,
+          sector_size=args.sector_size)
+    if to_stdout:
         sys.stdout.buffer.flush()
     else:
-        from .drive import _write_file_atomically
-        from pathlib import Path
-        _write_file_atomically(Path(args.output), image)
-        _say(args, f"wrote {args.output}: {args.format or 'iso'}, {len(image)} bytes, label {args.label}")
+        import os
+        _say(args, f"wrote {args.output}: {args.format or 'iso'}, {os.path.getsize(args.output)} bytes, "
+                   f"label {args.label}")
     return 0
 
 
-def _report_validation(content, strict: bool) -> None:
+def _report_validation(content, strict: bool, versions=None, ec2: bool = True) -> None:
     """Validate before building; warnings are printed, errors (and, with --strict,
     warnings) stop the build with every problem listed."""
     from .errors import ConfigDriveError
     from .validate import validate_content
-    problems = validate_content(content)
+    problems = validate_content(content, versions=versions, ec2=ec2)
     errors = [p for p in problems if p.severity == "error" or strict]
     for p in problems:
         if p not in errors:
@@ -185,8 +192,9 @@ def cmd_unpack(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(image)
     else:
         from pathlib import Path
-        from .drive import _write_file_atomically
-        _write_file_atomically(Path(args.output), image)
+        from .drive import atomic_output
+        with atomic_output(Path(args.output)) as fp:
+            fp.write(image)
         _say(args, f"wrote {args.output}: {len(image)} bytes")
     return 0
 
@@ -236,7 +244,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = command("build", cmd_build, "build a config drive image")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="image file, or - for stdout")
     add_content_options(p)
-    add_format_options(p)
+    add_format_options(p, sector_size=True)
 
     p = command("inspect", cmd_inspect, "show what a drive, a drive directory or a disk's config partition holds")
     p.add_argument("drive", metavar="DRIVE_OR_DISK")
@@ -248,8 +256,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = command("validate", cmd_validate, "check metadata files, a drive or a drive directory")
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.add_argument("--kind", choices=("meta_data", "network_data", "vendor_data", "ec2_meta_data", "ironic"),
-                   help="what the files are (default: by file name)")
+    p.add_argument("--kind", choices=("meta_data", "network_data", "vendor_data", "vendor_data2",
+                                      "ec2_meta_data", "ironic", "user_data", "drive"),
+                   help="what the files are (default: by file name; directories and images are drives)")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
 
     p = command("pack", cmd_pack, "print a drive as gzip+base64 (the ironic API form)")

@@ -7,12 +7,13 @@ config partition holds the drive -> a :class:`Drive` with its format, label and 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO, Iterator, Mapping
 
 from partition.probe import probe_filesystem
 
@@ -38,15 +39,18 @@ def source_date_epoch() -> int | None:
 
 
 def write_image(tree: Mapping[str, bytes], out: BinaryIO, *, format: str = "iso",
-                label: str = DEFAULT_LABEL, size: int | None = None) -> None:
-    """Write ``tree`` as a filesystem image of ``format`` to the binary stream ``out``."""
+                label: str = DEFAULT_LABEL, size: int | None = None,
+                sector_size: int | None = None) -> None:
+    """Write ``tree`` as a filesystem image of ``format`` to the binary stream ``out``.
+    ``size`` and ``sector_size`` (the FAT's logical sector, 512 unless given) are vfat's;
+    ISO 9660 has its own fixed 2048-byte blocks and ignores both."""
     epoch = source_date_epoch()
     if format == "iso":
         from . import iso
         iso.write(tree, out, label=label, epoch=epoch)
     elif format == "vfat":
         from . import vfat
-        vfat.write(tree, out, label=label, size=size, epoch=epoch)
+        vfat.write(tree, out, label=label, size=size, epoch=epoch, sector_size=sector_size or vfat.SECTOR)
     else:
         raise ConfigDriveError(f"format {format!r}: unknown (use one of {', '.join(FORMATS)})")
 
@@ -54,39 +58,56 @@ def write_image(tree: Mapping[str, bytes], out: BinaryIO, *, format: str = "iso"
 def build(content: Content, out: str | os.PathLike | BinaryIO | None = None, *,
           format: str = "iso", label: str = DEFAULT_LABEL, size: int | None = None,
           versions: str | list[str] | None = None, ec2: bool = True,
-          validate: bool = True) -> bytes | None:
+          validate: bool = True, sector_size: int | None = None) -> bytes | None:
     """Build a config drive. Returns the image bytes when ``out`` is None, else writes
     it to the path or binary stream ``out`` and returns None.
 
     With ``validate`` the content is checked first and every error is raised at once.
+    ``size`` and ``sector_size`` are the vfat image's (see :func:`write_image`).
     """
     content.fill_defaults()
     if validate:
         from .validate import check_content
-        check_content(content)
+        check_content(content, versions=versions, ec2=ec2)
     tree = build_tree(content, versions=versions, ec2=ec2)
-    buffer = io.BytesIO()
-    write_image(tree, buffer, format=format, label=label, size=size)
-    data = buffer.getvalue()
+    options = dict(format=format, label=label, size=size, sector_size=sector_size)
     if out is None:
-        return data
+        buffer = io.BytesIO()
+        write_image(tree, buffer, **options)
+        return buffer.getvalue()
     if isinstance(out, (str, os.PathLike)):
-        _write_file_atomically(Path(out), data)
-    else:
-        out.write(data)
+        # Straight into the file (vfat leaves its zeros as a hole), under a temporary name
+        # so that a failed build never leaves a half-written image under the final one.
+        with atomic_output(Path(out)) as fp:
+            write_image(tree, fp, **options)
+    elif _seekable(out):
+        write_image(tree, out, **options)
+    else:  # a pipe: the writers seek, so build in memory first
+        buffer = io.BytesIO()
+        write_image(tree, buffer, **options)
+        out.write(buffer.getbuffer())
     return None
 
 
-def _write_file_atomically(path: Path, data: bytes) -> None:
-    """Never leave a half-written image under the final name."""
+def _seekable(fp: BinaryIO) -> bool:
+    try:
+        return fp.seekable()
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[BinaryIO]:
+    """A file that appears under ``path`` only when the block completes."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as fp:
-            fp.write(data)
+            yield fp
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ConfigDriveError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @dataclass

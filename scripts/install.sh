@@ -11,6 +11,7 @@ DEBS=(
   gdisk fdisk parted util-linux kpartx      # sgdisk, sfdisk, partx, losetup, blkid
   qemu-utils                                # qemu-img, qemu-io, qemu-nbd
   e2fsprogs                                 # mkfs.ext4 -d, debugfs, e2fsck (injector)
+  openssl                                   # openssl passwd -6 (injector: etc/shadow hash)
   zstd xz-utils gzip                        # compressed image fixtures
   cloud-init                                # cloud-init's own config drive reader
   debootstrap qemu-system-x86               # the end-to-end guest (make e2e): build, boot

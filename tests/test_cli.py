@@ -63,6 +63,26 @@ def test_stdin_and_stdout_and_label(tmp_path):
     assert (dest / "openstack/latest/user_data").read_bytes() == b"#!/bin/sh\necho from-stdin\n"
 
 
+def test_vfat_with_4096_byte_sectors_for_4kn_disks(tmp_path):
+    need_tool("fsck.fat", "mcopy")
+    image = tmp_path / "drive.vfat"
+    configdrive("build", "--example", "--format", "vfat", "--sector-size", "4096", "-o", image)
+    ids = blkid(image)
+    assert (ids["TYPE"], ids["LABEL"], ids["BLOCK_SIZE"]) == ("vfat", "config-2", "4096")
+    assert "4096 bytes per logical sector" in out("fsck.fat", "-n", "-v", image)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    run("mcopy", "-s", "-i", image, "::/openstack", dest)
+    assert cloud_init_read(dest)["metadata"]["instance-id"] == "83679162-1378-4288-a2d4-70e13ec132aa"
+
+    proc = configdrive("build", "--example", "--sector-size", "4096", "-o", tmp_path / "x.iso", check=False)
+    assert proc.returncode == 1 and proc.stderr.decode().count("\n") == 1
+    assert "--sector-size" in proc.stderr.decode() and not (tmp_path / "x.iso").exists()
+    proc = configdrive("build", "--example", "--format", "vfat", "--sector-size", "3000", "-o", tmp_path / "y",
+                       check=False)
+    assert proc.returncode == 2
+
+
 def test_pack_unpack_round_trip_through_the_command(tmp_path):
     image = tmp_path / "d.iso"
     configdrive("build", "--example", "-o", image)
@@ -112,3 +132,16 @@ def test_errors_are_one_line_with_exit_1_and_bad_usage_exits_2(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     proc = configdrive("--debug", "build", "-o", tmp_path / "x.iso", "--meta-data", tmp_path / "nope", check=False)
     assert proc.returncode != 0 and "Traceback" in proc.stderr.decode()
+
+
+def test_inspect_a_directory_and_the_openstacksdk_shape(tmp_path):
+    image = tmp_path / "sdk.iso"
+    configdrive("build", "--example", "--versions", "2012-08-10,latest", "--no-ec2", "-o", image)
+    need_tool("isoinfo")
+    listing = out("isoinfo", "-R", "-f", "-i", image)
+    assert "/openstack/2012-08-10/meta_data.json" in listing and "/ec2" not in listing
+    assert "/openstack/2015-10-15" not in listing
+    configdrive("extract", image, tmp_path / "tree")
+    summary = json.loads(configdrive("inspect", "--json", tmp_path / "tree").stdout)
+    assert summary["format"] == "directory" and summary["versions"] == ["2012-08-10", "latest"]
+    assert summary["ec2_versions"] == []

@@ -1,0 +1,121 @@
+"""A guest root that the host has mounted (loop, nbd, guestmount): every path is walked
+with ``openat``-style calls from a descriptor of the mount's top, one name at a time,
+with O_NOFOLLOW, so a symlink planted in the guest (``root/.ssh -> /etc``, or
+``../../../host``) can never send a write onto the host."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+
+from .guestpath import GuestPath, GuestPathError, show
+from .guestroot import GuestRoot, GuestStat
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class HostDirRoot(GuestRoot):
+    """The guest filesystem mounted at ``top`` on the host."""
+
+    def __init__(self, top: str) -> None:
+        self.top = top
+
+    @contextlib.contextmanager
+    def _parent(self, path: GuestPath):
+        """A descriptor of ``path``'s parent directory, reached without following links."""
+        fd = os.open(self.top, _DIR_FLAGS)
+        try:
+            for depth, name in enumerate(path[:-1], 1):
+                try:
+                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    self._refuse(fd, path[:depth], exc)
+                os.close(fd)
+                fd = child
+            yield fd
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _refuse(dir_fd: int, part: GuestPath, exc: OSError):
+        """Turn a failed O_NOFOLLOW open into the message that says why."""
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            try:
+                st = os.stat(part[-1], dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                st = None
+            if st is not None and GuestStat.from_mode(st.st_mode, 0, 0).kind == "symlink":
+                raise GuestPathError(
+                    f"guest path {show(part)}: is a symbolic link; refusing to follow it") from None
+            raise GuestPathError(f"guest path {show(part)}: is not a directory") from None
+        if exc.errno == errno.ENOENT:
+            raise GuestPathError(f"guest path {show(part)}: does not exist") from None
+        raise GuestPathError(f"guest path {show(part)}: {exc.strerror}") from None
+
+    def lstat(self, path: GuestPath) -> GuestStat | None:
+        with self._parent(path) as pfd:
+            try:
+                st = os.stat(path[-1], dir_fd=pfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+        return GuestStat.from_mode(st.st_mode, st.st_uid, st.st_gid)
+
+    def read(self, path: GuestPath) -> bytes:
+        # O_NONBLOCK: a FIFO planted where a file should be must not hang the injection.
+        self.require(path, "file")
+        with self._parent(path) as pfd:
+            try:
+                fd = os.open(path[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=pfd)
+            except OSError as exc:
+                self._refuse_file(pfd, path, exc)
+            with os.fdopen(fd, "rb") as f:
+                return f.read()
+
+    def write(self, path: GuestPath, data: bytes, mode: int, uid: int, gid: int) -> None:
+        # Write a new file beside the target and rename it over: a reader of etc/shadow
+        # never sees half a file, and rename replaces a name, never what it points to.
+        self.require(path, "file")
+        with self._parent(path) as pfd:
+            tmp = f".{path[-1]}.configdrive-{secrets.token_hex(4)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=pfd)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    os.fchown(f.fileno(), uid, gid)
+                    os.fchmod(f.fileno(), mode)   # after chown: chown clears set-id bits
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.rename(tmp, path[-1], src_dir_fd=pfd, dst_dir_fd=pfd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=pfd)
+                raise
+
+    def mkdir(self, path: GuestPath, mode: int, uid: int, gid: int) -> None:
+        if self.require(path, "dir") is not None:
+            raise GuestPathError(f"guest path {show(path)}: already exists")
+        with self._parent(path) as pfd:
+            os.mkdir(path[-1], 0o700, dir_fd=pfd)
+        self.set_attrs(path, mode, uid, gid)
+
+    def set_attrs(self, path: GuestPath, mode: int, uid: int, gid: int) -> None:
+        with self._parent(path) as pfd:
+            try:
+                fd = os.open(path[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=pfd)
+            except OSError as exc:
+                self._refuse_file(pfd, path, exc)
+            try:
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+
+    def _refuse_file(self, pfd: int, path: GuestPath, exc: OSError):
+        if exc.errno == errno.ELOOP:
+            raise GuestPathError(f"guest path {show(path)}: is a symbolic link; refusing to follow it") from None
+        raise GuestPathError(f"guest path {show(path)}: {exc.strerror}") from None

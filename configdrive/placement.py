@@ -1,0 +1,196 @@
+"""Put a config drive into a disk's config partition: read the table, find the partition
+(or plan one at the end of the disk), get the drive into the form the disk needs, and only
+then write: table, wiped signatures, the drive with its first 64 KiB last, read-back,
+and a refresh of the kernel's view.
+
+Everything that can refuse (no table, two config partitions, no room, a drive too big, a
+bad drive) is decided before the first byte is written, so a refusal leaves the disk as
+it was. The drive is written through the whole-disk device at the partition's byte
+offset: no partition node or udev is needed for that.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+from partition.config_partition import (CONFIG_LABELS, DEFAULT_MBR_TYPE, DEFAULT_SIZE, ConfigPartition,
+                                        create_config_partition, find_config_partition,
+                                        plan_config_partition)
+from partition.device import Target, open_target
+from partition.errors import PartitionError
+from partition.probe import probe_filesystem
+from partition.rescan import reread
+from partition.tables import Partition, Table, fix_backup_gpt, read_table
+
+from .content import Content
+from .drive import DEFAULT_LABEL, MAX_DRIVE_BYTES, build, read_image, write_image
+from .errors import ConfigDriveError
+
+# Where every filesystem signature a config drive or an old filesystem could show lives
+# (FAT/ext boot sectors, ISO 9660 descriptors at 32 KiB, btrfs at 64 KiB is covered by
+# the drive's body): written last so that a half-written drive is never recognised.
+HEAD = 64 * 1024
+# Some signatures sit at a partition's end (md 0.90/1.0 superblocks): wiped too.
+TAIL = 1 << 20
+
+
+def place_config_drive(device: str, drive: str | bytes | Content, *,
+                       config_size: int = DEFAULT_SIZE, mbr_type: int = DEFAULT_MBR_TYPE,
+                       format: str | None = None, label: str = DEFAULT_LABEL, size: int | None = None,
+                       versions: str | list[str] | None = None, ec2: bool = True,
+                       validate: bool = True) -> dict[str, Any]:
+    """Write ``drive`` into the config partition of ``device`` (block device or disk
+    image file), creating the partition when there is none.
+
+    ``drive``: Content to build (``format``/``label``/``size``/``versions``/``ec2``/
+    ``validate`` as for ``build``), the bytes of a drive image, or a path or http(s) URL
+    of a drive image or an ironic packed (gzip+base64) string.
+    Returns the ``--json`` summary of what was done."""
+    with open_target(device) as target:
+        fp = target.fileobj()
+        table = read_table(fp, target.size, target.sector_size if target.is_block else None, source=device)
+        if table is None:
+            raise PartitionError(f"{device}: no partition table (write an OS image first)")
+        found = find_config_partition(fp, table, mbr_type, source=device)
+        if found is not None:
+            room = found.partition.size
+        else:
+            room = plan_config_partition(table, config_size, source=device)[1]
+        notes = list(table.notes)
+        image, fs, conversion = _drive_image(drive, table.sector_size, room, format=format, label=label,
+                                             size=size, versions=versions, ec2=ec2, validate=validate)
+        if conversion:
+            notes.append(conversion)
+        if len(image) > room:
+            where = "the config partition" if found else "a config partition of --config-size"
+            raise PartitionError(f"{device}: the drive is {len(image)} bytes, larger than {where} "
+                                 f"({room} bytes)")
+        if fs.label not in CONFIG_LABELS:
+            notes.append(f"drive label {fs.label!r}: cloud-init looks for config-2")
+
+        # -- from here on the disk changes --
+        gpt_fixed = False
+        if found is None:
+            gpt_fixed = table.needs_gpt_fix
+            found = create_config_partition(fp, table, config_size, mbr_type, source=device)
+        else:
+            gpt_fixed = fix_backup_gpt(fp, table)
+        if gpt_fixed:
+            notes.append(f"{device}: GPT backup moved to the disk's last sectors")
+        _write_drive(target, found.partition, image)
+        rescan = reread(device, target.fd, table.partitions, found.partition)
+        notes.extend(rescan.notes)
+    return _summary(device, table, found, fs, image, rescan.node, rescan.method, notes)
+
+
+def refresh_disk(device: str) -> dict[str, Any]:
+    """After an image was written and no drive is to be placed: move a misplaced backup
+    GPT to the disk's end (an image smaller than the disk) and refresh the kernel's view."""
+    with open_target(device) as target:
+        fp = target.fileobj()
+        table = read_table(fp, target.size, target.sector_size if target.is_block else None, source=device)
+        if table is None:
+            return {"table": None, "gpt_fixed": False, "rescan": None, "notes": []}
+        fixed = fix_backup_gpt(fp, table)
+        rescan = reread(device, target.fd, table.partitions)
+    return {"table": table.kind, "gpt_fixed": fixed, "rescan": rescan.method or None,
+            "notes": table.notes + rescan.notes}
+
+
+def _drive_image(drive: str | bytes | Content, sector_size: int, room: int, *, format: str | None,
+                 label: str, size: int | None, versions, ec2: bool, validate: bool):
+    """(image bytes, its Filesystem, a note when it was converted) in the form the target
+    can mount. On disks with sectors over 512 bytes that is vfat, since ISO 9660 cannot be
+    mounted there, with FAT sectors of the disk's size: Linux refuses a FAT whose logical
+    sectors are smaller than the device's."""
+    needs_vfat = sector_size > 512
+    # A vfat drive fills the partition it goes into unless a size was asked for.
+    vfat_options = dict(format="vfat", size=size or min(room, MAX_DRIVE_BYTES), sector_size=sector_size)
+    if isinstance(drive, Content):
+        fmt = "vfat" if needs_vfat else (format or "iso")
+        options = vfat_options if fmt == "vfat" else {"format": fmt}
+        image = build(drive, None, label=label, versions=versions, ec2=ec2, validate=validate, **options)
+        note = (f"{sector_size}-byte sectors: ISO 9660 cannot be mounted there, drive built as vfat"
+                if needs_vfat and format != "vfat" else "")
+        return image, _probe(image, "the built drive"), note
+    source = "drive" if isinstance(drive, bytes) else str(drive)
+    image = drive if isinstance(drive, bytes) else load_drive(str(drive))
+    fs = _probe(image, source)
+    if not needs_vfat:
+        return image, fs, ""
+    if fs.type == "iso9660":
+        why = f"ISO 9660 cannot be mounted there, {source} converted to vfat"
+    else:
+        fat_sector = int.from_bytes(image[11:13], "little")   # the boot sector's BPB_BytsPerSec
+        if fat_sector >= sector_size:
+            return image, fs, ""
+        why = (f"Linux cannot mount a FAT with {fat_sector}-byte sectors there, "
+               f"{source} rewritten with {sector_size}-byte sectors")
+    tree = read_image(io.BytesIO(image), fs.type, source)
+    out = io.BytesIO()
+    write_image(tree, out, label=fs.label, **vfat_options)
+    image = out.getvalue()
+    return image, _probe(image, f"{source} (converted)"), f"{sector_size}-byte sectors: {why}"
+
+
+def load_drive(spec: str) -> bytes:
+    """A drive image from a file or http(s) URL holding either the image itself or the
+    ironic API's packed form (gzip+base64), at most MAX_DRIVE_BYTES."""
+    from partition.source import open_source
+    from .pack import unpack
+    with open_source(spec) as src:
+        data = src.read(MAX_DRIVE_BYTES + 1)
+    if len(data) > MAX_DRIVE_BYTES:
+        raise ConfigDriveError(f"{spec}: larger than the {MAX_DRIVE_BYTES}-byte limit for a config drive")
+    if probe_filesystem(io.BytesIO(data)) is not None:
+        return data
+    return unpack(data, source=spec)
+
+
+def _probe(image: bytes, source: str):
+    fs = probe_filesystem(io.BytesIO(image))
+    if fs is None:
+        raise ConfigDriveError(f"{source}: not an ISO 9660 or vfat config drive")
+    return fs
+
+
+def _write_drive(target: Target, part: Partition, image: bytes) -> None:
+    """Wipe old signatures, write the drive's body, flush, then its head, flush, and
+    read it back: an interrupted write leaves zeros where a filesystem would be found."""
+    start, head = part.start, min(HEAD, len(image))
+    target.write_zeros(start, min(HEAD, part.size))
+    tail = max(len(image), part.size - TAIL)
+    target.write_zeros(start + tail, part.size - tail)
+    target.sync()
+    target.pwrite(memoryview(image)[head:], start + head)
+    target.sync()
+    target.pwrite(memoryview(image)[:head], start)
+    target.sync()
+    _verify(target, start, image)
+
+
+def _verify(target: Target, start: int, image: bytes) -> None:
+    # Drop our own cached pages first so that the comparison reads the device.
+    os.posix_fadvise(target.fd, start, len(image), os.POSIX_FADV_DONTNEED)
+    back = os.pread(target.fd, len(image), start)
+    if back != image:
+        at = next((i for i, (a, b) in enumerate(zip(back, image)) if a != b), len(back))
+        raise PartitionError(f"{target.path}: the drive read back differs at byte {start + at}")
+
+
+def _summary(device: str, table: Table, found: ConfigPartition, fs, image: bytes, node: str | None,
+             rescan: str, notes: list[str]) -> dict[str, Any]:
+    part = found.partition
+    return {
+        "device": device,
+        "table": table.kind,
+        "sector_size": table.sector_size,
+        "partition": {"number": part.number, "start": part.start, "size": part.size,
+                      "identity": found.identity, "created": found.created, "uuid": part.uuid,
+                      "node": node},
+        "drive": {"format": fs.type, "label": fs.label, "bytes": len(image)},
+        "rescan": rescan or None,
+        "notes": notes,
+    }

@@ -1,0 +1,302 @@
+"""Write an image to a disk with dd semantics, done right (the coreos-installer way).
+
+    write_image("disk.qcow2.xz", "/dev/sda", checksum="sha256:...")   # the one-call API
+    copy_image(image, target, expected=..., progress=...)            # with your own ends
+
+Order of work, and why:
+
+1. Everything that can be refused is refused before the target is touched: the image
+   (bad qcow2, backing file, ...), a busy target, an image larger than the target, a GPT
+   for another sector size than the target's.
+2. The first MiB and the last MiB of the target are zeroed and flushed: from here until
+   the end no tool sees a partition table, neither the old disk's nor the new image's.
+3. The image is streamed with its first MiB held back (it holds the MBR and primary GPT)
+   and its last MiB held back (it holds the backup GPT): a crash or SIGKILL meanwhile
+   leaves no table at either place. Reading and decompressing run on a thread ahead of
+   the writer with a small bounded queue; dirty pages are flushed every 64 MiB so memory
+   stays bounded and progress honest.
+4. The checksum of the source is verified; only then the last MiB and then the first MiB
+   are written, each followed by fsync.
+5. On any failure after step 2, the target gets a fresh empty partition table (protective
+   MBR, primary and backup GPT) unless ``preserve_on_error``: never a half-written
+   bootable disk.
+
+Zeros in the image are written on a block device (BLKZEROOUT, which reads back as zeros;
+an old disk's data must never show through), and punched as holes in a regular file.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from typing import Iterator
+
+from .checksum import Expected, parse_checksum
+from .device import Target, open_target
+from .errors import PartitionError
+from .image import Image, open_image
+from .progress import Progress, human
+
+HOLD = 1 << 20            # held back at each end of the image
+SYNC_EVERY = 64 << 20     # flush dirty pages after this many bytes
+QUEUE_DEPTH = 6           # chunks (of up to 4 MiB) read ahead of the writer
+GPT_SIGNATURE = b"EFI PART"
+
+
+def gpt_sector_size(head: bytes) -> int | None:
+    """The sector size an image's GPT was made for: its header sits in LBA 1."""
+    for size in (512, 4096):
+        if head[size: size + 8] == GPT_SIGNATURE:
+            return size
+    return None
+
+
+def write_image(image_spec: str, device: str, *, checksum: str | None = None,
+                preserve_on_error: bool = False, progress: Progress | None = None,
+                sector_size: int | None = None, spool_dir: str | None = None,
+                http_options: dict | None = None, say=None) -> dict:
+    """Open ``image_spec`` (path, ``-``, http(s) URL), open ``device`` (block device, or a
+    regular file: a missing one is created with the image's virtual size), copy, verify.
+    Returns the summary of :func:`copy_image`."""
+    expected = parse_checksum(checksum, str(image_spec)) if checksum else None
+    with open_image(image_spec, hash_algorithm=expected.algorithm if expected else None,
+                    spool_dir=spool_dir, http_options=http_options, on_spool=say) as image:
+        with open_target(device, sector_size=sector_size, create_size=image.virtual_size) as target:
+            return copy_image(image, target, expected=expected, progress=progress,
+                              preserve_on_error=preserve_on_error)
+
+
+def copy_image(image: Image, target: Target, *, expected: Expected | None = None,
+               progress: Progress | None = None, preserve_on_error: bool = False) -> dict:
+    """Stream ``image`` onto ``target`` (see the module docstring for the order of work).
+    Returns {format, compression, virtual_size, bytes_written, seconds, checksum}."""
+    progress = progress or Progress.quiet()
+    progress.total = image.virtual_size
+    started = time.monotonic()
+    reader = _ReadAhead(image)
+    touched = False
+    try:
+        head, pending = _collect_head(reader)
+        _refuse_misfit(image, target, head, pending)
+        # A file we create has nothing to hide at its end, and no end yet.
+        limit = target.size if target.size else None
+        _zero_ends(target)
+        touched = True
+        writer = _Writer(target, limit, progress)
+        tail = _Lag(HOLD)
+        for offset, length, data in _chain(pending, reader):
+            if offset + length <= HOLD:
+                continue
+            if offset < HOLD:        # the part in the first MiB is in ``head`` already
+                cut = HOLD - offset
+                offset, length = HOLD, length - cut
+                data = None if data is None else data[cut:]
+            for extent in tail.push(offset, length, data):
+                writer.write(*extent)
+        digest = image.finish()
+        if expected:
+            expected.check(digest, image.name)
+        for extent in tail.drain():
+            writer.write(*extent)
+        end = max(writer.end, len(head))
+        if not target.is_block:
+            target.grow_to(end)   # a file we created, whose image ends in zeros
+        target.sync()
+        target.pwrite(head, 0)
+        target.sync()
+        progress.update(end)
+        progress.finish()
+    except BaseException as exc:
+        reader.stop()
+        if touched and not preserve_on_error:
+            note = _wipe(target)
+            if isinstance(exc, PartitionError):
+                raise PartitionError(f"{exc} ({note})") from exc
+            if isinstance(exc, OSError):
+                raise PartitionError(f"{target.path}: {exc.strerror or exc} ({note})") from exc
+        raise
+    return {
+        "format": image.format,
+        "compression": image.compression,
+        "virtual_size": end,
+        "bytes_written": writer.data_bytes + len(head),
+        "seconds": round(time.monotonic() - started, 3),
+        "checksum": ({"algorithm": expected.algorithm, "value": digest, "verified": True}
+                     if expected else None),
+    }
+
+
+def _collect_head(reader: "_ReadAhead") -> tuple[bytearray, list]:
+    """Read extents until the first MiB of the virtual disk is known; return it and the
+    extents read so far (to be streamed next)."""
+    head = bytearray()
+    pending = []
+    for extent in reader:
+        pending.append(extent)
+        offset, length, data = extent
+        if offset < HOLD:
+            part = min(length, HOLD - offset)
+            head[offset: offset + part] = bytes(part) if data is None else data[:part]
+        if offset + length >= HOLD:
+            break
+    return head, pending
+
+
+def _chain(first: list, rest: Iterator) -> Iterator:
+    yield from first
+    yield from rest
+
+
+def _refuse_misfit(image: Image, target: Target, head: bytes, pending: list) -> None:
+    if image.virtual_size is not None and target.size and image.virtual_size > target.size:
+        raise PartitionError(f"{image.name}: virtual size {image.virtual_size} bytes "
+                             f"({human(image.virtual_size)}) exceeds {target.path} "
+                             f"({target.size} bytes)")
+    image_sector = gpt_sector_size(bytes(head[:4104]))
+    if image_sector and image_sector != target.sector_size:
+        if target.sector_size_known:
+            raise PartitionError(f"{image.name}: GPT made for {image_sector}-byte sectors, but "
+                                 f"{target.path} has {target.sector_size}-byte logical sectors")
+        target.sector_size = image_sector
+
+
+def _zero_ends(target: Target) -> None:
+    """Zero the first and the last MiB so that no partition table, old or new, is seen
+    until the image is complete and verified."""
+    if not target.size:
+        return
+    target.write_zeros(0, min(HOLD, target.size))
+    if target.size > HOLD:
+        start = max(HOLD, target.size - HOLD)
+        target.write_zeros(start, target.size - start)
+    target.sync()
+
+
+def _wipe(target: Target) -> str:
+    """After a failure: a fresh empty partition table (the disk is blank, not a wreck)."""
+    from .gpt import write_empty_gpt
+    try:
+        if not target.is_block:
+            target.grow_to(0)      # learn how far a file we created has grown
+        write_empty_gpt(target.fileobj(), target.size, target.sector_size)
+        target.sync()
+    except (PartitionError, OSError) as exc:
+        return f"{target.path} could not be wiped either: {exc}"
+    return f"{target.path} now holds an empty partition table"
+
+
+class _Writer:
+    """pwrite data, write zeros, flush every SYNC_EVERY bytes, report progress."""
+
+    def __init__(self, target: Target, limit: int | None, progress: Progress):
+        self.target, self.limit, self.progress = target, limit, progress
+        self.end = 0
+        self.data_bytes = 0
+        self._unsynced = 0
+
+    def write(self, offset: int, length: int, data) -> None:
+        if self.limit is not None and offset + length > self.limit:
+            raise PartitionError(f"the image is larger than {self.target.path} "
+                                 f"({self.limit} bytes): it goes on past byte {self.limit}")
+        if data is None:
+            self.target.write_zeros(offset, length)
+        else:
+            self.target.pwrite(data, offset)
+            self.data_bytes += length
+            self._unsynced += length
+            if self._unsynced >= SYNC_EVERY:
+                self.target.sync()
+                self._unsynced = 0
+        self.end = offset + length
+        self.progress.update(self.end)
+
+
+class _Lag:
+    """Hold back the most recent ``size`` bytes of a stream of extents (the image's last
+    MiB: where its backup GPT lives) until ``drain``."""
+
+    def __init__(self, size: int):
+        self.size, self.held, self.total = size, deque(), 0
+
+    def push(self, offset: int, length: int, data) -> Iterator:
+        self.held.append((offset, length, data))
+        self.total += length
+        while self.total > self.size:
+            offset, length, data = self.held[0]
+            excess = self.total - self.size
+            if length <= excess:
+                self.held.popleft()
+                self.total -= length
+                yield offset, length, data
+            else:
+                self.held[0] = (offset + excess, length - excess,
+                                None if data is None else data[excess:])
+                self.total -= excess
+                yield offset, excess, None if data is None else data[:excess]
+
+    def drain(self) -> Iterator:
+        while self.held:
+            yield self.held.popleft()
+        self.total = 0
+
+
+_END = object()
+
+
+class _ReadAhead:
+    """Run ``image.extents()`` on a thread, a few chunks ahead of the writer: reading,
+    decompressing and writing overlap (they all release the GIL)."""
+
+    def __init__(self, image: Image):
+        self._queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(image,), daemon=True,
+                                        name="read-image")
+        self._thread.start()
+        # One generator for the writer's whole life: breaking out of a ``for`` over it
+        # (after the first MiB) must not lose the rest of the current batch.
+        self._items = self._iterate()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def _run(self, image: Image) -> None:
+        try:
+            batch, batch_bytes = [], 0
+            for extent in image.extents():
+                batch.append(extent)
+                batch_bytes += extent[1] if extent[2] is not None else 0
+                # Hand over whole chunks, not 64 KiB pieces: fewer queue round trips.
+                if batch_bytes >= (1 << 20) or len(batch) >= 64 or extent[2] is None:
+                    if not self._put(batch):
+                        return
+                    batch, batch_bytes = [], 0
+            if batch and not self._put(batch):
+                return
+            self._put(_END)
+        except BaseException as exc:   # handed to the writer, which raises it
+            self._put(exc)
+
+    def __iter__(self):
+        return self._items
+
+    def _iterate(self):
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield from item
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

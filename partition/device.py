@@ -1,0 +1,245 @@
+"""Open a write target (a whole-disk block device or a regular file) and answer the
+questions a writer asks it: size, logical sector size, is it busy, write zeros, flush.
+
+The API is small on purpose::
+
+    with open_target("/dev/sda") as target:      # O_EXCL; refuses a busy disk with names
+        target.size, target.sector_size, target.is_block
+        target.pwrite(data, offset); target.write_zeros(offset, length); target.sync()
+        target.fileobj()                          # a seekable binary file on the same fd
+
+A block device is opened with O_EXCL so the kernel itself refuses one that is mounted or
+held (LVM, MD, dm); before that we look for the reasons in /proc/mounts, /proc/swaps and
+/sys/block/*/holders so the message can name them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import io
+import os
+import stat
+import struct
+from pathlib import Path
+from typing import BinaryIO
+
+from .errors import PartitionError
+
+# <linux/fs.h>
+BLKSSZGET = 0x1268          # logical sector size (int)
+BLKGETSIZE64 = 0x80081272   # size in bytes (u64)
+BLKZEROOUT = 0x127F         # write zeros to a range {start, length} (u64[2])
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+ZERO_BLOCK = bytes(1 << 20)
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+class Target:
+    """An open write target. ``size`` is the disk's size in bytes (for a regular file, its
+    length); ``sector_size`` the logical sector size (512 for files unless told)."""
+
+    def __init__(self, path: str, fd: int, size: int, sector_size: int, is_block: bool,
+                 sector_size_known: bool = True):
+        self.path, self.fd, self.size = path, fd, size
+        self.sector_size, self.is_block = sector_size, is_block
+        # A regular file has no sector size of its own: unless told, a writer may adopt
+        # the image's.
+        self.sector_size_known = sector_size_known
+        self._file: BinaryIO | None = None
+
+    # -- writing ---------------------------------------------------------------------
+    def pwrite(self, data, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                done = os.pwrite(self.fd, view, offset)
+            except OSError as exc:
+                raise PartitionError(f"{self.path}: write of {len(view)} bytes at byte {offset} "
+                                     f"failed: {exc.strerror}") from exc
+            if done == 0:
+                raise PartitionError(f"{self.path}: no space left at byte {offset}")
+            view, offset = view[done:], offset + done
+
+    def write_zeros(self, offset: int, length: int) -> None:
+        """Make ``[offset, offset+length)`` read back as zeros.
+
+        A block device gets BLKZEROOUT (the kernel writes zeros, or has the device do it
+        with a guarantee that they read back as zeros - never a discard that might not);
+        a regular file gets a punched hole. Either falls back to writing zero buffers."""
+        if length <= 0:
+            return
+        if self.is_block:
+            aligned = offset % self.sector_size == 0 and length % self.sector_size == 0
+            if aligned:
+                try:
+                    fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
+                    return
+                except OSError:
+                    pass
+        else:
+            mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+            self.grow_to(offset + length)   # a hole cannot grow a file: extend it first
+            if _libc.fallocate(self.fd, mode, offset, length) == 0:
+                return
+        while length:
+            n = min(length, len(ZERO_BLOCK))
+            self.pwrite(memoryview(ZERO_BLOCK)[:n], offset)
+            offset, length = offset + n, length - n
+
+    def grow_to(self, length: int) -> None:
+        """A regular file: make it at least ``length`` bytes long (sparse) and update
+        ``size`` to its actual length (writes past the end grow it too)."""
+        actual = os.fstat(self.fd).st_size
+        if actual < length:
+            os.ftruncate(self.fd, length)
+            actual = length
+        self.size = actual
+
+    def sync(self) -> None:
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise PartitionError(f"{self.path}: fsync failed: {exc.strerror}") from exc
+
+    def fileobj(self) -> BinaryIO:
+        """A seekable, unbuffered binary file on this target's descriptor (closing it
+        leaves the target open), for code that wants ``seek``/``read``/``write``."""
+        if self._file is None:
+            self._file = io.FileIO(self.fd, "r+b", closefd=False)
+        return self._file
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "Target":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_target(path: str | os.PathLike, *, sector_size: int | None = None,
+                create_size: int | None = None) -> Target:
+    """Open ``path`` for writing with dd semantics.
+
+    A block device: opened O_EXCL after a busy check; size and logical sector size come
+    from the kernel (``sector_size`` must agree when given). A regular file: its length is
+    the disk's size; a missing or empty file is created with ``create_size`` bytes (sparse)
+    when given. ``sector_size`` defaults to 512 for files."""
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISBLK(st.st_mode):
+        return _open_block(path, sector_size)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise PartitionError(f"{path}: neither a block device nor a regular file")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    size = os.fstat(fd).st_size
+    if size == 0 and create_size:
+        os.ftruncate(fd, create_size)
+        size = create_size
+    return Target(path, fd, size, sector_size or 512, is_block=False,
+                  sector_size_known=sector_size is not None)
+
+
+def _open_block(path: str, sector_size: int | None) -> Target:
+    reasons = busy_reasons(path)
+    if reasons:
+        raise PartitionError(f"{path} is busy: {'; '.join(reasons)}")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            raise PartitionError(f"{path} is busy: the kernel refuses exclusive access "
+                                 "(mounted, swap, or held by another program)") from exc
+        raise PartitionError(f"{path}: cannot open: {exc.strerror}") from exc
+    size = struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, bytes(8)))[0]
+    logical = struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, bytes(4)))[0]
+    if sector_size and sector_size != logical:
+        os.close(fd)
+        raise PartitionError(f"{path}: logical sector size is {logical}, not {sector_size}")
+    return Target(path, fd, size, logical, is_block=True)
+
+
+# -- busy check -----------------------------------------------------------------------
+
+def _sys_block(path: str) -> Path | None:
+    """/sys/block/NAME for a whole-disk device node, or /sys/class/block/NAME for a
+    partition (found by device number, so /dev/disk/by-id links work too)."""
+    rdev = os.stat(path).st_rdev
+    link = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
+    return link.resolve() if link.exists() else None
+
+
+def _dev_numbers(sysdir: Path) -> dict[str, str]:
+    """{"MAJ:MIN": name} for the device and each of its partitions."""
+    found = {}
+    for d in [sysdir, *[p.parent for p in sysdir.glob("*/partition")]]:
+        try:
+            found[(d / "dev").read_text().strip()] = d.name
+        except OSError:
+            pass
+    return found
+
+
+def busy_reasons(path: str | os.PathLike) -> list[str]:
+    """Why the block device ``path`` is in use: mounted partitions, swap, holders.
+    Empty when nothing is found (the O_EXCL open still has the last word)."""
+    path = os.fspath(path)
+    sysdir = _sys_block(path)
+    if sysdir is None:
+        return []
+    numbers = _dev_numbers(sysdir)
+
+    def ours(node: str) -> str | None:
+        try:
+            rdev = os.stat(node).st_rdev
+        except OSError:
+            return None
+        return numbers.get(f"{os.major(rdev)}:{os.minor(rdev)}")
+
+    reasons = []
+    for line in _read_lines("/proc/mounts"):
+        fields = line.split()
+        if len(fields) >= 2 and fields[0].startswith("/") and ours(fields[0]):
+            reasons.append(f"/dev/{ours(fields[0])} is mounted on {_unescape(fields[1])}")
+    for line in _read_lines("/proc/swaps")[1:]:
+        fields = line.split()
+        if fields and ours(_unescape(fields[0])):
+            reasons.append(f"/dev/{ours(_unescape(fields[0]))} is in use as swap")
+    for name in numbers.values():
+        base = sysdir if name == sysdir.name else sysdir / name
+        for holder in sorted((base / "holders").glob("*")):
+            label = _dm_name(holder) or holder.name
+            reasons.append(f"/dev/{name} is held by {label}")
+    return reasons
+
+
+def _dm_name(holder: Path) -> str | None:
+    try:
+        return "dm " + (holder / "dm" / "name").read_text().strip()
+    except OSError:
+        return None
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
+
+
+def _unescape(field: str) -> str:
+    """/proc/mounts writes spaces and tabs in paths as octal escapes."""
+    return field.encode().decode("unicode_escape") if "\\" in field else field

@@ -1,0 +1,228 @@
+"""Open an OS image from anywhere as a stream of extents of its virtual disk.
+
+The chain, one small reader per job (coreos-installer style)::
+
+    source (file | stdin | http)  ->  hash + count  ->  decompress (by magic)
+        ->  format (raw | qcow2)  ->  extents (offset, length, data or None for zeros)
+
+Formats and compressors are told by their magic bytes, never by a name. One layer of
+compression (gzip, xz, zstd) around a raw or qcow2 image is accepted.
+
+qcow2 needs random access (its metadata may lie anywhere, before or after the data), so:
+an uncompressed qcow2 in a local file is read in place with pread, and its checksum is
+computed by a thread reading the same file in order; a qcow2 from stdin, http or inside a
+compressor is first spooled to an unlinked temporary file (hashing as it streams by), which
+keeps memory bounded whatever the image size, and converted from there.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from .checksum import HashingReader
+from .compress import compression_of, decompressing_reader
+from .errors import PartitionError
+from .qcow2 import Qcow2, is_qcow2
+from .source import Source, open_source
+
+CHUNK = 4 << 20          # raw streams are read (and handed to the writer) this much at once
+ZERO_GRAIN = 64 << 10    # zero detection granularity inside data
+_ZERO_CHUNK = bytes(CHUNK)
+
+Extent = tuple[int, int, "bytes | memoryview | None"]   # offset, length, data (None: zeros)
+
+
+@dataclass
+class Image:
+    """An opened image. Iterate ``extents()`` once, then call ``finish()`` for the digest
+    of the source bytes (None when no hash was asked for)."""
+
+    name: str
+    format: str                        # "raw" or "qcow2"
+    compression: str | None            # "gzip", "xz", "zstd" or None
+    virtual_size: int | None           # None: a raw stream whose end is not known yet
+    _extents: Callable[[], Iterator[Extent]]
+    _finish: Callable[[], str | None]
+    _closers: list = field(default_factory=list)
+
+    def extents(self) -> Iterator[Extent]:
+        """The virtual disk in order; data extents are split where they hold runs of
+        zeros (64 KiB grain) so that the writer can punch holes or zero out instead."""
+        for offset, length, data in self._extents():
+            if data is None:
+                yield offset, length, None
+            else:
+                yield from split_zeros(offset, data)
+
+    def finish(self) -> str | None:
+        return self._finish()
+
+    def close(self) -> None:
+        for close in reversed(self._closers):
+            close()
+        self._closers.clear()
+
+    def __enter__(self) -> "Image":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def split_zeros(offset: int, data) -> Iterator[Extent]:
+    """Cut ``data`` at ``offset`` into data and zero extents on a 64 KiB grain."""
+    length = len(data)
+    if length == CHUNK and data == _ZERO_CHUNK:
+        yield offset, length, None
+        return
+    view = memoryview(data)
+    run_start, run_zero = 0, None
+    for start in range(0, length, ZERO_GRAIN):
+        end = min(start + ZERO_GRAIN, length)
+        # bytes slicing + compare runs at memcmp speed; memoryview compare does not.
+        zero = bytes(view[start:end]) == _ZERO_CHUNK[: end - start]
+        if zero is not run_zero and run_zero is not None:
+            yield offset + run_start, start - run_start, None if run_zero else view[run_start:start]
+            run_start = start
+        run_zero = zero
+    if run_zero is not None:
+        yield offset + run_start, length - run_start, None if run_zero else view[run_start:]
+
+
+class _Peek:
+    """A reader that can look at its first bytes without consuming them."""
+
+    def __init__(self, inner):
+        self._inner, self._head = inner, b""
+
+    def peek(self, n: int) -> bytes:
+        while len(self._head) < n:
+            more = self._inner.read(n - len(self._head))
+            if not more:
+                break
+            self._head += more
+        return self._head[:n]
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            data = self._head if n < 0 else self._head[:n]
+            self._head = self._head[len(data):]
+            return data
+        return self._inner.read(n)
+
+
+def read_full(reader, n: int) -> bytes:
+    """Up to ``n`` bytes; fewer only at the end (pipes and sockets return short reads)."""
+    parts, got = [], 0
+    while got < n:
+        data = reader.read(n - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def open_image(spec: str | os.PathLike, *, hash_algorithm: str | None = None,
+               spool_dir: str | None = None, http_options: dict | None = None,
+               on_spool: Callable[[str], None] | None = None) -> Image:
+    """Open ``spec`` (path, ``-`` or http(s) URL) and identify it by its magic bytes.
+
+    ``hash_algorithm`` (hashlib name) hashes the source bytes; ``finish()`` returns the
+    hex digest. Raises PartitionError for anything refused (before any target is touched)."""
+    source = open_source(spec, **(http_options or {}))
+    try:
+        return _open(source, hash_algorithm, spool_dir, on_spool)
+    except BaseException:
+        source.close()
+        raise
+
+
+def _open(source: Source, hash_algorithm, spool_dir, on_spool) -> Image:
+    import hashlib
+    hasher = hashlib.new(hash_algorithm) if hash_algorithm else None
+    hashing = HashingReader(source, hasher)
+    outer = _Peek(hashing)
+    compression = compression_of(outer.peek(8))
+    stream = outer
+    if compression:
+        stream = _Peek(decompressing_reader(outer, compression, source.name))
+        if compression_of(stream.peek(8)):
+            raise PartitionError(f"{source.name}: compressed twice ({compression} around "
+                                 f"{compression_of(stream.peek(8))}): refused")
+    head = stream.peek(512)
+    closers = [source.close]
+
+    def drained() -> str | None:
+        """The source must have been read to its end (the digest covers every byte)."""
+        if outer.read(1):
+            raise PartitionError(f"{source.name}: data after the end of the image")
+        return hasher.hexdigest() if hasher else None
+
+    if not is_qcow2(head):
+        def raw_extents() -> Iterator[Extent]:
+            offset = 0
+            while True:
+                data = read_full(stream, CHUNK)
+                if not data:
+                    return
+                yield offset, len(data), data
+                offset += len(data)
+        size = source.size if not compression else None
+        return Image(source.name, "raw", compression, size, raw_extents, drained, closers)
+
+    if source.path and not compression:
+        # Read in place; hash the same file in order on a thread meanwhile.
+        fd = os.open(source.path, os.O_RDONLY | os.O_CLOEXEC)
+        closers.append(lambda: os.close(fd))
+        qcow = Qcow2(fd, os.fstat(fd).st_size, source.name)
+        background = _HashFile(source.path, hash_algorithm) if hasher else None
+        finish = background.result if background else (lambda: None)
+        return Image(source.name, "qcow2", None, qcow.virtual_size, qcow.extents, finish, closers)
+
+    if on_spool:
+        on_spool(f"{source.name}: qcow2 {'inside ' + compression if compression else 'stream'}: "
+                 "spooling to a temporary file first (qcow2 needs random access)")
+    spool = tempfile.TemporaryFile(dir=spool_dir, prefix="configdrive-qcow2-")
+    closers.append(spool.close)
+    while True:
+        data = stream.read(CHUNK)
+        if not data:
+            break
+        spool.write(data)
+    spool.flush()
+    digest = drained()
+    qcow = Qcow2(spool.fileno(), spool.tell(), source.name)
+    return Image(source.name, "qcow2", compression, qcow.virtual_size, qcow.extents,
+                 lambda: digest, closers)
+
+
+class _HashFile(threading.Thread):
+    """Hash a local file from start to end while the converter reads it at random
+    (hashlib and file reads release the GIL, so this runs alongside)."""
+
+    def __init__(self, path: str, algorithm: str):
+        super().__init__(daemon=True, name="hash-image")
+        import hashlib
+        self._path, self._hasher, self._error = path, hashlib.new(algorithm), None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            with open(self._path, "rb", buffering=0) as fp:
+                buf = bytearray(1 << 20)
+                while n := fp.readinto(buf):
+                    self._hasher.update(memoryview(buf)[:n])
+        except OSError as exc:
+            self._error = exc
+
+    def result(self) -> str:
+        self.join()
+        if self._error:
+            raise PartitionError(f"{self._path}: reading for the checksum failed: "
+                                 f"{self._error.strerror}")
+        return self._hasher.hexdigest()

@@ -1,0 +1,362 @@
+"""A pure-Python qcow2 reader: the image's virtual disk as a stream of extents.
+
+Versions 2 and 3, cluster sizes 512 B to 2 MiB, deflate and zstd compressed clusters,
+zero clusters, extended L2 entries (subclusters); unallocated clusters read as zeros
+(there is never a backing file: images that name one are refused). Only the active L1
+table is read; snapshots and refcounts are not needed to convert to raw.
+
+Everything that could make the conversion read outside the image or past qemu's own
+limits is refused when the image is opened, before a byte reaches any target: the header,
+the extensions, the L1 table and every L2 table and entry are checked up front (the L2
+tables are read again while converting, one at a time, so memory stays small).
+
+The file must allow random access (``os.pread`` on ``fd``): qcow2 metadata may lie
+anywhere in the file, so a stream is spooled to a file first (see ``image.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import zstandard
+
+from .errors import PartitionError
+
+MAGIC = b"QFI\xfb"
+HEADER_V2 = struct.Struct(">4sIQIIQIIQQIIQ")          # up to snapshots_offset (72 bytes)
+HEADER_V3 = struct.Struct(">QQQII")                   # incompatible .. header_length (@72)
+
+INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE = 1 << 0, 1 << 1, 1 << 2
+INCOMPAT_COMPRESSION, INCOMPAT_EXTL2 = 1 << 3, 1 << 4
+INCOMPAT_KNOWN = (1 << 5) - 1
+
+EXT_END, EXT_BACKING_FORMAT, EXT_FEATURES = 0, 0xE2792ACA, 0x6803F857
+EXT_BITMAPS, EXT_ENCRYPTION, EXT_DATA_FILE = 0x23852875, 0x0537BE77, 0x44415441
+
+OFFSET_MASK = 0x00FFFFFFFFFFFE00      # bits 9-55: L1 entries and standard L2 entries
+COMPRESSED = 1 << 62
+ZERO_FLAG = 1
+
+# qemu's own limits (block/qcow2.h): anything larger is refused by qemu too.
+MAX_L1_BYTES = 32 << 20
+MAX_REFCOUNT_TABLE_BYTES = 8 << 20
+MAX_SNAPSHOTS = 65536
+MAX_BACKING_NAME = 1023
+READ_RUN = 4 << 20     # the most we read (and hand on) at once
+
+
+@dataclass(frozen=True)
+class Header:
+    version: int
+    cluster_bits: int
+    size: int
+    l1_size: int
+    l1_table_offset: int
+    incompatible: int
+    header_length: int
+    compression_type: int
+
+    @property
+    def cluster_size(self) -> int:
+        return 1 << self.cluster_bits
+
+    @property
+    def extended_l2(self) -> bool:
+        return bool(self.incompatible & INCOMPAT_EXTL2)
+
+
+def is_qcow2(head: bytes) -> bool:
+    return head.startswith(MAGIC)
+
+
+class Qcow2:
+    """An opened, fully checked qcow2 image read through ``fd`` (``file_size`` bytes)."""
+
+    def __init__(self, fd: int, file_size: int, name: str):
+        self.fd, self.file_size, self.name = fd, file_size, name
+        self.header = self._read_header()
+        h = self.header
+        self.cluster = h.cluster_size
+        self.virtual_size = h.size
+        self.entry_words = 2 if h.extended_l2 else 1
+        self.l2_entries = self.cluster // (8 * self.entry_words)
+        self.subcluster = self.cluster // 32 if h.extended_l2 else self.cluster
+        # Compressed L2 entries: offset in the low x bits, extra 512-byte sectors above.
+        self.csize_shift = 62 - (h.cluster_bits - 8)
+        self.coffset_mask = (1 << self.csize_shift) - 1
+        self.csize_mask = (1 << (h.cluster_bits - 8)) - 1
+        self._zstd = zstandard.ZstdDecompressor()
+        self.l1 = self._read_l1()
+        for index, l2_offset in enumerate(self.l1):
+            if l2_offset:
+                self._check_l2(index, self._read_l2(index, l2_offset))
+
+    # -- header -----------------------------------------------------------------------
+    def _refuse(self, why: str) -> PartitionError:
+        return PartitionError(f"{self.name}: qcow2 {why}: refused")
+
+    def _read_header(self) -> Header:
+        raw = self._pread(0, 4096, "header")
+        if len(raw) < HEADER_V2.size:
+            raise self._refuse(f"header is truncated ({len(raw)} bytes)")
+        (magic, version, backing_offset, backing_size, cluster_bits, size, crypt_method,
+         l1_size, l1_offset, refcount_offset, refcount_clusters, nb_snapshots,
+         snapshots_offset) = HEADER_V2.unpack_from(raw)
+        if magic != MAGIC:
+            raise self._refuse("magic is missing")
+        if version not in (2, 3):
+            raise self._refuse(f"version {version} is unknown (only 2 and 3 exist)")
+        if not 9 <= cluster_bits <= 21:
+            raise self._refuse(f"cluster_bits {cluster_bits} is outside 9..21 (byte 20)")
+        cluster = 1 << cluster_bits
+        if cluster > len(raw):    # extensions may fill the whole first cluster
+            raw = self._pread(0, cluster, "header")
+        incompatible, header_length, compression_type = 0, HEADER_V2.size, 0
+        if version == 3:
+            if len(raw) < 104:
+                raise self._refuse("version 3 header is truncated")
+            incompatible, _compatible, _autoclear, refcount_order, header_length = \
+                HEADER_V3.unpack_from(raw, 72)
+            if not 104 <= header_length <= min(cluster, len(raw)):
+                raise self._refuse(f"header_length {header_length} is outside 104..{cluster} (byte 100)")
+            if refcount_order > 6:
+                raise self._refuse(f"refcount_order {refcount_order} is over 6 (byte 96)")
+            if header_length > 104:
+                compression_type = raw[104]
+        if backing_offset:
+            name = self._pread(backing_offset, min(backing_size, MAX_BACKING_NAME), "backing file name")
+            raise self._refuse(f"names a backing file ({name.decode('utf-8', 'replace')!r}); it "
+                               "could make the deploy read any file on this host "
+                               "(CVE-2011-3147, CVE-2024-44082)")
+        if incompatible & INCOMPAT_DATA_FILE:
+            raise self._refuse("keeps its data in an external data file")
+        if crypt_method:
+            raise self._refuse(f"is encrypted ({ {1: 'AES', 2: 'LUKS'}.get(crypt_method, crypt_method)}) "
+                               "and cannot be deployed without its key")
+        if incompatible & INCOMPAT_CORRUPT:
+            raise self._refuse("is marked corrupt (incompatible feature bit 1); run qemu-img check -r")
+        unknown = incompatible & ~INCOMPAT_KNOWN
+        if unknown:
+            bits = ", ".join(str(b) for b in range(64) if unknown >> b & 1)
+            raise self._refuse(f"uses unknown incompatible feature bit(s) {bits} (byte 72)")
+        if (incompatible & INCOMPAT_COMPRESSION) and compression_type not in (0, 1):
+            raise self._refuse(f"compression type {compression_type} is unknown (byte 104)")
+        if not incompatible & INCOMPAT_COMPRESSION and compression_type != 0:
+            raise self._refuse("compression type is set without its incompatible feature bit")
+        if incompatible & INCOMPAT_EXTL2 and cluster_bits < 14:
+            raise self._refuse("extended L2 entries with clusters under 16 KiB")
+        self._read_extensions(raw, header_length, cluster)
+
+        entry_bytes = 16 if incompatible & INCOMPAT_EXTL2 else 8
+        l2_coverage = (cluster // entry_bytes) * cluster
+        needed_l1 = -(-size // l2_coverage)
+        if size >= 1 << 63 or l1_size * 8 > MAX_L1_BYTES:
+            raise self._refuse(f"L1 table of {l1_size} entries is over qemu's limit of "
+                               f"{MAX_L1_BYTES // 8} (byte 36)")
+        if l1_size < needed_l1:
+            raise self._refuse(f"L1 table of {l1_size} entries is too small for a virtual size "
+                               f"of {size} bytes (byte 36)")
+        self._check_table("L1 table", l1_offset, l1_size * 8, cluster, "byte 40")
+        if refcount_clusters * cluster > MAX_REFCOUNT_TABLE_BYTES:
+            raise self._refuse(f"refcount table of {refcount_clusters} clusters is over qemu's "
+                               f"limit of {MAX_REFCOUNT_TABLE_BYTES} bytes (byte 56)")
+        self._check_table("refcount table", refcount_offset, refcount_clusters * cluster,
+                          cluster, "byte 48")
+        if nb_snapshots > MAX_SNAPSHOTS:
+            raise self._refuse(f"{nb_snapshots} snapshots is over qemu's limit of {MAX_SNAPSHOTS}")
+        if nb_snapshots:
+            self._check_table("snapshot table", snapshots_offset, 1, cluster, "byte 64")
+        return Header(version, cluster_bits, size, l1_size, l1_offset, incompatible,
+                      header_length, compression_type)
+
+    def _read_extensions(self, raw: bytes, offset: int, cluster: int) -> None:
+        end = min(cluster, len(raw))
+        while offset + 8 <= end:
+            kind, length = struct.unpack_from(">II", raw, offset)
+            if kind == EXT_END:
+                return
+            if offset + 8 + length > end:
+                raise self._refuse(f"header extension {kind:#x} at byte {offset} runs past "
+                                   "the first cluster")
+            if kind == EXT_ENCRYPTION:
+                raise self._refuse("carries a full-disk-encryption header")
+            if kind == EXT_DATA_FILE:
+                name = raw[offset + 8: offset + 8 + length].decode("utf-8", "replace")
+                raise self._refuse(f"names an external data file ({name!r})")
+            offset += 8 + ((length + 7) & ~7)
+
+    def _check_table(self, what: str, offset: int, length: int, align: int, field: str) -> None:
+        if offset % align:
+            raise self._refuse(f"{what} offset {offset} is not aligned to {align} ({field})")
+        if offset < align:
+            raise self._refuse(f"{what} offset {offset} points into the header ({field})")
+        if offset + length > self.file_size:
+            raise self._refuse(f"{what} at byte {offset} ({length} bytes) is beyond the end "
+                               f"of the file ({self.file_size} bytes; {field})")
+
+    # -- tables ----------------------------------------------------------------------
+    def _pread(self, offset: int, length: int, what: str) -> bytes:
+        try:
+            return os.pread(self.fd, length, offset)
+        except OSError as exc:
+            raise PartitionError(f"{self.name}: reading the {what} at byte {offset} failed: "
+                                 f"{exc.strerror}") from None
+
+    def _read_l1(self) -> list[int]:
+        h = self.header
+        needed = -(-h.size // (self.l2_entries * self.cluster))
+        raw = self._pread(h.l1_table_offset, needed * 8, "L1 table")
+        l1 = [e & OFFSET_MASK for e in struct.unpack(f">{needed}Q", raw)]
+        for index, offset in enumerate(l1):
+            if offset:
+                where = f"L1 entry {index} at byte {h.l1_table_offset + 8 * index}"
+                if offset < self.cluster:
+                    raise self._refuse(f"L2 table at byte {offset} points into the header ({where})")
+                if offset % self.cluster:
+                    raise self._refuse(f"L2 table offset {offset} is not cluster aligned ({where})")
+                if offset + self.cluster > self.file_size:
+                    raise self._refuse(f"L2 table at byte {offset} is beyond the end of the file "
+                                       f"({self.file_size} bytes; {where})")
+        return l1
+
+    def _read_l2(self, index: int, offset: int) -> tuple[int, ...]:
+        raw = self._pread(offset, self.cluster, f"L2 table {index}")
+        return struct.unpack(f">{self.cluster // 8}Q", raw)
+
+    def _check_l2(self, l1_index: int, l2: tuple[int, ...]) -> None:
+        """Every entry that the virtual size reaches must point inside the file, past the
+        header, aligned; subcluster bitmaps must be consistent."""
+        first = l1_index * self.l2_entries
+        count = min(self.l2_entries, -(-self.virtual_size // self.cluster) - first)
+        table = self.l1[l1_index]
+        for i in range(count):
+            entry = l2[i * self.entry_words]
+            if not entry & ~ZERO_FLAG and not self.entry_words == 2:
+                continue
+            where = f"L2 entry {i} of the table at byte {table}"
+            if entry & COMPRESSED:
+                coffset = entry & self.coffset_mask
+                if coffset < self.cluster or coffset >= self.file_size:
+                    raise self._refuse(f"compressed cluster at byte {coffset} is outside the "
+                                       f"image data ({where})")
+                continue
+            host = entry & OFFSET_MASK
+            bitmap = l2[i * 2 + 1] if self.entry_words == 2 else None
+            if bitmap is not None and bitmap & (bitmap >> 32) & 0xFFFFFFFF:
+                raise self._refuse(f"subcluster both allocated and zero ({where})")
+            if bitmap is not None and bitmap & 0xFFFFFFFF and not host:
+                raise self._refuse(f"allocated subclusters without a host cluster ({where})")
+            reads_host = host and (bitmap & 0xFFFFFFFF if bitmap is not None
+                                   else not entry & ZERO_FLAG)
+            if not reads_host:
+                continue
+            if host < self.cluster:
+                raise self._refuse(f"data cluster at byte {host} points into the header ({where})")
+            if host % self.cluster:
+                raise self._refuse(f"data cluster offset {host} is not cluster aligned ({where})")
+            # Only the start must be inside: qemu writes the last cluster of a file only
+            # as far as its allocated subclusters go, and reads the rest as zeros.
+            if host >= self.file_size:
+                raise self._refuse(f"data cluster at byte {host} is beyond the end of the file "
+                                   f"({self.file_size} bytes; {where})")
+
+    # -- conversion ------------------------------------------------------------------
+    def _pieces(self) -> Iterator[tuple[int, int, str, int]]:
+        """(virtual offset, length, kind, where) for every cluster or subcluster in
+        order; kind is "zero", "data" (where = host offset) or "compressed" (where = the
+        L2 entry)."""
+        size, cluster = self.virtual_size, self.cluster
+        span = self.l2_entries * cluster
+        for index, table in enumerate(self.l1):
+            base = index * span
+            if not table:
+                yield base, min(span, size - base), "zero", 0
+                continue
+            l2 = self._read_l2(index, table)
+            count = min(self.l2_entries, -(-(size - base) // cluster))
+            for i in range(count):
+                voff = base + i * cluster
+                length = min(cluster, size - voff)
+                entry = l2[i * self.entry_words]
+                if entry & COMPRESSED:
+                    yield voff, length, "compressed", entry
+                    continue
+                host = entry & OFFSET_MASK
+                if self.entry_words == 1:
+                    if host and not entry & ZERO_FLAG:
+                        yield voff, length, "data", host
+                    else:
+                        yield voff, length, "zero", 0
+                    continue
+                alloc = l2[i * 2 + 1] & 0xFFFFFFFF
+                if alloc == 0xFFFFFFFF or not alloc:
+                    yield voff, length, ("data" if alloc else "zero"), host
+                    continue
+                sub = self.subcluster
+                for s in range(32):
+                    soff = voff + s * sub
+                    if soff >= size:
+                        break
+                    slen = min(sub, size - soff)
+                    if alloc >> s & 1:
+                        yield soff, slen, "data", host + s * sub
+                    else:
+                        yield soff, slen, "zero", 0
+
+    def extents(self) -> Iterator[tuple[int, int, bytes | None]]:
+        """The virtual disk in order as (offset, length, data or None for zeros);
+        neighbouring pieces of one kind are merged (contiguous host data is read with
+        one pread of up to 4 MiB)."""
+        run_kind, run_start, run_len, run_host = None, 0, 0, 0
+        inflated = bytearray()
+        for voff, length, kind, where in self._pieces():
+            contiguous = (kind == run_kind and run_len + length <= READ_RUN
+                          and (kind != "data" or where == run_host + run_len))
+            if kind == "zero" and run_kind == "zero":
+                contiguous = True
+            if not contiguous and run_kind is not None:
+                yield self._flush(run_kind, run_start, run_len, run_host, inflated)
+                inflated = bytearray()
+                run_kind = None
+            if run_kind is None:
+                run_kind, run_start, run_len, run_host = kind, voff, 0, where
+            if kind == "compressed":
+                inflated += self._inflate(where, voff)[:length]
+            run_len += length
+        if run_kind is not None:
+            yield self._flush(run_kind, run_start, run_len, run_host, inflated)
+
+    def _flush(self, kind, start, length, host, inflated):
+        if kind == "zero":
+            return start, length, None
+        if kind == "compressed":
+            return start, length, bytes(inflated)
+        data = self._pread(host, length, f"data at virtual byte {start}")
+        if len(data) != length:
+            if host + len(data) < self.file_size:
+                raise PartitionError(f"{self.name}: short read of data at byte {host}")
+            data += bytes(length - len(data))     # past the end of the file: zeros
+        return start, length, data
+
+    def _inflate(self, entry: int, voff: int) -> bytes:
+        coffset = entry & self.coffset_mask
+        sectors = ((entry >> self.csize_shift) & self.csize_mask) + 1
+        csize = sectors * 512 - (coffset & 511)
+        data = self._pread(coffset, csize, f"compressed cluster at virtual byte {voff}")
+        try:
+            if self.header.compression_type == 0:
+                # raw deflate (no zlib header); the data may run past its cluster
+                out = zlib.decompressobj(-15).decompress(data, self.cluster)
+            else:
+                out = self._zstd.stream_reader(data).read(self.cluster)
+        except (zlib.error, zstandard.ZstdError) as exc:
+            raise PartitionError(f"{self.name}: compressed cluster at byte {coffset} (virtual "
+                                 f"byte {voff}) does not decompress: {exc}") from None
+        if len(out) != self.cluster:
+            raise PartitionError(f"{self.name}: compressed cluster at byte {coffset} (virtual "
+                                 f"byte {voff}) holds {len(out)} bytes, not {self.cluster}")
+        return out

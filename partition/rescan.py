@@ -1,0 +1,155 @@
+"""Make the kernel see a disk's partition table after we changed it, and find a
+partition's device node.
+
+BLKRRPART asks the kernel to re-read the table; it fails with EBUSY while a partition is
+in use (retried a few times: udev and blkid open new partitions briefly) and does nothing
+on devices whose table the kernel does not scan (loop devices without partscan, some
+virtual disks). There we add the partitions ourselves with BLKPG, as ``partx -a`` does.
+When udev runs we wait for it (``udevadm settle``) so that /dev/disk/by-* links exist.
+Nothing here is needed to write the drive (that goes through the whole-disk device at
+the partition's offset); it is what lets the OS and the operator see the result.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import shutil
+import stat
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .tables import Partition
+
+# <linux/fs.h>, <linux/blkpg.h>
+BLKRRPART = 0x125F
+BLKPG = 0x1269
+BLKPG_ADD_PARTITION = 1
+SYSFS_SECTOR = 512            # sysfs start/size are always in 512-byte units
+
+
+class _BlkpgPartition(ctypes.Structure):
+    _fields_ = [("start", ctypes.c_longlong), ("length", ctypes.c_longlong), ("pno", ctypes.c_int),
+                ("devname", ctypes.c_char * 64), ("volname", ctypes.c_char * 64)]
+
+
+class _BlkpgIoctlArg(ctypes.Structure):
+    _fields_ = [("op", ctypes.c_int), ("flags", ctypes.c_int), ("datalen", ctypes.c_int),
+                ("data", ctypes.c_void_p)]
+
+
+@dataclass
+class Rescan:
+    method: str = ""                    # "BLKRRPART", "BLKPG", or "" for a regular file
+    node: str | None = None             # the asked-for partition's device node, if it exists
+    notes: list[str] = field(default_factory=list)
+
+
+def kernel_partitions(disk: str) -> dict[int, tuple[int, int, str]]:
+    """{number: (start byte, size in bytes, name)} of the partitions the kernel knows."""
+    sysdir = _sysdir(disk)
+    found = {}
+    if sysdir is None:
+        return found
+    for pfile in sysdir.glob("*/partition"):
+        try:
+            number = int(pfile.read_text())
+            start = int((pfile.parent / "start").read_text()) * SYSFS_SECTOR
+            size = int((pfile.parent / "size").read_text()) * SYSFS_SECTOR
+        except (OSError, ValueError):
+            continue
+        found[number] = (start, size, pfile.parent.name)
+    return found
+
+
+def reread(disk: str, fd: int, partitions: list[Partition], want: Partition | None = None,
+           *, retries: int = 5, delay: float = 0.2) -> Rescan:
+    """Refresh the kernel's view of ``disk`` (open as ``fd``, which may be our O_EXCL
+    descriptor) to ``partitions``, and look up the node of ``want``."""
+    result = Rescan()
+    if not stat.S_ISBLK(os.fstat(fd).st_mode):
+        return result                   # an image file: nothing to tell the kernel
+    os.fsync(fd)
+    error = _blkrrpart(fd, retries, delay)
+    if error is None and _kernel_agrees(disk, partitions):
+        result.method = "BLKRRPART"
+    else:
+        if error is not None and error.errno != errno.EINVAL:
+            result.notes.append(f"{disk}: BLKRRPART failed ({error.strerror}); adding partitions with BLKPG")
+        result.method = "BLKPG"
+        _blkpg_add_missing(disk, fd, partitions, result.notes)
+    _settle(result.notes)
+    if want is not None:
+        result.node = _wait_for_node(disk, want, retries, delay)
+        if result.node is None:
+            result.notes.append(f"{disk}: no device node for {want.describe()} "
+                                f"(the drive is written; the kernel does not show the partition yet)")
+    return result
+
+
+def _blkrrpart(fd: int, retries: int, delay: float) -> OSError | None:
+    for attempt in range(retries):
+        try:
+            fcntl.ioctl(fd, BLKRRPART)
+            return None
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or attempt == retries - 1:
+                return exc
+            time.sleep(delay * (attempt + 1))
+    return None
+
+
+def _kernel_agrees(disk: str, partitions: list[Partition]) -> bool:
+    known = {n: (s, z) for n, (s, z, _) in kernel_partitions(disk).items()}
+    return all(known.get(p.number) == (p.start, p.size) for p in partitions)
+
+
+def _blkpg_add_missing(disk: str, fd: int, partitions: list[Partition], notes: list[str]) -> None:
+    known = kernel_partitions(disk)
+    for part in partitions:
+        if part.number in known:
+            if known[part.number][:2] != (part.start, part.size):
+                notes.append(f"{disk}: the kernel's partition {part.number} differs from the table "
+                             f"and is in use or stale; left as it is")
+            continue
+        spec = _BlkpgPartition(part.start, part.size, part.number, b"", b"")
+        arg = _BlkpgIoctlArg(BLKPG_ADD_PARTITION, 0, ctypes.sizeof(spec),
+                             ctypes.cast(ctypes.pointer(spec), ctypes.c_void_p))
+        try:
+            fcntl.ioctl(fd, BLKPG, arg)
+        except OSError as exc:
+            notes.append(f"{disk}: BLKPG could not add partition {part.number}: {exc.strerror}")
+
+
+def _settle(notes: list[str]) -> None:
+    if not Path("/run/udev/control").exists() or shutil.which("udevadm") is None:
+        # devtmpfs still makes the partition nodes; only udev's links are missing.
+        notes.append("udev is not running: no /dev/disk/by-* links for the new partitions")
+        return
+    proc = subprocess.run(["udevadm", "settle", "--timeout=30"], capture_output=True)
+    if proc.returncode != 0:
+        notes.append("udevadm settle timed out; device links may appear later")
+
+
+def _wait_for_node(disk: str, want: Partition, retries: int, delay: float) -> str | None:
+    """The node of the partition at ``want``'s offset: found by its position, not its
+    number, since device-mapper and md disks number partitions their own way."""
+    for _ in range(retries):
+        for start, _size, name in kernel_partitions(disk).values():
+            if start == want.start and Path("/dev", name).exists():
+                return f"/dev/{name}"
+        time.sleep(delay)
+    return None
+
+
+def _sysdir(disk: str) -> Path | None:
+    try:
+        rdev = os.stat(disk).st_rdev
+    except OSError:
+        return None
+    link = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
+    return link.resolve() if link.exists() else None

@@ -1,0 +1,243 @@
+"""The dd-semantics writer: what lands on the target, checksums, and what a failure leaves.
+
+Targets are loop devices where the machine allows (sparse files otherwise); what they hold
+is judged by sgdisk and blkid, not by our own table reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import is_root, loop_device, need_tool, out, run
+from partition import copy as copy_module
+from partition.copy import write_image
+from partition.device import Target, busy_reasons, open_target
+from partition.errors import PartitionError
+
+MiB = 1 << 20
+IMAGE_GUID = "5A5A5A5A-1111-2222-3333-444455556666"
+
+
+@pytest.fixture(scope="module")
+def gpt_image(tmp_path_factory) -> Path:
+    """A 24 MiB raw disk with a GPT (made by sgdisk, disk GUID IMAGE_GUID), two partitions
+    holding random data, and zeros between them."""
+    need_tool("sgdisk")
+    path = tmp_path_factory.mktemp("copy") / "disk.raw"
+    with open(path, "wb") as fp:
+        fp.truncate(24 * MiB)
+    run("sgdisk", "-U", IMAGE_GUID, "-n", "1:2048:+6M", "-c", "1:root", "-n", "2:0:+4M",
+        "-c", "2:data", path)
+    rnd = random.Random(99)
+    with open(path, "r+b") as fp:
+        fp.seek(1 * MiB)
+        fp.write(rnd.randbytes(3 * MiB))
+        fp.seek(8 * MiB)
+        fp.write(rnd.randbytes(2 * MiB))
+    return path
+
+
+def sha(path_or_dev, length: int | None = None) -> str:
+    h = hashlib.sha256()
+    with open(path_or_dev, "rb") as fp:
+        h.update(fp.read(length) if length is not None else fp.read())
+    return h.hexdigest()
+
+
+def read(dev, offset: int, length: int) -> bytes:
+    with open(dev, "rb") as fp:
+        fp.seek(offset)
+        return fp.read(length)
+
+
+def table_of(dev) -> tuple[list[str], str]:
+    """(partition lines sgdisk -p lists, blkid -p's PTUUID or "")."""
+    text = out("sgdisk", "-p", dev)
+    lines = text.split("Number  Start (sector)", 1)[1].splitlines()[1:]
+    blkid = run("blkid", "-p", "-o", "export", dev, check=False).stdout.decode()
+    ptuuid = next((l.split("=", 1)[1] for l in blkid.splitlines() if l.startswith("PTUUID=")), "")
+    return [l for l in lines if l.strip()], ptuuid
+
+
+def assert_not_the_image(dev, *, empty_table: bool) -> None:
+    """No partitioning tool reads ``dev`` as a disk of the image."""
+    parts, ptuuid = table_of(dev)
+    assert parts == [], parts
+    assert ptuuid.upper() != IMAGE_GUID
+    assert IMAGE_GUID not in out("sgdisk", "-v", dev).upper()
+    if empty_table:     # a fresh empty GPT: sgdisk finds no problem, blkid sees a gpt
+        assert "No problems found" in out("sgdisk", "-v", dev)
+        assert "PTTYPE=gpt" in run("blkid", "-p", "-o", "export", dev, check=False).stdout.decode()
+
+
+@contextlib.contextmanager
+def disk_target(tmp_path: Path, size: int = 40 * MiB, sector_size: int = 512, fill: int = 0xAA):
+    """A used disk: every byte 0xAA, plus an old GPT of its own; a loop device if we can
+    have one, else the file."""
+    backing = tmp_path / "target.img"
+    backing.write_bytes(bytes([fill]) * size)
+    run("sgdisk", "--set-alignment=8", "-n", "1:0:0", "-c", "1:old", backing, check=False)
+    if is_root():
+        proc = run("losetup", "--find", "--show", f"--sector-size={sector_size}", backing, check=False)
+        if proc.returncode == 0:
+            dev = proc.stdout.decode().strip()
+            try:
+                yield dev
+            finally:
+                run("losetup", "-d", dev, check=False)
+            return
+    yield str(backing)
+
+
+def test_image_lands_on_a_used_disk(gpt_image, tmp_path):
+    need_tool("qemu-img")
+    image = tmp_path / "disk.qcow2"
+    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", gpt_image, image)
+    with disk_target(tmp_path) as dev:
+        summary = write_image(str(image), dev, checksum="sha256:" + sha(image))
+        size = gpt_image.stat().st_size
+        assert read(dev, 0, size) == gpt_image.read_bytes()     # zeros written, not skipped
+        assert read(dev, 40 * MiB - MiB, MiB) == bytes(MiB)       # the old backup GPT is gone
+        assert read(dev, size, MiB) == b"\xaa" * MiB              # past the image: untouched
+        parts, ptuuid = table_of(dev)
+        assert [p.split()[-1] for p in parts] == ["root", "data"]
+        assert ptuuid.upper() == IMAGE_GUID
+        assert summary["checksum"] == {"algorithm": "sha256", "value": sha(image), "verified": True}
+
+
+def test_regular_file_target_gets_holes(gpt_image, tmp_path):
+    target = tmp_path / "new.img"
+    write_image(str(gpt_image), str(target))
+    assert target.read_bytes() == gpt_image.read_bytes()
+    assert target.stat().st_blocks * 512 < 8 * MiB          # 5 MiB of data, the rest holes
+    # An existing file with old data: zeros must still read back as zeros.
+    target.write_bytes(b"\xaa" * 30 * MiB)
+    write_image(str(gpt_image), str(target))
+    assert read(target, 0, 24 * MiB) == gpt_image.read_bytes()
+    assert target.stat().st_size == 30 * MiB
+
+
+def test_checksum_mismatch_leaves_an_empty_table(gpt_image, tmp_path):
+    with disk_target(tmp_path) as dev:
+        with pytest.raises(PartitionError) as info:
+            write_image(str(gpt_image), dev, checksum="sha256:" + "0" * 64)
+        assert "checksum mismatch" in str(info.value) and "empty partition table" in str(info.value)
+        assert_not_the_image(dev, empty_table=True)
+
+
+def test_preserve_on_error_keeps_the_wreck(gpt_image, tmp_path):
+    with disk_target(tmp_path) as dev:
+        with pytest.raises(PartitionError, match="checksum mismatch"):
+            write_image(str(gpt_image), dev, checksum="md5:" + "0" * 32, preserve_on_error=True)
+        image = gpt_image.read_bytes()
+        # Everything but the held-back first and last MiB is there, for debugging.
+        assert read(dev, MiB, len(image) - 2 * MiB) == image[MiB:-MiB]
+        assert read(dev, 0, MiB) == bytes(MiB)
+        assert_not_the_image(dev, empty_table=False)
+
+
+def test_checksum_file_forms(gpt_image, tmp_path):
+    digest = hashlib.sha512(gpt_image.read_bytes()).hexdigest()
+    sums = tmp_path / "SHA512SUMS"
+    sums.write_text(f"{'1' * 128}  other.raw\n{digest} *{gpt_image.name}\n")
+    summary = write_image(str(gpt_image), str(tmp_path / "a.img"), checksum=str(sums))
+    assert summary["checksum"]["algorithm"] == "sha512"
+    bsd = tmp_path / "bsd"
+    bsd.write_text(f"SHA512 ({gpt_image.name}) = {digest}\n")
+    write_image(str(gpt_image), str(tmp_path / "b.img"), checksum=str(bsd))
+    with pytest.raises(PartitionError, match="no line names"):
+        write_image(str(gpt_image), str(tmp_path / "c.img"), checksum=_other_name_file(tmp_path))
+
+
+def _other_name_file(tmp_path: Path) -> str:
+    path = tmp_path / "OTHER"
+    path.write_text(f"{'2' * 64}  a.raw\n{'3' * 64}  b.raw\n")
+    return str(path)
+
+
+def test_injected_io_error_leaves_an_empty_table(gpt_image, tmp_path, monkeypatch):
+    calls = []
+    real = Target.pwrite
+
+    def failing(self, data, offset):
+        calls.append(offset)
+        if offset >= 8 * MiB:
+            raise PartitionError(f"{self.path}: write at byte {offset} failed: Input/output error")
+        return real(self, data, offset)
+
+    monkeypatch.setattr(Target, "pwrite", failing)
+    with disk_target(tmp_path) as dev:
+        with pytest.raises(PartitionError, match="Input/output error.*empty partition table"):
+            write_image(str(gpt_image), dev)
+        monkeypatch.setattr(Target, "pwrite", real)
+        assert_not_the_image(dev, empty_table=True)
+
+
+def test_stream_larger_than_the_target(gpt_image, tmp_path):
+    """A compressed raw image has no size up front: it fails when it reaches the end."""
+    need_tool("gzip")
+    packed = tmp_path / "disk.raw.gz"
+    packed.write_bytes(run("gzip", "-c", gpt_image).stdout)
+    with disk_target(tmp_path, size=16 * MiB) as dev:
+        with pytest.raises(PartitionError, match="larger than"):
+            write_image(str(packed), dev)
+        assert_not_the_image(dev, empty_table=True)
+
+
+def test_sigkill_mid_write(gpt_image, tmp_path):
+    """Killed while writing: the first MiB is still zeros, the backup GPT not written."""
+    image = gpt_image.read_bytes()
+    with disk_target(tmp_path) as dev:
+        proc = subprocess.Popen([sys.executable, "-m", "configdrive.cli", "deploy", "--quiet",
+                                 "--device", dev, "--image", "-"], stdin=subprocess.PIPE)
+        proc.stdin.write(image[: len(image) - 3 * MiB])
+        proc.stdin.flush()
+        deadline = time.monotonic() + 20
+        # Wait until the writer has put image data on the target.
+        while read(dev, 9 * MiB, 4096) != image[9 * MiB: 9 * MiB + 4096]:
+            assert time.monotonic() < deadline, "the writer never wrote"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdin.close()
+        assert read(dev, 0, MiB) == bytes(MiB)
+        assert run("blkid", "-p", dev, check=False).returncode == 2      # nothing at all
+        assert_not_the_image(dev, empty_table=False)
+
+
+def test_busy_device_refused_with_names(gpt_image, tmp_path):
+    need_tool("mkswap", "swapon")
+    with disk_target(tmp_path) as dev:
+        if not dev.startswith("/dev/"):
+            pytest.skip("no loop device")
+        run("mkswap", dev)
+        if run("swapon", dev, check=False).returncode != 0:
+            pytest.skip("swapon is not permitted here")
+        try:
+            assert any("swap" in r for r in busy_reasons(dev))
+            before = sha(dev)
+            with pytest.raises(PartitionError, match=f"{dev} is busy: {dev} is in use as swap"):
+                write_image(str(gpt_image), dev)
+            assert sha(dev) == before
+        finally:
+            run("swapoff", dev, check=False)
+
+
+def test_sector_size_mismatch_refused(gpt_image, tmp_path):
+    with disk_target(tmp_path, sector_size=4096) as dev:
+        if not dev.startswith("/dev/"):
+            pytest.skip("no loop device with 4096-byte sectors")
+        before = sha(dev)
+        with pytest.raises(PartitionError, match="512-byte sectors.*4096-byte logical sectors"):
+            write_image(str(gpt_image), dev)
+        assert sha(dev) == before

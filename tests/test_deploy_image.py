@@ -1,0 +1,72 @@
+"""``configdrive deploy --device DEV --image IMAGE`` as users run it, and the Python API."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from conftest import configdrive, loop_device, need_tool, run
+from configdrive.deploy import deploy
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> tuple[Path, Path]:
+    """(raw disk with a GPT, the same as zstd-compressed qcow2 made by qemu-img + zstd)."""
+    need_tool("sgdisk", "qemu-img", "zstd")
+    d = tmp_path_factory.mktemp("deploy")
+    raw = d / "disk.raw"
+    raw.write_bytes(bytes(12 * MiB))
+    run("sgdisk", "-n", "1:2048:+5M", "-c", "1:root", raw)
+    with open(raw, "r+b") as fp:
+        fp.seek(MiB)
+        fp.write(random.Random(5).randbytes(2 * MiB))
+    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", raw, d / "disk.qcow2")
+    run("zstd", "-q", d / "disk.qcow2", "-o", d / "disk.qcow2.zst")
+    return raw, d / "disk.qcow2.zst"
+
+
+def test_cli_deploy_to_loop_device_with_json(image, tmp_path):
+    raw, packed = image
+    sha = run("sha256sum", packed).stdout.split()[0].decode()
+    backing = tmp_path / "target"
+    backing.write_bytes(b"\x55" * 32 * MiB)
+    with loop_device(backing) as dev:
+        proc = configdrive("deploy", "--device", dev, "--image", packed,
+                           "--checksum", f"sha256:{sha}", "--json")
+        summary = json.loads(proc.stdout)
+        assert summary["image"]["format"] == "qcow2"
+        assert summary["image"]["compression"] == "zstd"
+        assert summary["image"]["virtual_size"] == 12 * MiB
+        assert summary["image"]["checksum"] == {"algorithm": "sha256", "value": sha, "verified": True}
+        assert summary["config_drive"] is None
+        with open(dev, "rb") as fp:
+            assert fp.read(12 * MiB) == raw.read_bytes()
+        assert "root" in run("sgdisk", "-p", dev).stdout.decode()
+        # not a terminal: plain progress lines, and the summary line
+        assert "wrote" in proc.stderr.decode()
+
+
+def test_cli_refusal_is_one_line_and_quiet_is_quiet(image, tmp_path):
+    raw, _ = image
+    target = tmp_path / "small.img"
+    target.write_bytes(bytes(4 * MiB))
+    proc = configdrive("deploy", "--device", target, "--image", raw, check=False)
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert err.count("\n") == 1 and err.startswith("configdrive: error: ") and "exceeds" in err
+    assert target.read_bytes() == bytes(4 * MiB)
+    proc = configdrive("deploy", "--quiet", "--device", tmp_path / "new.img", "--image", raw)
+    assert proc.stdout == b"" and proc.stderr == b""
+    assert (tmp_path / "new.img").read_bytes() == raw.read_bytes()
+
+
+def test_python_api(image, tmp_path):
+    raw, packed = image
+    summary = deploy(str(tmp_path / "api.img"), str(packed))
+    assert summary["image"]["format"] == "qcow2" and summary["image"]["bytes_written"] > 0
+    assert (tmp_path / "api.img").read_bytes() == raw.read_bytes()
