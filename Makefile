@@ -14,7 +14,7 @@ test: install
 	.venv/bin/pytest -q -ra tests
 
 # Boots a real Debian guest under QEMU with our drives and checks what cloud-init did.
-# The guest is built on the first run (~10 min, needs root and the Debian mirror) and
+# The guest is built on the first run (~2 min, needs root and the Debian mirror) and
 # cached in tests/.cache/; each boot then takes about a minute.
 e2e: install
 	.venv/bin/pytest -q -ra -m e2e tests/e2e
