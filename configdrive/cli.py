@@ -200,10 +200,29 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from .deploy import deploy_from_args
-    result = deploy_from_args(args, content_from_args if has_content_options(args) else None)
+    from .deploy import deploy
+    # The drive: a ready one (--config-drive), or content options built like `build` does.
+    drive = args.config_drive or (content_from_args(args) if has_content_options(args) else None)
+    summary = deploy(args.device, args.image, checksum=args.checksum, drive=drive,
+                     preserve_on_error=args.preserve_on_error, quiet=args.quiet,
+                     config_size=args.config_size, mbr_type=args.mbr_type, format=args.format,
+                     label=args.label, size=args.size, versions=args.versions, ec2=args.ec2,
+                     validate=args.validate)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(summary, indent=2))
+    if summary["image"]:
+        s = summary["image"]
+        _say(args, f"{PROG}: wrote {s['source']} ({s['format']}"
+                   f"{', ' + s['compression'] if s['compression'] else ''}) to {args.device}: "
+                   f"{s['virtual_size']} bytes in {s['seconds']:.1f}s"
+                   f"{', ' + s['checksum']['algorithm'] + ' verified' if s['checksum'] else ''}")
+    if summary["config_drive"]:
+        c, p = summary["config_drive"], summary["config_drive"]["partition"]
+        _say(args, f"{PROG}: wrote the {c['drive']['format']} drive labelled {c['drive']['label']} to "
+                   f"partition {p['number']} ({'created, ' if p['created'] else ''}found by {p['identity']}) "
+                   f"at byte {p['start']} of {args.device}{', node ' + p['node'] if p['node'] else ''}")
+        for note in c["notes"]:
+            _say(args, f"{PROG}: note: {note}")
     return 0
 
 

@@ -13,8 +13,8 @@ Order of work, and why:
 3. The image is streamed with its first MiB held back (it holds the MBR and primary GPT)
    and its last MiB held back (it holds the backup GPT): a crash or SIGKILL meanwhile
    leaves no table at either place. Reading and decompressing run on a thread ahead of
-   the writer with a small bounded queue; dirty pages are flushed every 64 MiB so memory
-   stays bounded and progress honest.
+   the writer with a small bounded queue; dirty pages are written out every 32 MiB so
+   memory stays bounded and progress honest.
 4. The checksum of the source is verified; only then the last MiB and then the first MiB
    are written, each followed by fsync.
 5. On any failure after step 2, the target gets a fresh empty partition table (protective
@@ -40,7 +40,7 @@ from .image import Image, open_image
 from .progress import Progress, human
 
 HOLD = 1 << 20            # held back at each end of the image
-SYNC_EVERY = 64 << 20     # flush dirty pages after this many bytes
+SYNC_EVERY = 32 << 20     # start writeback of dirty pages after this many bytes
 QUEUE_DEPTH = 6           # chunks (of up to 4 MiB) read ahead of the writer
 GPT_SIGNATURE = b"EFI PART"
 
@@ -95,11 +95,13 @@ def copy_image(image: Image, target: Target, *, expected: Expected | None = None
                 data = None if data is None else data[cut:]
             for extent in tail.push(offset, length, data):
                 writer.write(*extent)
+        writer.close()
         digest = image.finish()
         if expected:
             expected.check(digest, image.name)
         for extent in tail.drain():
             writer.write(*extent)
+        writer.close()
         end = max(writer.end, len(head))
         if not target.is_block:
             target.grow_to(end)   # a file we created, whose image ends in zeros
@@ -188,29 +190,53 @@ def _wipe(target: Target) -> str:
 
 
 class _Writer:
-    """pwrite data, write zeros, flush every SYNC_EVERY bytes, report progress."""
+    """pwrite data and write zeros, in order; report progress.
+
+    Neighbouring zero extents are merged into one zeroing call. Dirty pages are bounded
+    without stalling: after every SYNC_EVERY bytes of data the kernel is told to start
+    writing that window out (sync_file_range), and we wait only for the window before it,
+    so the disk stays busy while we fill the page cache again."""
 
     def __init__(self, target: Target, limit: int | None, progress: Progress):
         self.target, self.limit, self.progress = target, limit, progress
         self.end = 0
         self.data_bytes = 0
-        self._unsynced = 0
+        self._zeros: tuple[int, int] | None = None     # a pending zero run (offset, length)
+        self._window = 0                               # start of the unflushed window
+        self._dirty = 0                                # data bytes written in it
+        self._previous: tuple[int, int] | None = None  # the window being written out
 
     def write(self, offset: int, length: int, data) -> None:
         if self.limit is not None and offset + length > self.limit:
             raise PartitionError(f"the image is larger than {self.target.path} "
                                  f"({self.limit} bytes): it goes on past byte {self.limit}")
         if data is None:
-            self.target.write_zeros(offset, length)
+            if self._zeros and self._zeros[0] + self._zeros[1] == offset:
+                self._zeros = (self._zeros[0], self._zeros[1] + length)
+            else:
+                self._flush_zeros()
+                self._zeros = (offset, length)
         else:
+            self._flush_zeros()
             self.target.pwrite(data, offset)
             self.data_bytes += length
-            self._unsynced += length
-            if self._unsynced >= SYNC_EVERY:
-                self.target.sync()
-                self._unsynced = 0
+            self._dirty += length
         self.end = offset + length
+        if self._dirty >= SYNC_EVERY:
+            window = (self._window, self.end - self._window)
+            self.target.start_writeback(*window)
+            if self._previous:
+                self.target.wait_writeback(*self._previous)
+            self._previous, self._window, self._dirty = window, self.end, 0
         self.progress.update(self.end)
+
+    def close(self) -> None:
+        self._flush_zeros()
+
+    def _flush_zeros(self) -> None:
+        if self._zeros:
+            self.target.write_zeros(*self._zeros)
+            self._zeros = None
 
 
 class _Lag:

@@ -37,8 +37,11 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 
 ZERO_BLOCK = bytes(1 << 20)
 
+SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE, SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
+
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 
 
 class Target:
@@ -70,21 +73,25 @@ class Target:
     def write_zeros(self, offset: int, length: int) -> None:
         """Make ``[offset, offset+length)`` read back as zeros.
 
-        A block device gets BLKZEROOUT (the kernel writes zeros, or has the device do it
-        with a guarantee that they read back as zeros - never a discard that might not);
-        a regular file gets a punched hole. Either falls back to writing zero buffers."""
+        A regular file gets a punched hole. A block device gets the same call, which the
+        kernel turns into "write zeroes, unmapping allowed" and refuses unless the device
+        guarantees that the range reads back as zeros (never a plain discard, which might
+        not); then BLKZEROOUT (the kernel writes the zeros itself if need be). Both fall
+        back to writing zero buffers."""
         if length <= 0:
             return
+        mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
         if self.is_block:
             aligned = offset % self.sector_size == 0 and length % self.sector_size == 0
             if aligned:
+                if _libc.fallocate(self.fd, mode, offset, length) == 0:
+                    return
                 try:
                     fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
                     return
                 except OSError:
                     pass
         else:
-            mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
             self.grow_to(offset + length)   # a hole cannot grow a file: extend it first
             if _libc.fallocate(self.fd, mode, offset, length) == 0:
                 return
@@ -101,6 +108,17 @@ class Target:
             os.ftruncate(self.fd, length)
             actual = length
         self.size = actual
+
+    def start_writeback(self, offset: int, length: int) -> None:
+        """Have the kernel start writing this range out now, without waiting."""
+        _libc.sync_file_range(self.fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+    def wait_writeback(self, offset: int, length: int) -> None:
+        """Wait until this range is written out (bounds dirty memory; no cache flush:
+        ``sync`` at the end does that)."""
+        flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
+        if _libc.sync_file_range(self.fd, offset, length, flags) != 0:
+            self.sync()
 
     def sync(self) -> None:
         try:

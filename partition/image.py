@@ -180,6 +180,7 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool) -> Image:
         fd = os.open(source.path, os.O_RDONLY | os.O_CLOEXEC)
         closers.append(lambda: os.close(fd))
         qcow = Qcow2(fd, os.fstat(fd).st_size, source.name)
+        closers.append(qcow.close)
         background = _HashFile(source.path, hash_algorithm) if hasher else None
         finish = background.result if background else (lambda: None)
         return Image(source.name, "qcow2", None, qcow.virtual_size, qcow.extents, finish, closers)
@@ -197,6 +198,7 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool) -> Image:
     spool.flush()
     digest = drained()
     qcow = Qcow2(spool.fileno(), spool.tell(), source.name)
+    closers.append(qcow.close)
     return Image(source.name, "qcow2", compression, qcow.virtual_size, qcow.extents,
                  lambda: digest, closers)
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -89,7 +91,8 @@ class Qcow2:
         self.csize_shift = 62 - (h.cluster_bits - 8)
         self.coffset_mask = (1 << self.csize_shift) - 1
         self.csize_mask = (1 << (h.cluster_bits - 8)) - 1
-        self._zstd = zstandard.ZstdDecompressor()
+        self._local = threading.local()   # a zstd context per thread (they are not shared)
+        self._pool: ThreadPoolExecutor | None = None
         self.l1 = self._read_l1()
         for index, l2_offset in enumerate(self.l1):
             if l2_offset:
@@ -98,6 +101,11 @@ class Qcow2:
     # -- header -----------------------------------------------------------------------
     def _refuse(self, why: str) -> PartitionError:
         return PartitionError(f"{self.name}: qcow2 {why}: refused")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
 
     def _read_header(self) -> Header:
         raw = self._pread(0, 4096, "header")
@@ -312,29 +320,34 @@ class Qcow2:
         neighbouring pieces of one kind are merged (contiguous host data is read with
         one pread of up to 4 MiB)."""
         run_kind, run_start, run_len, run_host = None, 0, 0, 0
-        inflated = bytearray()
+        compressed: list[tuple[int, int, int]] = []     # (entry, virtual offset, length)
         for voff, length, kind, where in self._pieces():
             contiguous = (kind == run_kind and run_len + length <= READ_RUN
                           and (kind != "data" or where == run_host + run_len))
             if kind == "zero" and run_kind == "zero":
                 contiguous = True
             if not contiguous and run_kind is not None:
-                yield self._flush(run_kind, run_start, run_len, run_host, inflated)
-                inflated = bytearray()
+                yield self._flush(run_kind, run_start, run_len, run_host, compressed)
+                compressed = []
                 run_kind = None
             if run_kind is None:
                 run_kind, run_start, run_len, run_host = kind, voff, 0, where
             if kind == "compressed":
-                inflated += self._inflate(where, voff)[:length]
+                compressed.append((where, voff, length))
             run_len += length
         if run_kind is not None:
-            yield self._flush(run_kind, run_start, run_len, run_host, inflated)
+            yield self._flush(run_kind, run_start, run_len, run_host, compressed)
 
-    def _flush(self, kind, start, length, host, inflated):
+    def _flush(self, kind, start, length, host, compressed):
         if kind == "zero":
             return start, length, None
         if kind == "compressed":
-            return start, length, bytes(inflated)
+            # zlib and zstd release the GIL: inflate a run's clusters on all cores.
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
+                                                thread_name_prefix="qcow2-inflate")
+            pieces = self._pool.map(lambda c: self._inflate(c[0], c[1])[:c[2]], compressed)
+            return start, length, b"".join(pieces)
         data = self._pread(host, length, f"data at virtual byte {start}")
         if len(data) != length:
             if host + len(data) < self.file_size:
@@ -352,7 +365,10 @@ class Qcow2:
                 # raw deflate (no zlib header); the data may run past its cluster
                 out = zlib.decompressobj(-15).decompress(data, self.cluster)
             else:
-                out = self._zstd.stream_reader(data).read(self.cluster)
+                dctx = getattr(self._local, "zstd", None)
+                if dctx is None:
+                    dctx = self._local.zstd = zstandard.ZstdDecompressor()
+                out = dctx.stream_reader(data).read(self.cluster)
         except (zlib.error, zstandard.ZstdError) as exc:
             raise PartitionError(f"{self.name}: compressed cluster at byte {coffset} (virtual "
                                  f"byte {voff}) does not decompress: {exc}") from None

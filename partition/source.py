@@ -11,14 +11,11 @@ stopped (a Range request), so a long download does not start over. A 4xx is fina
 
 from __future__ import annotations
 
-import http.client
 import io
 import os
 import stat
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import BinaryIO
 
 from .errors import PartitionError
@@ -68,6 +65,9 @@ class HttpSource(Source):
         self.size = int(length) if length and length.isdigit() else None
 
     def _open(self):
+        import http.client
+        import urllib.error
+        import urllib.request
         delay = self._backoff
         for attempt in range(self._retries + 1):
             request = urllib.request.Request(self.url, headers={"User-Agent": "configdrive"})
@@ -95,6 +95,7 @@ class HttpSource(Source):
         raise AssertionError("unreachable")
 
     def readinto(self, buf) -> int:
+        import http.client
         for attempt in range(self._retries + 1):
             try:
                 n = self._resp.readinto(buf)

@@ -241,3 +241,19 @@ def test_sector_size_mismatch_refused(gpt_image, tmp_path):
         with pytest.raises(PartitionError, match="512-byte sectors.*4096-byte logical sectors"):
             write_image(str(gpt_image), dev)
         assert sha(dev) == before
+
+
+def test_4k_sector_image_on_a_4k_disk(tmp_path):
+    """An image made for 4096-byte sectors (its GPT at byte 4096) goes onto a 4Kn disk."""
+    need_tool("sgdisk")
+    image = tmp_path / "4k.raw"
+    image.write_bytes(bytes(16 * MiB))
+    with loop_device(image, sector_size=4096) as dev:
+        run("sgdisk", "-U", IMAGE_GUID, "-n", "1:0:+4M", "-c", "1:root4k", dev)
+    assert read(image, 4096, 8) == b"EFI PART"
+    with disk_target(tmp_path, sector_size=4096) as dev:
+        if not dev.startswith("/dev/"):
+            pytest.skip("no loop device with 4096-byte sectors")
+        write_image(str(image), dev)
+        parts, ptuuid = table_of(dev)
+        assert [p.split()[-1] for p in parts] == ["root4k"] and ptuuid.upper() == IMAGE_GUID
