@@ -21,6 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 GUEST_SCRIPT = ROOT / "scripts" / "e2e-guest.sh"
 CACHE = Path(os.environ.get("E2E_CACHE", ROOT / "tests" / ".cache"))
+# What scripts/e2e-guest.sh leaves in its output directory.
 GUEST_FILES = ("vmlinuz", "initrd.img", "root.ext4", "disk-config.qcow2", "disk-plain.qcow2")
 # The NIC's MAC: network_data.json links name it, and cloud-init matches on it.
 GUEST_MAC = "52:54:00:12:34:56"
@@ -99,6 +100,9 @@ class Boot:
     def all(self, key: str) -> list[str]:
         return self.reports.get(key, [])
 
+    def console_lines(self) -> list[str]:
+        return [line.strip() for line in self.console.splitlines()]
+
     def tail(self, lines: int = 60) -> str:
         return "--- serial console (last lines) ---\n" + "\n".join(self.console.splitlines()[-lines:])
 
@@ -162,8 +166,10 @@ def read_guest_file(image: Path, path: str, offset: int = 0) -> str | None:
     debugfs (e2fsprogs), or None when the file does not exist."""
     proc = subprocess.run(["debugfs", "-R", f"cat {path}", f"{image}?offset={offset}"],
                           capture_output=True)
-    err = proc.stderr.decode(errors="replace")
-    if "not found" in err or "File not found" in err:
+    # stderr: debugfs's version banner, then any complaint (bad superblock, no such file).
+    complaints = [line for line in proc.stderr.decode(errors="replace").splitlines()
+                  if line.strip() and not line.startswith("debugfs 1.")]
+    if any("File not found by ext2_lookup" in line for line in complaints):
         return None
-    assert proc.returncode == 0 and "debugfs:" not in err.replace("debugfs 1.", ""), err
+    assert proc.returncode == 0 and not complaints, f"debugfs on {image}@{offset}: {complaints}"
     return proc.stdout.decode(errors="replace")
