@@ -10,7 +10,6 @@ file.
 from __future__ import annotations
 
 import base64
-import binascii
 import ipaddress
 import re
 from typing import Any, Iterator, NamedTuple
@@ -47,8 +46,17 @@ class Finding(NamedTuple):
 
 
 def pointer(*parts: Any) -> str:
-    """A JSON pointer (RFC 6901) from path parts."""
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+    """A JSON pointer (RFC 6901) from path parts. Control characters in a key are shown
+    as JSON escapes: a key is stranger's text, and a message must stay one line."""
+    return "".join("/" + _CONTROL.sub(_escape, str(p).replace("~", "~0").replace("/", "~1"))
+                   for p in parts)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(match: re.Match) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 # -- meta_data ------------------------------------------------------------------------
@@ -75,14 +83,15 @@ def meta_data_findings(doc: Any) -> list[Finding]:
 def _random_seed_findings(seed: str) -> list[Finding]:
     # cloud-init decodes with base64.b64decode (not strict): it fails only on bad padding
     # and silently drops characters outside the alphabet.
+    # A non-ASCII string raises ValueError (binascii.Error's base) in both, cloud-init's too.
     try:
         base64.b64decode(seed, validate=True)
         return []
-    except binascii.Error:
+    except ValueError:
         pass
     try:
         base64.b64decode(seed)
-    except binascii.Error as exc:
+    except ValueError as exc:
         return [Finding("/random_seed", f"not base64 ({exc}); cloud-init rejects the drive")]
     return [Finding("/random_seed", "has characters outside base64, which cloud-init skips", "warning")]
 
@@ -179,7 +188,7 @@ def _network_findings(i: int, net: dict, link_ids: dict[str, int] | None) -> Ite
     if link_ids is not None and isinstance(link, str) and link not in link_ids:
         yield Finding(pointer(*here, "link"), f"names no link: no link has id {link!r}")
     ntype = net.get("type")
-    if ntype in CLOUD_INIT_SPELLING:
+    if isinstance(ntype, str) and ntype in CLOUD_INIT_SPELLING:   # a dict or list is unhashable
         yield Finding(pointer(*here, "type"), f"cloud-init recognises only the spelling "
                       f"{CLOUD_INIT_SPELLING[ntype]!r} (nova's); it will not configure this network", "warning")
     if not isinstance(ntype, str) or not ntype.startswith(("ipv4", "ipv6")):

@@ -83,8 +83,9 @@ class Content:
             raise ConfigDriveError(f"{source}: must be a JSON object with keys {', '.join(IRONIC_KEYS)}")
         unknown = sorted(set(obj) - set(IRONIC_KEYS))
         if unknown:
+            from .checks import pointer   # checks imports drive, which imports this module
             raise ConfigDriveError(
-                f"{source}: /{unknown[0]}: unknown key (allowed: {', '.join(IRONIC_KEYS)})")
+                f"{source}: {pointer(unknown[0])}: unknown key (allowed: {', '.join(IRONIC_KEYS)})")
         content = cls()
         for key in ("meta_data", "network_data", "vendor_data"):
             value = obj.get(key)
@@ -236,15 +237,38 @@ def read_bytes(path: str, what: str = "input") -> bytes:
         raise ConfigDriveError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
 
 
+# No config-drive document nests deeper than a few levels; everything downstream (copies,
+# schema validation, encoding) recurses per level, so depth is bounded at the door.
+MAX_JSON_DEPTH = 64
+
+
 def parse_json(data: bytes, source: str) -> Any:
     """Parse JSON, naming the file, line and column of a syntax error."""
     try:
-        return json.loads(data.decode("utf-8-sig"))
+        doc = json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise ConfigDriveError(f"{source}: byte {exc.start}: not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise ConfigDriveError(
             f"{source}: line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg})") from None
+    except RecursionError:
+        doc = too_deep = True
+    else:
+        too_deep = _nested_deeper_than(doc, MAX_JSON_DEPTH)
+    if too_deep:
+        raise ConfigDriveError(f"{source}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return doc
+
+
+def _nested_deeper_than(doc: Any, limit: int) -> bool:
+    stack = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return False
 
 
 def load_json_object(path: str, what: str) -> dict[str, Any]:

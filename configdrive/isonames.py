@@ -105,24 +105,37 @@ def primary_names(entries: Iterable[tuple[str, bool]]) -> dict[str, str]:
     but which entry gets which name does. We walk in sorted order so that a build is
     reproducible.
     """
-    taken: dict[str, str] = {}          # primary name -> original name
+    # Names collide without their version: a file "0" (``0.;1``) and a directory "0."
+    # (``0.``) are the same name to genisoimage. Keyed by the bare name.
+    taken: dict[str, tuple[str, bool]] = {}     # bare primary name -> (original, is_dir)
     result: dict[str, str] = {}
-    for name, is_dir in sorted(entries):
+    # Files before directories: when a file and a directory collide, genisoimage renames
+    # the file (observed on every such pair the name test generated).
+    for name, is_dir in sorted(entries, key=lambda entry: (entry[1], entry[0])):
         wanted = primary_name(name, is_dir)
-        holder = taken.pop(wanted, None)
+        bare = _bare(wanted)
+        holder = taken.pop(bare, None)
         if holder is not None:
-            renamed = _unique_variant(wanted, is_dir, taken.keys() | {wanted})
-            taken[renamed] = holder
-            result[holder] = renamed
-        taken[wanted] = name
+            holder_name, _ = holder
+            # genisoimage decides the renamed entry's version by the NEWCOMER's kind: a file
+            # renamed because of a directory gets no ";1" (checked against genisoimage).
+            renamed = _unique_variant(wanted, is_dir, taken.keys() | {bare})
+            taken[_bare(renamed)] = holder
+            result[holder_name] = renamed
+        taken[bare] = (name, is_dir)
         result[name] = wanted
     return result
 
 
+def _bare(primary: str) -> str:
+    return primary.split(";", 1)[0]
+
+
 def _unique_variant(taken_name: str, is_dir: bool, taken: set[str]) -> str:
     """genisoimage's replacement for a colliding name: stem cut to leave room for three
-    base-36 digits, then the digits, then the extension (and ``;1`` for a file)."""
-    bare = taken_name.split(";", 1)[0]
+    base-36 digits, then the digits, then the extension (and ``;1`` for a file).
+    ``taken`` holds bare names (no version)."""
+    bare = _bare(taken_name)
     dot = bare.find(".")
     if dot == 0 and bare.rfind(".") != 0:
         dot = bare.rfind(".")           # ".profile.d": keep the leading-dot stem
@@ -132,7 +145,7 @@ def _unique_variant(taken_name: str, is_dir: bool, taken: set[str]) -> str:
     for a in _DIGITS36:
         for b in _DIGITS36:
             for c in _DIGITS36:
-                candidate = f"{stem}{a}{b}{c}{ext}{version}"
+                candidate = f"{stem}{a}{b}{c}{ext}"
                 if candidate not in taken:
-                    return candidate
+                    return candidate + version
     raise ConfigDriveError(f"{taken_name}: more than 46656 names in one directory map to it")

@@ -340,8 +340,8 @@ def _differ(a: bytes, b: bytes, name: str) -> bool:
 def _parsed(data: bytes) -> Any:
     """The JSON document in ``data``, or None when it does not parse."""
     try:
-        return json.loads(data.decode("utf-8-sig"))
-    except ValueError:
+        return parse_json(data, "")
+    except ConfigDriveError:
         return None
 
 

@@ -142,6 +142,9 @@ def _read_header(fp: BinaryIO, lba: int, sector_size: int, disk_bytes: int) -> t
         return None, f"header says it is at LBA {my_lba}"
     if entry_size < ENTRY_SIZE or entry_size % 8 or not 0 < count <= 65536:
         return None, f"entry array of {count} x {entry_size} bytes"
+    if array_lba <= 0 or (array_lba * sector_size) + count * entry_size > disk_bytes:
+        # Beyond the disk (a 64-bit field can hold an offset no seek takes): no array.
+        return None, f"entry array at LBA {array_lba} is outside the disk"
     fp.seek(array_lba * sector_size)
     array = bytearray(fp.read(count * entry_size))
     if len(array) != count * entry_size or zlib.crc32(array) != array_crc:

@@ -208,6 +208,8 @@ class Qcow2:
 
     # -- tables ----------------------------------------------------------------------
     def _pread(self, offset: int, length: int, what: str) -> bytes:
+        if offset >= self.file_size:
+            return b""    # what pread gives there; a header field over 2**63 would overflow it
         try:
             return os.pread(self.fd, length, offset)
         except OSError as exc:

@@ -87,6 +87,12 @@ def _read_at(fp: BinaryIO, disk_bytes: int, sector_size: int, source: str) -> Ta
     gpt = gptmod.read_gpt(fp, disk_bytes, sector_size)
     if gpt is None:
         return None
+    disk_sectors = disk_bytes // sector_size
+    for e in gpt.entries():
+        # As for MBR entries: a partition the disk cannot hold is refused, never read at.
+        if e.first_lba > e.last_lba or e.last_lba >= disk_sectors:
+            raise PartitionError(f"{source}: GPT partition {e.number} (LBA {e.first_lba} to "
+                                 f"{e.last_lba}) lies outside the disk's {disk_sectors} sectors")
     parts = [Partition(e.number, e.first_lba * sector_size, (e.last_lba - e.first_lba + 1) * sector_size,
                        e.name, str(e.type_guid), str(e.unique_guid)) for e in gpt.entries()]
     notes = [f"{source}: {n}" for n in gpt.notes]

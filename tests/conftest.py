@@ -120,7 +120,36 @@ def add_partitions(dev: str) -> None:
         run("udevadm", "settle", check=False)
 
 
-@pytest.fixture
-def example_args():
-    """Command-line content options for a drive with every kind of content."""
-    return ["--example"]
+SAMPLE_UUID = "0b5a2e5c-0f0e-4d7c-9e0e-3f6f7f1d2a11"
+SAMPLE_NETWORK = {
+    "links": [{"id": "eth0", "type": "phy", "ethernet_mac_address": "52:54:00:aa:bb:cc", "mtu": None,
+               "vif_id": "v1"}],
+    "networks": [{"id": "n0", "link": "eth0", "network_id": "n1", "type": "ipv4", "ip_address": "192.0.2.10",
+                  "netmask": "255.255.255.0", "routes": [], "services": []}],
+    "services": [{"type": "dns", "address": "192.0.2.1"}],
+}
+
+
+def sample_content(**extra):
+    """A drive with every kind of content: the tests' common subject. Tests compare what
+    tools read back with the values of this object, not with literals of their own."""
+    from configdrive.content import Content, InjectedFile
+    content = Content(
+        meta_data={"uuid": SAMPLE_UUID, "name": "node-1", "hostname": "node-1.example.org",
+                   "public_keys": {"k1": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmwX0xJ2 k1@x"}},
+        user_data=b"#cloud-config\nruncmd: [[echo, hi]]\n",
+        network_data=json.loads(json.dumps(SAMPLE_NETWORK)),
+        vendor_data={"cloud-init": "#cloud-config\nfinal_message: from vendor data\n"},
+        vendor_data2={"static": {"answer": 42}, "cloud-init": "#cloud-config\nfinal_message: v2\n"},
+        files=[InjectedFile("/etc/motd", b"hello\n"), InjectedFile("/root/bin.dat", bytes(range(256)))],
+        **extra,
+    )
+    content.fill_defaults()
+    return content
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The figures of tests/fuzz (cases per parser, faults survived), when they ran."""
+    tally = sys.modules.get("fuzz_tally")
+    if tally is not None:
+        tally.report(terminalreporter.write_line)

@@ -14,7 +14,7 @@ from configdrive.drive import extract
 from configdrive.errors import ConfigDriveError
 from configdrive.examples import example_paths
 from configdrive.layout import build_tree
-from conftest import cloud_init_read
+from conftest import SAMPLE_NETWORK, SAMPLE_UUID, cloud_init_read, sample_content
 
 ALL_VERSIONS = ["2012-08-10", "2013-04-04", "2013-10-17", "2015-10-15", "2016-06-30",
                 "2016-10-06", "2017-02-22", "2018-08-27", "2020-10-14", "2025-04-04", "latest"]
@@ -22,27 +22,11 @@ ALL_VERSIONS = ["2012-08-10", "2013-04-04", "2013-10-17", "2015-10-15", "2016-06
 GATES = {"vendor_data.json": "2013-10-17", "network_data.json": "2015-10-15",
          "vendor_data2.json": "2016-10-06"}
 
-NETWORK = {
-    "links": [{"id": "eth0", "type": "phy", "ethernet_mac_address": "52:54:00:aa:bb:cc", "mtu": None}],
-    "networks": [{"id": "n0", "link": "eth0", "type": "ipv4", "ip_address": "192.0.2.10",
-                  "netmask": "255.255.255.0", "routes": []}],
-    "services": [],
-}
+NETWORK = SAMPLE_NETWORK
 
 
 def full_content(**extra) -> Content:
-    content = Content(
-        meta_data={"uuid": "0b5a2e5c-0f0e-4d7c-9e0e-3f6f7f1d2a11", "name": "node-1",
-                   "hostname": "node-1.example.org", "public_keys": {"k1": "ssh-ed25519 AAAAC3Nza k1@x"}},
-        user_data=b"#cloud-config\nruncmd: [[echo, hi]]\n",
-        network_data=NETWORK,
-        vendor_data={"cloud-init": "#cloud-config\n{}\n"},
-        vendor_data2={"static": {"cloud-init": "#cloud-config\nfinal_message: v2\n"}},
-        files=[InjectedFile("/etc/motd", b"hello\n"), InjectedFile("/root/bin.dat", bytes(range(256)))],
-        **extra,
-    )
-    content.fill_defaults()
-    return content
+    return sample_content(**extra)
 
 
 def test_every_version_directory_carries_what_its_version_allows():
@@ -69,13 +53,13 @@ def test_every_version_directory_carries_what_its_version_allows():
 def test_cloud_init_reads_network_and_vendor_data_from_the_directory_it_picks(tmp_path):
     extract(build_tree(full_content()), tmp_path)
     result = cloud_init_read(tmp_path)
-    assert result["metadata"]["instance-id"] == "0b5a2e5c-0f0e-4d7c-9e0e-3f6f7f1d2a11"
+    assert result["metadata"]["instance-id"] == SAMPLE_UUID
     assert result["metadata"]["local-hostname"] == "node-1.example.org"
-    assert result["metadata"]["public_keys"] == {"k1": "ssh-ed25519 AAAAC3Nza k1@x"}
+    assert result["metadata"]["public_keys"] == sample_content().meta_data["public_keys"]
     assert result["userdata"] == b"#cloud-config\nruncmd: [[echo, hi]]\n"
     assert result["networkdata"] == NETWORK
-    assert result["vendordata"] == {"cloud-init": "#cloud-config\n{}\n"}
-    assert result["vendordata2"]["static"]["cloud-init"].endswith("final_message: v2\n")
+    assert result["vendordata"] == sample_content().vendor_data
+    assert result["vendordata2"] == sample_content().vendor_data2
     assert result["files"] == {"/etc/motd": b"hello\n", "/root/bin.dat": bytes(range(256))}
 
 

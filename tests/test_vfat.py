@@ -20,7 +20,7 @@ from configdrive.drive import read_directory
 from configdrive.errors import ConfigDriveError
 from configdrive.layout import build_tree
 
-from conftest import cloud_init_read, need_tool, out, run
+from conftest import cloud_init_read, need_tool, out, run, sample_content
 
 MiB = 1024 * 1024
 EPOCH = 1700000000             # 2023-11-14 22:13:20 UTC
@@ -98,22 +98,7 @@ def blkid(image: Path) -> dict[str, str]:
 
 @pytest.fixture
 def nova_tree():
-    content = Content(
-        meta_data={"uuid": "83679162-1378-4288-a2d4-70e13ec132aa", "name": "vm1",
-                   "hostname": "vm1.example.org",
-                   "public_keys": {"mykey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests me@host"}},
-        user_data=b"#cloud-config\nruncmd:\n - [touch, /tmp/configdrive]\n",
-        network_data={"links": [{"id": "eth0", "type": "phy", "ethernet_mac_address": "52:54:00:12:34:56",
-                                 "mtu": None, "vif_id": "1"}],
-                      "networks": [{"id": "net0", "link": "eth0", "network_id": "n", "type": "ipv4",
-                                    "ip_address": "192.0.2.10", "netmask": "255.255.255.0",
-                                    "routes": [], "services": []}],
-                      "services": [{"type": "dns", "address": "192.0.2.1"}]},
-        vendor_data={"cloud-init": "#cloud-config\npackages: [htop]\n"},
-        files=[InjectedFile("/etc/motd", b"welcome\n")],
-    )
-    content.fill_defaults()
-    return build_tree(content)
+    return build_tree(sample_content())
 
 
 # -- what a consumer sees -----------------------------------------------------------------
@@ -167,13 +152,14 @@ def test_cloud_init_reads_the_extracted_drive(tmp_path, nova_tree):
     extracted = tmp_path / "out"
     assert mcopy_out(image, extracted) == nova_tree
     seen = cloud_init_read(extracted)
-    assert seen["metadata"]["uuid"] == "83679162-1378-4288-a2d4-70e13ec132aa"
-    assert seen["metadata"]["hostname"] == "vm1.example.org"
-    assert seen["metadata"]["public_keys"] == {"mykey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForTests me@host"}
-    assert seen["userdata"] == b"#cloud-config\nruncmd:\n - [touch, /tmp/configdrive]\n"
-    assert seen["networkdata"]["networks"][0]["ip_address"] == "192.0.2.10"
-    assert seen["vendordata"] == {"cloud-init": "#cloud-config\npackages: [htop]\n"}
-    assert seen["files"] == {"/etc/motd": b"welcome\n"}
+    content = sample_content()
+    assert seen["metadata"]["uuid"] == content.uuid
+    assert seen["metadata"]["hostname"] == content.meta_data["hostname"]
+    assert seen["metadata"]["public_keys"] == content.meta_data["public_keys"]
+    assert seen["userdata"] == content.user_data
+    assert seen["networkdata"] == content.network_data
+    assert seen["vendordata"] == content.vendor_data
+    assert seen["files"] == {f.path: f.data for f in content.files}
 
 
 @pytest.mark.parametrize("label", ["config-2", "CONFIG-2", "cidata"])
@@ -305,8 +291,8 @@ def test_4096_byte_sector_drive_as_fsck_blkid_mtools_and_cloud_init_see_it(tmp_p
     extracted = tmp_path / "out"
     assert mcopy_out(image, extracted) == nova_tree
     seen = cloud_init_read(extracted)
-    assert seen["metadata"]["uuid"] == "83679162-1378-4288-a2d4-70e13ec132aa"
-    assert seen["files"] == {"/etc/motd": b"welcome\n"}
+    assert seen["metadata"]["uuid"] == sample_content().uuid
+    assert seen["files"] == {f.path: f.data for f in sample_content().files}
 
 
 @pytest.mark.parametrize("sector_size, size, fat", [(1024, 8 * MiB, "12"), (2048, 8 * MiB, "12"),

@@ -1,0 +1,235 @@
+"""Every parser that reads bytes a stranger wrote, as a function of those bytes.
+
+A target returns normally or raises our own clear error (ConfigDriveError or
+PartitionError whose message is one non-empty line). Anything else - IndexError,
+struct.error, RecursionError, MemoryError, a hang, memory beyond the bound - is a bug.
+:func:`run_case` applies that rule and the bounds; the hypothesis tests (tests/fuzz/) and
+the atheris harnesses (fuzz/atheris_*.py) both call it.
+
+Bounds per case (stated in docs/FUZZING.md): CASE_SECONDS of wall-clock time, and the
+process's peak resident set (getrusage's high-water mark, which counts C allocations in
+zlib, lzma, zstd too) may not rise more than CASE_MEMORY above where it stood when the
+first case began: the case that pushes it over is the one reported. Legitimate amplification is bounded by the code under test: a packed drive
+inflates to at most 64 MiB (MAX_DRIVE_BYTES), and the image readers are consumed up to
+VIRTUAL_CAP bytes of virtual disk (a 1 TB image is legitimate; reading it all is not a
+parser test).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import resource
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from configdrive.errors import ConfigDriveError
+from partition.errors import PartitionError
+
+OUR_ERRORS = (ConfigDriveError, PartitionError)
+CASE_SECONDS = 10
+CASE_MEMORY = 256 << 20
+VIRTUAL_CAP = 256 << 20
+
+
+class FuzzBug(AssertionError):
+    """An input that made a parser do something other than answer or refuse clearly."""
+
+
+class CaseTimeout(BaseException):
+    """Raised from SIGALRM; BaseException so that no ``except Exception`` swallows it."""
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+@contextmanager
+def memfile(data: bytes) -> Iterator[tuple[int, str]]:
+    """``data`` in an anonymous in-memory file: (fd, a path that opens it)."""
+    fd = os.memfd_create("fuzz", os.MFD_CLOEXEC)
+    try:
+        if data:
+            os.write(fd, data)
+        yield fd, f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def consume_extents(extents, virtual_size: int | None) -> None:
+    """Walk (offset, length, data) extents; they must tile the disk from 0 in order."""
+    at = 0
+    for offset, length, data in extents:
+        if offset != at or length <= 0 or (data is not None and len(data) != length):
+            raise FuzzBug(f"extent ({offset}, {length}, {None if data is None else len(data)}) "
+                          f"after byte {at}")
+        at += length
+        if at >= VIRTUAL_CAP:
+            return
+    if virtual_size is not None and at != virtual_size:
+        raise FuzzBug(f"extents cover {at} bytes of a {virtual_size}-byte disk")
+
+
+# -- targets ------------------------------------------------------------------------------
+
+def qcow2(data: bytes) -> None:
+    from partition.qcow2 import Qcow2
+    with memfile(data) as (fd, _):
+        image = Qcow2(fd, len(data), "fuzz.qcow2")
+        consume_extents(image.extents(), image.virtual_size)
+
+
+def gpt(data: bytes) -> None:
+    from partition.gpt import read_gpt
+    for sector_size in (512, 4096):
+        found = read_gpt(io.BytesIO(data), len(data), sector_size)
+        if found is not None:
+            list(found.entries())
+
+
+def mbr(data: bytes) -> None:
+    from partition.mbr import read_mbr
+    for sector_size in (512, 4096):
+        found = read_mbr(io.BytesIO(data), len(data), sector_size)
+        if found is not None:
+            found.partitions()
+
+
+def tables(data: bytes) -> None:
+    """Read the table as deploy and placement do, then plan and add the config partition
+    on a copy (the writers meet hostile tables too)."""
+    from partition.config_partition import create_config_partition, find_config_partition
+    from partition.tables import read_table
+    for sector_size in (None, 512, 4096):
+        fp = io.BytesIO(data)
+        table = read_table(fp, len(data), sector_size, source="fuzz.img")
+        if table is None:
+            continue
+        found = find_config_partition(fp, table, source="fuzz.img")
+        if found is None:
+            create_config_partition(fp, table, size=1 << 20, source="fuzz.img")
+
+
+def probe(data: bytes) -> None:
+    from partition.probe import probe_filesystem
+    probe_filesystem(io.BytesIO(data), 0)
+
+
+def iso(data: bytes) -> None:
+    from configdrive import iso as isomod
+    isomod.read(io.BytesIO(data), source="fuzz.iso")
+
+
+def vfat(data: bytes) -> None:
+    from configdrive import vfat as vfatmod
+    vfatmod.read(io.BytesIO(data), source="fuzz.img")
+
+
+def drive(data: bytes) -> None:
+    """What ``inspect``/``validate`` do with a file: probe, read (ISO, vfat, or a whole
+    disk's config partition), summarise, validate."""
+    from configdrive.drive import open_drive
+    from configdrive.validate import validate_drive
+    with memfile(data) as (_, path):
+        found = open_drive(path)
+        found.summary()
+        validate_drive(found)
+
+
+def unpack(data: bytes) -> None:
+    from configdrive.pack import unpack as unpack_
+    unpack_(data, source="fuzz.packed")
+    unpack_(data.decode("latin-1"), source="fuzz.packed")
+
+
+def json_input(data: bytes) -> None:
+    """Every JSON input: each kind of document validated, the ironic object turned into
+    content, validated, and laid out as ``build --no-validate`` would."""
+    from configdrive.content import Content, parse_json
+    from configdrive.layout import build_tree
+    from configdrive.validate import SCHEMA_FILES, validate_bytes, validate_content
+    for kind in SCHEMA_FILES:
+        validate_bytes(kind, data, f"fuzz.{kind}.json")
+    doc = parse_json(data, "fuzz.json")
+    content = Content.from_ironic(doc, "fuzz.json")
+    content.fill_defaults()
+    validate_content(content)
+    build_tree(content)
+
+
+def compress(data: bytes) -> None:
+    """The three decompressors around a deploy image, on the raw bytes as each kind."""
+    from partition.compress import decompressing_reader
+    for kind in ("gzip", "xz", "zstd"):
+        reader = decompressing_reader(io.BytesIO(data), kind, "fuzz.img")
+        buf, total = bytearray(1 << 20), 0
+        while (n := reader.readinto(buf)) and total < VIRTUAL_CAP:
+            total += n
+
+
+def image(data: bytes) -> None:
+    """What deploy reads: magic -> decompress -> raw or qcow2 -> extents -> digest."""
+    from partition.image import open_image
+    with memfile(data) as (_, path):
+        with open_image(path, hash_algorithm="sha256") as opened:
+            consume_extents(opened.extents(), opened.virtual_size)
+            opened.finish()
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "qcow2": qcow2, "gpt": gpt, "mbr": mbr, "tables": tables, "probe": probe, "iso": iso,
+    "vfat": vfat, "drive": drive, "unpack": unpack, "json": json_input, "compress": compress,
+    "image": image,
+}
+
+
+# -- the rule -----------------------------------------------------------------------------
+
+@contextmanager
+def time_bound(seconds: float) -> Iterator[None]:
+    def expire(signum, frame):
+        raise CaseTimeout()
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+_baseline_rss: int | None = None
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_case(name: str, data: bytes, *, measure_memory: bool = True) -> str:
+    """Run target ``name`` on ``data``; "ok" or "refused", else raise FuzzBug saying what
+    went wrong. ``measure_memory=False`` leaves memory to the caller (atheris has its own
+    RSS limit)."""
+    global _baseline_rss
+    target = TARGETS[name]
+    if measure_memory and _baseline_rss is None:
+        _baseline_rss = _peak_rss()
+    try:
+        with time_bound(CASE_SECONDS):
+            target(data)
+        outcome = "ok"
+    except OUR_ERRORS as exc:
+        message = str(exc)
+        if not message.strip() or "\n" in message or "\r" in message:
+            raise FuzzBug(f"{name}: {type(exc).__name__} message is not one line: {message[:300]!r}") from exc
+        outcome = "refused"
+    except CaseTimeout:
+        raise FuzzBug(f"{name}: no answer within {CASE_SECONDS}s ({len(data)}-byte input)") from None
+    except FuzzBug:
+        raise
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise FuzzBug(f"{name}: {type(exc).__name__}: {exc}"[:500]) from exc
+    if measure_memory and _peak_rss() > _baseline_rss + CASE_MEMORY:
+        raise FuzzBug(f"{name}: peak RSS {_peak_rss()} bytes passed the bound of "
+                      f"{_baseline_rss + CASE_MEMORY} ({len(data)}-byte input)")
+    return outcome

@@ -1,0 +1,318 @@
+"""Faults injected into every write: deploy (the image stream), placement (the config
+drive) and inject (the loop handler). After each fault the target is either complete and
+verified, or no tool reads the image's partition table / a drive signature there (judged
+by sgdisk and blkid), and no loop device or mount of ours is left behind.
+
+Faults: an I/O error (EIO) or a full target (ENOSPC) at chosen write offsets, an fsync
+that fails, the device disappearing (every later write and sync fails with ENODEV),
+SIGKILL at chosen points of a real ``configdrive deploy`` process, a real full tmpfs, and
+SIGTERM/SIGINT to a real ``configdrive inject`` while the guest is mounted. (A SIGKILL
+cannot be cleaned up by the process itself: it leaves the loop device and the mount, see
+docs/FUZZING.md.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import fuzz_tally
+from conftest import is_root, loop_device, need_tool, out, run
+from configdrive.content import Content
+from partition.copy import HOLD, write_image
+from partition.device import Target
+from partition.errors import PartitionError
+
+pytestmark = pytest.mark.root
+MiB = 1 << 20
+IMAGE_GUID = "5A5A5A5A-1111-2222-3333-444455556666"
+IMAGE_SIZE = 8 * MiB
+DISK_SIZE = 12 * MiB
+
+
+@pytest.fixture(autouse=True)
+def _root():
+    if not is_root():
+        pytest.skip("fault injection runs on loop devices, which need root")
+    need_tool("sgdisk", "blkid", "losetup")
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    """An 8 MiB raw disk made by sgdisk (disk GUID IMAGE_GUID) with random data in it."""
+    need_tool("sgdisk")
+    path = tmp_path_factory.mktemp("faults") / "disk.raw"
+    path.write_bytes(bytes(IMAGE_SIZE))
+    run("sgdisk", "-U", IMAGE_GUID, "-n", "1:2048:+3M", "-c", "1:root", "-n", "2:0:+2M", path)
+    rnd = random.Random(7)
+    with open(path, "r+b") as fp:
+        fp.seek(1 * MiB)
+        fp.write(rnd.randbytes(5 * MiB))
+    return path
+
+
+@contextlib.contextmanager
+def used_disk(tmp_path: Path):
+    """A loop device over a used disk: every byte 0xAA under an old GPT of its own."""
+    backing = tmp_path / "target.img"
+    backing.write_bytes(b"\xaa" * DISK_SIZE)
+    run("sgdisk", "-n", "1:0:0", "-c", "1:old", backing)
+    with loop_device(backing) as dev:
+        yield dev
+
+
+def sha(path, length: int) -> str:
+    with open(path, "rb") as fp:
+        return hashlib.sha256(fp.read(length)).hexdigest()
+
+
+def complete(dev: str, image: Path) -> bool:
+    return sha(dev, IMAGE_SIZE) == sha(image, IMAGE_SIZE)
+
+
+def image_table_seen(dev: str) -> bool:
+    """Whether sgdisk or blkid read ``dev`` as the image's disk (its GUID or its table)."""
+    blkid = run("blkid", "-p", "-o", "export", dev, check=False).stdout.decode().upper()
+    printed = run("sgdisk", "-p", dev, check=False).stdout.decode().upper()
+    return IMAGE_GUID in blkid or IMAGE_GUID in printed or " ROOT" in printed
+
+
+def assert_complete_or_no_table(dev: str, image: Path) -> None:
+    if complete(dev, image):
+        # Every byte of the image, read by sgdisk as the image's disk; its only remark is
+        # the backup GPT at the image's end, which the step after the copy moves.
+        assert IMAGE_GUID in out("sgdisk", "-p", dev).upper()
+        problems = out("sgdisk", "-v", dev)
+        assert "No problems found" in problems or "Identified 1 problems" in problems, problems
+    else:
+        assert not image_table_seen(dev), out("sgdisk", "-p", dev)
+
+
+def our_loops(backing: Path) -> str:
+    return out("losetup", "-j", backing).strip()
+
+
+# -- deploy: in-process faults -------------------------------------------------------------
+
+def _failing_target(monkeypatch, *, at: int, error: int, method: str = "pwrite", sticky: bool = False):
+    """Make Target.<method> fail with ``error``: pwrite/write_zeros on the call whose range
+    covers byte ``at - 1``, sync on its call number ``at``. ``sticky``: from then on every
+    write, sync and file access fails too (the device is gone)."""
+    state = {"syncs": 0, "failed": False}
+    originals = {name: getattr(Target, name) for name in ("pwrite", "write_zeros", "sync", "fileobj")}
+
+    def fail(name):
+        state["failed"] = True
+        exc = OSError(error, os.strerror(error))
+        if name == "fileobj":
+            raise exc
+        raise PartitionError(f"{name} failed: {exc.strerror}") from exc
+
+    def covers(name, args) -> bool:
+        if name == "sync":
+            state["syncs"] += 1
+            return state["syncs"] == at
+        offset, length = (args[1], len(args[0])) if name == "pwrite" else (args[0], args[1])
+        return offset <= at - 1 < offset + length
+
+    def wrap(name):
+        real = originals[name]
+
+        def wrapper(self, *args):
+            if sticky and state["failed"]:
+                fail(name)
+            if name == method and not state["failed"] and covers(name, args):
+                fail(name)
+            return real(self, *args)
+        return wrapper
+
+    for name in originals:
+        monkeypatch.setattr(Target, name, wrap(name))
+    return state
+
+
+DEPLOY_FAULTS = [
+    ("eio", "pwrite", HOLD + 1, errno.EIO, False),              # the first data after the head
+    ("eio", "pwrite", 4 * MiB, errno.EIO, False),               # mid-stream
+    ("eio", "pwrite", IMAGE_SIZE, errno.EIO, False),            # the held-back tail (backup GPT)
+    ("eio", "pwrite", 1, errno.EIO, False),                     # the head itself, written last
+    ("enospc", "pwrite", 3 * MiB, errno.ENOSPC, False),
+    ("enospc", "write_zeros", 6 * MiB + 1, errno.ENOSPC, False),   # the image's zero run
+    ("eio", "sync", 2, errno.EIO, False),                       # fsync after the body
+    ("eio", "sync", 3, errno.EIO, False),                       # fsync after the head
+    ("gone", "pwrite", 5 * MiB, errno.ENODEV, True),            # the device disappears
+    ("gone", "sync", 2, errno.ENODEV, True),
+]
+
+
+@pytest.mark.parametrize("kind,method,at,error,sticky", DEPLOY_FAULTS)
+def test_deploy_fault_leaves_complete_disk_or_no_table(image, tmp_path, monkeypatch, kind, method, at,
+                                                       error, sticky):
+    fuzz_tally.fault_injected(f"deploy-{kind}")
+    with used_disk(tmp_path) as dev:
+        state = _failing_target(monkeypatch, at=at, error=error, method=method, sticky=sticky)
+        with pytest.raises(PartitionError) as caught:
+            write_image(str(image), dev)
+        monkeypatch.undo()
+        assert state["failed"]
+        assert "\n" not in str(caught.value)
+        assert not complete(dev, image)
+        assert not image_table_seen(dev)
+        if not sticky:     # the wipe could write: an empty, valid table
+            assert "No problems found" in out("sgdisk", "-v", dev)
+    assert our_loops(tmp_path / "target.img") == ""
+    fuzz_tally.fault_survived(f"deploy-{kind}")
+
+
+def test_deploy_to_a_really_full_filesystem(image, tmp_path):
+    """A regular-file target on a 5 MiB tmpfs: the 8 MiB image cannot fit; the file left
+    behind holds no table any tool reads."""
+    fuzz_tally.fault_injected("deploy-full-tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if run("mount", "-t", "tmpfs", "-o", "size=5M", "tmpfs", mnt, check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        target = mnt / "disk.img"
+        with pytest.raises(PartitionError, match="No space left|no space"):
+            write_image(str(image), str(target))
+        assert not image_table_seen(str(target))
+    finally:
+        run("umount", mnt)
+    fuzz_tally.fault_survived("deploy-full-tmpfs")
+
+
+# -- deploy: SIGKILL of a real process at chosen points ----------------------------------
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from partition.device import Target
+    where, at = sys.argv[1].split(":")
+    at, syncs = int(at), [0]
+    real_pwrite, real_sync = Target.pwrite, Target.sync
+    def pwrite(self, data, offset):
+        if where == "byte" and offset <= at - 1 < offset + len(data):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_pwrite(self, data, offset)
+    def sync(self):
+        syncs[0] += 1
+        if where == "sync" and syncs[0] == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_sync(self)
+    Target.pwrite, Target.sync = pwrite, sync
+    from configdrive.cli import main
+    sys.exit(main(["deploy", "--quiet", "--device", sys.argv[2], "--image", sys.argv[3]]))
+""")
+
+
+@pytest.mark.parametrize("point", [f"byte:{HOLD + 1}", f"byte:{4 * MiB}", f"byte:{IMAGE_SIZE}", "byte:1",
+                                   "sync:2", "sync:3"])
+def test_sigkill_mid_deploy(image, tmp_path, point):
+    """Killed as the write covers a byte (1: the head, written last) or at an fsync (3:
+    after the head was written: the disk is complete)."""
+    fuzz_tally.fault_injected("deploy-sigkill")
+    with used_disk(tmp_path) as dev:
+        proc = subprocess.run([sys.executable, "-c", KILLER, point, dev, str(image)],
+                              capture_output=True, timeout=120)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+        assert_complete_or_no_table(dev, image)
+        if point == "sync:3":
+            assert complete(dev, image)
+    assert our_loops(tmp_path / "target.img") == ""
+    fuzz_tally.fault_survived("deploy-sigkill")
+
+
+# -- placement: the config drive written, interrupted at every write -------------------
+
+def _placed_disk(tmp_path: Path) -> Path:
+    disk = tmp_path / "placed.img"
+    disk.write_bytes(bytes(80 * MiB))
+    run("sgdisk", "-n", "1:2048:+8M", "-c", "1:root", disk)
+    return disk
+
+
+@pytest.mark.parametrize("fail_call", [1, 2, 3])
+def test_placement_interrupted_before_the_head_leaves_no_drive(tmp_path, monkeypatch, fail_call):
+    """place_config_drive writes zeros over old signatures, the drive's body, then its
+    first 64 KiB: failing at any write leaves no config-2 filesystem that blkid finds."""
+    from configdrive.placement import place_config_drive
+    fuzz_tally.fault_injected("placement")
+    disk = _placed_disk(tmp_path)
+    with loop_device(disk) as dev:
+        calls = [0]
+        real = Target.pwrite
+
+        def failing(self, data, offset):
+            calls[0] += 1
+            if calls[0] == fail_call:
+                raise PartitionError(f"{self.path}: write at byte {offset} failed: Input/output error")
+            return real(self, data, offset)
+        monkeypatch.setattr(Target, "pwrite", failing)
+        content = Content(meta_data={"uuid": "83679162-1378-4288-a2d4-70e13ec132aa"})
+        if fail_call <= 2:       # the body, then the head
+            with pytest.raises(PartitionError, match="Input/output error"):
+                place_config_drive(dev, content)
+        else:
+            place_config_drive(dev, content)
+        monkeypatch.undo()
+        table = json.loads(out("sfdisk", "--json", dev))["partitiontable"]
+        start = next(int(p["start"]) * 512 for p in table["partitions"] if p.get("name") == "config-v2")
+        probe = run("blkid", "-p", "-O", str(start), "-o", "export", dev, check=False).stdout.decode()
+        assert ("LABEL=config-2" in probe) == (fail_call > 2), probe
+        assert "No problems found" in out("sgdisk", "-v", dev)
+    fuzz_tally.fault_survived("placement")
+
+
+# -- inject: signals to a real process while the guest is mounted ----------------------
+
+SLOW_INJECT = textwrap.dedent("""
+    import sys, time
+    from configdrive.inject import steps
+    def slow(root, metadata):
+        print("mounted", flush=True)
+        time.sleep(60)
+    steps.inject_metadata = slow
+    from configdrive.cli import main
+    sys.exit(main(["inject", "--handlers", "loop", "--meta-data", sys.argv[2], sys.argv[1]]))
+""")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_inject_releases_mount_and_loop(tmp_path, sig):
+    need_tool("mkfs.ext4", "mount")
+    fuzz_tally.fault_injected(f"inject-{signal.Signals(sig).name}")
+    guest = tmp_path / "guest.img"
+    guest.write_bytes(bytes(16 * MiB))
+    run("mkfs.ext4", "-q", "-F", guest)
+    meta = tmp_path / "meta_data.json"
+    meta.write_text('{"uuid": "83679162-1378-4288-a2d4-70e13ec132aa", "meta": {"a": "b"}}')
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_INJECT, str(guest), str(meta)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline()
+        if b"mounted" not in line:
+            proc.kill()
+            pytest.fail(f"inject never reached the step: {proc.stderr.read().decode()}")
+        assert our_loops(guest) != ""           # attached and mounted right now
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert our_loops(guest) == ""
+    mounts = Path("/proc/mounts").read_text()
+    assert str(tmp_path) not in mounts and "configdrive" not in mounts
+    fuzz_tally.fault_survived(f"inject-{signal.Signals(sig).name}")
