@@ -1,5 +1,7 @@
 # The two entry points the README opens with. Each installs everything first.
-.PHONY: install demo test e2e bench
+# Tests run with .venv/bin/pytest (not python -m) so that they import the installed
+# package, not the checkout: what `pip install .` ships is what is tested.
+.PHONY: install demo test quick e2e bench
 
 install:
 	bash scripts/install.sh
@@ -8,14 +10,17 @@ demo: install
 	.venv/bin/configdrive build --example -o example-config-drive.iso
 	.venv/bin/configdrive inspect example-config-drive.iso
 
-# pyproject.toml's addopts leave the end-to-end boots (marker e2e) out of this run.
+# The whole suite, end-to-end boots included (-o addopts= lifts pyproject's "not e2e").
 test: install
-	# .venv/bin/pytest (not python -m) so the tests import the installed package, not the checkout
+	.venv/bin/pytest -q -ra -o addopts= tests
+
+# Everything but the boots (a few minutes).
+quick: install
 	.venv/bin/pytest -q -ra tests
 
-# Boots a real Debian guest under QEMU with our drives and checks what cloud-init did.
-# The guest is built on the first run (~2 min, needs root and the Debian mirror) and
-# cached in tests/.cache/; each boot then takes about a minute.
+# Only the boots: a real Debian guest under QEMU with our drives, checked for what
+# cloud-init did. The guest is built on the first run (~2 min, needs root and the Debian
+# mirror) and cached in tests/.cache/; each boot then takes about a minute.
 e2e: install
 	.venv/bin/pytest -q -ra -m e2e tests/e2e
 
