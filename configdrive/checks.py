@@ -211,9 +211,10 @@ def _network_findings(i: int, net: dict, link_ids: dict[str, int] | None) -> Ite
                 yield Finding(ptr, msg)
 
 
-def _address_problem(value: str, family: int | None) -> str | None:
+def _address_problem(value: str, family: int | None, parse=ipaddress.ip_address) -> str | None:
+    """An address of ``family`` (4, 6, or None for either)."""
     try:
-        addr = ipaddress.ip_address(value)
+        addr = parse(value)
     except ValueError:
         return f"{value!r} is not an IP address"
     if family and addr.version != family:
@@ -223,13 +224,7 @@ def _address_problem(value: str, family: int | None) -> str | None:
 
 def _interface_problem(value: str, family: int) -> str | None:
     """An address, optionally with /prefix (cloud-init accepts both)."""
-    try:
-        addr = ipaddress.ip_interface(value)
-    except ValueError:
-        return f"{value!r} is not an IP address"
-    if addr.version != family:
-        return f"{value!r} is an IPv{addr.version} address in an IPv{family} network"
-    return None
+    return _address_problem(value, family, ipaddress.ip_interface)
 
 
 def _netmask_problem(value: str, family: int) -> str | None:
