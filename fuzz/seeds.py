@@ -1,5 +1,5 @@
 """Valid inputs to start mutating from, made by the tools we did not write wherever one
-exists (qemu-img, sgdisk, sfdisk, genisoimage, mkfs.vfat + mtools, gzip/xz/zstd) and by
+exists (qemu-img, sgdisk, sfdisk, xorriso, mkfs.vfat + mtools, gzip/xz/zstd) and by
 our own writers. Mutating real inputs reaches far deeper than random bytes: the magic,
 the CRCs and the offsets are right until a mutation breaks exactly one of them.
 
@@ -12,18 +12,29 @@ import base64
 import gzip
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 KiB, MiB = 1 << 10, 1 << 20
 
 
+# Seeds must be the same bytes on every machine and run: the fuzz budget is a fixed-seed
+# walk over mutations of them, so a random GUID, serial or timestamp in a seed would make
+# CI explore different inputs each time.
+FIXED_EPOCH = 1700000000
+_FIXED_ENV = {**os.environ, "SOURCE_DATE_EPOCH": str(FIXED_EPOCH), "TZ": "UTC"}
+
+
 def _run(*cmd, input: bytes | None = None) -> bytes:
-    return subprocess.run([str(c) for c in cmd], input=input, capture_output=True, check=True).stdout
+    return subprocess.run([str(c) for c in cmd], input=input, capture_output=True, check=True,
+                          env=_FIXED_ENV).stdout
 
 
 def _have(*tools: str) -> bool:
@@ -71,22 +82,28 @@ def qcow2_seeds(work: Path) -> list[bytes]:
     return seeds
 
 
+_FIXED_GUIDS = ["-U", "8f0c6a2e-1d3b-4c5a-9e7f-0a1b2c3d4e5f", "-u", "1:3b1d2c4e-5f6a-4b7c-8d9e-0f1a2b3c4d5e",
+                "-u", "2:6e5d4c3b-2a1f-4e0d-9c8b-7a6f5e4d3c2b"]
+
+
 def gpt_seeds(work: Path) -> list[bytes]:
     seeds = []
     if _have("sgdisk"):
         disk = work / "g.img"
         disk.write_bytes(bytes(256 * KiB))
         _run("sgdisk", "--set-alignment=1", "-n", "1:40:+64", "-c", "1:root", "-n", "2:0:+32",
-             "-c", "2:config-v2", disk)
+             "-c", "2:config-v2", *_FIXED_GUIDS, disk)
         seeds.append(disk.read_bytes())
     # sfdisk here has no --sector-size: a 4096-byte-sector GPT from our own writer.
     from partition.gpt import write_empty_gpt
     from partition.tables import add_partition, read_table
     fp = io.BytesIO(bytes(512 * KiB))
-    write_empty_gpt(fp, 512 * KiB, 4096)
-    table = read_table(fp, 512 * KiB, 4096)
-    add_partition(fp, table, 8 * 4096, 16 * 4096, name="root")
-    add_partition(fp, table, 24 * 4096, 16 * 4096, name="config-v2")
+    guids = iter(uuid.UUID(int=n, version=4) for n in range(1, 100))   # fixed, for fixed seeds
+    with mock.patch.object(uuid, "uuid4", lambda: next(guids)):
+        write_empty_gpt(fp, 512 * KiB, 4096)
+        table = read_table(fp, 512 * KiB, 4096)
+        add_partition(fp, table, 8 * 4096, 16 * 4096, name="root")
+        add_partition(fp, table, 24 * 4096, 16 * 4096, name="config-v2")
     seeds.append(fp.getvalue())
     return seeds
 
@@ -96,8 +113,8 @@ def mbr_seeds(work: Path) -> list[bytes]:
         return []
     seeds = []
     for name, script in (
-        ("primaries", "label: dos\nstart=1, size=63, type=83, bootable\nstart=64, size=64, type=99\n"),
-        ("logicals", "label: dos\nstart=1, size=31, type=83\nstart=32, size=200, type=5\n"
+        ("primaries", "label: dos\nlabel-id: 0x5eed0001\nstart=1, size=63, type=83, bootable\nstart=64, size=64, type=99\n"),
+        ("logicals", "label: dos\nlabel-id: 0x5eed0002\nstart=1, size=31, type=83\nstart=32, size=200, type=5\n"
                      "start=34, size=30, type=83\nstart=66, size=30, type=82\nstart=98, size=30, type=99\n"),
     ):
         disk = work / f"{name}.img"
@@ -114,16 +131,20 @@ def _tree_dir(work: Path) -> Path:
             path = top / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
+        for path in [top, *top.rglob("*")]:
+            os.utime(path, (FIXED_EPOCH, FIXED_EPOCH))
     return top
 
 
 def iso_seeds(work: Path) -> list[bytes]:
     from configdrive import iso
     seeds = []
-    if _have("genisoimage"):
+    # xorriso's mkisofs emulation (genisoimage's flags) honours SOURCE_DATE_EPOCH; genisoimage
+    # stamps the current time into the volume descriptors.
+    if _have("xorriso"):
         for name, flags in (("rj", ["-R", "-J"]), ("plain", []), ("joliet", ["-J"])):
             out = work / f"{name}.iso"
-            _run("genisoimage", "-quiet", "-V", "config-2", *flags, "-o", out, _tree_dir(work))
+            _run("xorriso", "-as", "mkisofs", "-quiet", "-V", "config-2", *flags, "-o", out, _tree_dir(work))
             seeds.append(out.read_bytes())
     buf = io.BytesIO()
     iso.write(_small_tree(), buf, label="config-2", epoch=0)
@@ -138,8 +159,8 @@ def vfat_seeds(work: Path) -> list[bytes]:
         for name, size_kib, flags in (("fat12", 256, ["-F", "12"]), ("fat16", 2200, ["-F", "16", "-s", "1"])):
             out = work / f"{name}.img"
             out.unlink(missing_ok=True)
-            _run("mkfs.vfat", "-C", *flags, "-n", "config-2", out, size_kib)
-            _run("mcopy", "-s", "-i", out, *sorted(_tree_dir(work).iterdir()), "::")
+            _run("mkfs.vfat", "--invariant", "-C", *flags, "-n", "config-2", out, size_kib)
+            _run("mcopy", "-s", "-m", "-i", out, *sorted(_tree_dir(work).iterdir()), "::")
             seeds.append(out.read_bytes())
     buf = io.BytesIO()
     vfat.write(_small_tree(), buf, label="config-2", size=1 * MiB, epoch=0)
@@ -153,11 +174,11 @@ def disk_with_drive_seeds(work: Path) -> list[bytes]:
         return []
     fs = work / "part.img"
     fs.unlink(missing_ok=True)
-    _run("mkfs.vfat", "-C", "-F", "12", "-n", "config-2", fs, 128)
-    _run("mcopy", "-s", "-i", fs, *sorted(_tree_dir(work).iterdir()), "::")
+    _run("mkfs.vfat", "--invariant", "-C", "-F", "12", "-n", "config-2", fs, 128)
+    _run("mcopy", "-s", "-m", "-i", fs, *sorted(_tree_dir(work).iterdir()), "::")
     disk = work / "disk.img"
     disk.write_bytes(bytes(256 * KiB))
-    _run("sgdisk", "--set-alignment=1", "-n", "1:40:+256", "-c", "1:config-v2", disk)
+    _run("sgdisk", "--set-alignment=1", "-n", "1:40:+256", "-c", "1:config-v2", *_FIXED_GUIDS[:4], disk)
     image = bytearray(disk.read_bytes())
     image[40 * 512: 40 * 512 + 128 * KiB] = fs.read_bytes()
     return [bytes(image)]
