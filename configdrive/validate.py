@@ -133,6 +133,11 @@ def _pointer_key(pointer: str) -> list[tuple[int, int, str]]:
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in pointer.split("/")[1:]]
 
 
+def _refusal(source: str, exc: ConfigDriveError) -> Problem:
+    """A reader's one-line error as a Problem (its ``SOURCE: `` prefix becomes the source)."""
+    return Problem(source, "", str(exc).removeprefix(f"{source}: "))
+
+
 def validate_bytes(kind: str, data: bytes, source: str) -> list[Problem]:
     """Parse and validate one file's bytes."""
     if kind == "user_data":
@@ -140,7 +145,7 @@ def validate_bytes(kind: str, data: bytes, source: str) -> list[Problem]:
     try:
         doc = parse_json(data, source)
     except ConfigDriveError as exc:
-        return [Problem(source, "", str(exc).removeprefix(f"{source}: "))]
+        return [_refusal(source, exc)]
     return validate_document(kind, doc, source)
 
 
@@ -371,7 +376,7 @@ def validate_path(path: str, kind: str | None = None) -> list[Problem]:
     try:
         data = read_bytes(path, kind)
     except ConfigDriveError as exc:
-        return [Problem(path, "", str(exc).removeprefix(f"{path}: "))]
+        return [_refusal(path, exc)]
     return validate_bytes(kind, data, path)
 
 
@@ -390,5 +395,5 @@ def _validate_drive_at(path: str) -> list[Problem]:
     try:
         drive = open_drive(path)
     except (ConfigDriveError, PartitionError) as exc:
-        return [Problem(path, "", str(exc).removeprefix(f"{path}: "))]
+        return [_refusal(path, exc)]
     return validate_drive(drive)
