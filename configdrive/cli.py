@@ -204,7 +204,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     # The drive: a ready one (--config-drive), or content options built like `build` does.
     drive = args.config_drive or (content_from_args(args) if has_content_options(args) else None)
     summary = deploy(args.device, args.image, checksum=args.checksum, drive=drive,
-                     preserve_on_error=args.preserve_on_error, quiet=args.quiet,
+                     preserve_on_error=args.preserve_on_error, verify=args.verify, quiet=args.quiet,
                      config_size=args.config_size, mbr_type=args.mbr_type, format=args.format,
                      label=args.label, size=args.size, versions=args.versions, ec2=args.ec2,
                      validate=args.validate)
@@ -215,7 +215,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         _say(args, f"{PROG}: wrote {s['source']} ({s['format']}"
                    f"{', ' + s['compression'] if s['compression'] else ''}) to {args.device}: "
                    f"{s['virtual_size']} bytes in {s['seconds']:.1f}s"
-                   f"{', ' + s['checksum']['algorithm'] + ' verified' if s['checksum'] else ''}")
+                   f"{', ' + s['checksum']['algorithm'] + ' verified' if s['checksum'] else ''}"
+                   f"{', read back and verified' if s['verified'] else ''}")
     if summary["config_drive"]:
         c, p = summary["config_drive"], summary["config_drive"]["partition"]
         _say(args, f"{PROG}: wrote the {c['drive']['format']} drive labelled {c['drive']['label']} to "
@@ -299,6 +300,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="MBR partition type that marks the config partition (default 0x99)")
     p.add_argument("--preserve-on-error", action="store_true",
                    help="keep a failed target as it is instead of wiping its partition table")
+    p.add_argument("--verify", action="store_true",
+                   help="read the written image back from the disk and compare (catches bad writes)")
     p.add_argument("--json", action="store_true", help="print a summary as JSON")
     add_content_options(p)
     add_format_options(p)

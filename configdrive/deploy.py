@@ -19,11 +19,12 @@ from .errors import ConfigDriveError
 
 
 def deploy(device: str, image: str | None = None, *, checksum: str | None = None,
-           drive: Any = None, preserve_on_error: bool = False, quiet: bool = True,
-           progress_stream=None, **drive_options) -> dict:
+           drive: Any = None, preserve_on_error: bool = False, verify: bool = False,
+           quiet: bool = True, progress_stream=None, **drive_options) -> dict:
     """Write ``image`` (path, ``-`` or http(s) URL) to ``device`` (a block device or a
     disk image file), verifying ``checksum`` (``ALGO:HEX`` or a checksum file/URL) before
-    the image's first MiB goes down; then place ``drive`` (when given) on the disk.
+    the image's first MiB goes down; with ``verify``, read the written image back from the
+    disk and compare; then place ``drive`` (when given) on the disk.
 
     Returns a summary: {"device", "image": {...} or None, "config_drive": {...} or None}.
     Raises PartitionError / ConfigDriveError with a one-line message."""
@@ -31,13 +32,15 @@ def deploy(device: str, image: str | None = None, *, checksum: str | None = None
         raise ConfigDriveError("deploy: nothing to do (give an image, a config drive, or both)")
     if checksum and image is None:
         raise ConfigDriveError("deploy: --checksum needs --image")
+    if verify and image is None:
+        raise ConfigDriveError("deploy: --verify needs --image")
     summary: dict[str, Any] = {"device": str(device), "image": None, "config_drive": None}
 
     if image is not None:
         say = None if quiet else (lambda line: print(f"configdrive: {line}", file=sys.stderr))
         progress = Progress(f"writing {image}", None, stream=progress_stream, enabled=not quiet)
         result = write_image(image, device, checksum=checksum, progress=progress,
-                             preserve_on_error=preserve_on_error, say=say)
+                             preserve_on_error=preserve_on_error, say=say, verify=verify)
         summary["image"] = {"source": str(image), **result}
 
     if drive is not None:

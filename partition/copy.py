@@ -17,7 +17,10 @@ Order of work, and why:
    memory stays bounded and progress honest.
 4. The checksum of the source is verified; only then the last MiB and then the first MiB
    are written, each followed by fsync.
-5. On any failure after step 2, the target gets a fresh empty partition table (protective
+5. With ``verify``: every extent written (held-back ends included) was fingerprinted on
+   the way down (partition/verify.py); the target's cache is dropped and all of it is
+   read back from the device and compared. A difference is a failure like any other.
+6. On any failure after step 2, the target gets a fresh empty partition table (protective
    MBR, primary and backup GPT) unless ``preserve_on_error``: never a half-written
    bootable disk.
 
@@ -38,6 +41,7 @@ from .device import Target, open_target
 from .errors import PartitionError
 from .image import Image, open_image
 from .progress import Progress, human
+from .verify import Fingerprints
 
 HOLD = 1 << 20            # held back at each end of the image
 SYNC_EVERY = 32 << 20     # start writeback of dirty pages after this many bytes
@@ -56,22 +60,25 @@ def gpt_sector_size(head: bytes) -> int | None:
 def write_image(image_spec: str, device: str, *, checksum: str | None = None,
                 preserve_on_error: bool = False, progress: Progress | None = None,
                 sector_size: int | None = None, spool_dir: str | None = None,
-                http_options: dict | None = None, say=None) -> dict:
+                http_options: dict | None = None, say=None, verify: bool = False) -> dict:
     """Open ``image_spec`` (path, ``-``, http(s) URL), open ``device`` (block device, or a
-    regular file: a missing one is created with the image's virtual size), copy, verify.
+    regular file: a missing one is created with the image's virtual size), copy, verify
+    the checksum and, with ``verify``, read the written image back.
     Returns the summary of :func:`copy_image`."""
     expected = parse_checksum(checksum, str(image_spec)) if checksum else None
     with open_image(image_spec, hash_algorithm=expected.algorithm if expected else None,
                     spool_dir=spool_dir, http_options=http_options, on_spool=say) as image:
         with open_target(device, sector_size=sector_size, create_size=image.virtual_size) as target:
             return copy_image(image, target, expected=expected, progress=progress,
-                              preserve_on_error=preserve_on_error)
+                              preserve_on_error=preserve_on_error, verify=verify)
 
 
 def copy_image(image: Image, target: Target, *, expected: Expected | None = None,
-               progress: Progress | None = None, preserve_on_error: bool = False) -> dict:
-    """Stream ``image`` onto ``target`` (see the module docstring for the order of work).
-    Returns {format, compression, virtual_size, bytes_written, seconds, checksum}."""
+               progress: Progress | None = None, preserve_on_error: bool = False,
+               verify: bool = False) -> dict:
+    """Stream ``image`` onto ``target`` (see the module docstring for the order of work);
+    with ``verify``, read all of it back from the device afterwards and compare.
+    Returns {format, compression, virtual_size, bytes_written, seconds, checksum, verified}."""
     progress = progress or Progress.quiet()
     progress.total = image.virtual_size
     started = time.monotonic()
@@ -84,7 +91,8 @@ def copy_image(image: Image, target: Target, *, expected: Expected | None = None
         limit = target.size if target.size else None
         _zero_ends(target)
         touched = True
-        writer = _Writer(target, limit, progress)
+        fingerprints = Fingerprints() if verify else None
+        writer = _Writer(target, limit, progress, fingerprints)
         tail = _Lag(HOLD)
         for offset, length, data in _chain(pending, reader):
             if offset + length <= HOLD:
@@ -110,6 +118,9 @@ def copy_image(image: Image, target: Target, *, expected: Expected | None = None
         target.sync()
         progress.update(end)
         progress.finish()
+        if fingerprints is not None:
+            fingerprints.add(0, head, len(head))
+            fingerprints.check(target)
     except BaseException as exc:
         reader.stop()
         if touched and not preserve_on_error:
@@ -127,6 +138,7 @@ def copy_image(image: Image, target: Target, *, expected: Expected | None = None
         "seconds": round(time.monotonic() - started, 3),
         "checksum": ({"algorithm": expected.algorithm, "value": digest, "verified": True}
                      if expected else None),
+        "verified": verify,
     }
 
 
@@ -197,8 +209,10 @@ class _Writer:
     writing that window out (sync_file_range), and we wait only for the window before it,
     so the disk stays busy while we fill the page cache again."""
 
-    def __init__(self, target: Target, limit: int | None, progress: Progress):
+    def __init__(self, target: Target, limit: int | None, progress: Progress,
+                 fingerprints: Fingerprints | None = None):
         self.target, self.limit, self.progress = target, limit, progress
+        self.fingerprints = fingerprints             # records each extent for a read-back
         self.end = 0
         self.data_bytes = 0
         self._zeros: tuple[int, int] | None = None     # a pending zero run (offset, length)
@@ -210,6 +224,8 @@ class _Writer:
         if self.limit is not None and offset + length > self.limit:
             raise PartitionError(f"the image is larger than {self.target.path} "
                                  f"({self.limit} bytes): it goes on past byte {self.limit}")
+        if self.fingerprints is not None:
+            self.fingerprints.add(offset, data, length)
         if data is None:
             if self._zeros and self._zeros[0] + self._zeros[1] == offset:
                 self._zeros = (self._zeros[0], self._zeros[1] + length)

@@ -126,6 +126,16 @@ class Target:
         except OSError as exc:
             raise PartitionError(f"{self.path}: fsync failed: {exc.strerror}") from exc
 
+    def drop_cache(self) -> None:
+        """Flush, then evict this target's pages from the page cache, so that what is
+        read next comes from the device itself (a read-back check must not read our own
+        writes out of memory)."""
+        self.sync()
+        try:
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass    # advice only: a target that ignores it is read back all the same
+
     def fileobj(self) -> BinaryIO:
         """A seekable, unbuffered binary file on this target's descriptor (closing it
         leaves the target open), for code that wants ``seek``/``read``/``write``."""
