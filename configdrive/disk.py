@@ -9,6 +9,7 @@ import stat
 from typing import BinaryIO
 
 from partition.config_partition import find_config_partition
+from partition.device import block_geometry
 from partition.errors import PartitionError
 from partition.tables import read_table
 
@@ -52,28 +53,19 @@ class _Window:
         return True
 
 
-def _disk_size(fp: BinaryIO) -> int:
+def _geometry(fp: BinaryIO) -> tuple[int, int | None]:
+    """Size and logical sector size of a block device; an image file's size and None
+    (its table tells the sector size)."""
     st = os.fstat(fp.fileno())
     if stat.S_ISBLK(st.st_mode):
-        return fp.seek(0, os.SEEK_END)
-    return st.st_size
-
-
-def _sector_size(fp: BinaryIO) -> int | None:
-    """The logical sector size of a block device; None for an image file (the table
-    tells)."""
-    if not stat.S_ISBLK(os.fstat(fp.fileno()).st_mode):
-        return None
-    import fcntl
-    import struct
-    from partition.device import BLKSSZGET
-    return struct.unpack("i", fcntl.ioctl(fp.fileno(), BLKSSZGET, bytes(4)))[0]
+        return block_geometry(fp.fileno())
+    return st.st_size, None
 
 
 def find_drive_in_disk(fp: BinaryIO, path: str) -> Drive:
     """The drive in the config partition of the disk open as ``fp``."""
     try:
-        table = read_table(fp, _disk_size(fp), _sector_size(fp), source=path)
+        table = read_table(fp, *_geometry(fp), source=path)
     except PartitionError as exc:
         raise ConfigDriveError(str(exc)) from None
     if table is None:

@@ -181,6 +181,13 @@ def open_target(path: str | os.PathLike, *, sector_size: int | None = None,
                   sector_size_known=sector_size is not None)
 
 
+def block_geometry(fd: int) -> tuple[int, int]:
+    """A block device's size in bytes and its logical sector size, as the kernel says."""
+    size = struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, bytes(8)))[0]
+    logical = struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, bytes(4)))[0]
+    return size, logical
+
+
 def _open_block(path: str, sector_size: int | None) -> Target:
     reasons = busy_reasons(path)
     if reasons:
@@ -192,8 +199,7 @@ def _open_block(path: str, sector_size: int | None) -> Target:
             raise PartitionError(f"{path} is busy: the kernel refuses exclusive access "
                                  "(mounted, swap, or held by another program)") from exc
         raise PartitionError(f"{path}: cannot open: {exc.strerror}") from exc
-    size = struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, bytes(8)))[0]
-    logical = struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, bytes(4)))[0]
+    size, logical = block_geometry(fd)
     if sector_size and sector_size != logical:
         os.close(fd)
         raise PartitionError(f"{path}: logical sector size is {logical}, not {sector_size}")
