@@ -148,6 +148,23 @@ def sample_content(**extra):
     return content
 
 
+def make_gpt_disk(path: Path, disk_guid: str, seed: int, size: int = 24 << 20) -> Path:
+    """A raw disk like an OS image: a GPT made by sgdisk (disk GUID ``disk_guid``), random
+    data in two partitions (root at 1 MiB, data at 8 MiB), zeros elsewhere."""
+    import random
+    need_tool("sgdisk")
+    with open(path, "wb") as fp:
+        fp.truncate(size)
+    run("sgdisk", "-U", disk_guid, "-n", "1:2048:+6M", "-c", "1:root", "-n", "2:0:+4M", "-c", "2:data", path)
+    rnd = random.Random(seed)
+    with open(path, "r+b") as fp:
+        fp.seek(1 << 20)
+        fp.write(rnd.randbytes(3 << 20))
+        fp.seek(8 << 20)
+        fp.write(rnd.randbytes(2 << 20))
+    return path
+
+
 def pytest_terminal_summary(terminalreporter):
     """The figures of tests/fuzz (cases per parser, faults survived), when they ran."""
     tally = sys.modules.get("fuzz_tally")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import random
 import signal
 import subprocess
 import sys
@@ -18,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import is_root, loop_device, need_tool, out, run
-from partition import copy as copy_module
+from conftest import is_root, loop_device, make_gpt_disk, need_tool, out, run
 from partition.copy import write_image
-from partition.device import Target, busy_reasons, open_target
+from partition.device import Target, busy_reasons
 from partition.errors import PartitionError
 
 MiB = 1 << 20
@@ -32,19 +29,7 @@ IMAGE_GUID = "5A5A5A5A-1111-2222-3333-444455556666"
 def gpt_image(tmp_path_factory) -> Path:
     """A 24 MiB raw disk with a GPT (made by sgdisk, disk GUID IMAGE_GUID), two partitions
     holding random data, and zeros between them."""
-    need_tool("sgdisk")
-    path = tmp_path_factory.mktemp("copy") / "disk.raw"
-    with open(path, "wb") as fp:
-        fp.truncate(24 * MiB)
-    run("sgdisk", "-U", IMAGE_GUID, "-n", "1:2048:+6M", "-c", "1:root", "-n", "2:0:+4M",
-        "-c", "2:data", path)
-    rnd = random.Random(99)
-    with open(path, "r+b") as fp:
-        fp.seek(1 * MiB)
-        fp.write(rnd.randbytes(3 * MiB))
-        fp.seek(8 * MiB)
-        fp.write(rnd.randbytes(2 * MiB))
-    return path
+    return make_gpt_disk(tmp_path_factory.mktemp("copy") / "disk.raw", IMAGE_GUID, seed=99)
 
 
 def sha(path_or_dev, length: int | None = None) -> str:

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from configdrive import iso, isonames
-from configdrive.content import Content, InjectedFile
+from configdrive.content import Content
 from configdrive.errors import ConfigDriveError
 from configdrive.layout import build_tree
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from configdrive.content import Content, InjectedFile, content_from_files
+from configdrive.content import Content, content_from_files
 from configdrive.drive import extract
 from configdrive.errors import ConfigDriveError
 from configdrive.examples import example_paths

@@ -9,13 +9,12 @@ and blkid.
 from __future__ import annotations
 
 import json
-import random
 import re
 from pathlib import Path
 
 import pytest
 
-from conftest import configdrive, loop_device, need_tool, out, run
+from conftest import configdrive, loop_device, make_gpt_disk, need_tool, out, run
 from configdrive.deploy import deploy
 from partition.device import Target
 from partition.errors import PartitionError
@@ -31,17 +30,7 @@ def image(tmp_path_factory) -> tuple[Path, Path]:
     zeros elsewhere, the raw disk `qemu-img convert -O raw` makes of it)."""
     need_tool("sgdisk", "qemu-img", "cmp", "blkid")
     d = tmp_path_factory.mktemp("verify")
-    raw = d / "source.raw"
-    with open(raw, "wb") as fp:
-        fp.truncate(SIZE)
-    run("sgdisk", "-U", IMAGE_GUID, "-n", "1:2048:+6M", "-c", "1:root", "-n", "2:0:+4M",
-        "-c", "2:data", raw)
-    rnd = random.Random(7)
-    with open(raw, "r+b") as fp:
-        fp.seek(1 * MiB)
-        fp.write(rnd.randbytes(3 * MiB))
-        fp.seek(8 * MiB)
-        fp.write(rnd.randbytes(2 * MiB))
+    raw = make_gpt_disk(d / "source.raw", IMAGE_GUID, seed=7, size=SIZE)
     qcow2 = d / "disk.qcow2"
     run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow2)
     reference = d / "reference.raw"

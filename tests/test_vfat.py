@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from configdrive import vfat
-from configdrive.content import Content, InjectedFile
 from configdrive.drive import read_directory
 from configdrive.errors import ConfigDriveError
 from configdrive.layout import build_tree

@@ -18,7 +18,7 @@ import tempfile
 from .guestpath import GuestPath, GuestPathError, show
 from .guestroot import GuestRoot, GuestStat
 from .handler import Handler
-from .target import Slice, Target, is_block_device, locate
+from .target import Target, is_block_device, locate
 from .tools import ToolError, run_tool, which
 
 EXT_TYPES = ("ext2", "ext3", "ext4")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from ..content import Content
 from ..errors import ConfigDriveError
 from . import eni
-from .guestpath import GuestPath, parse, show
+from .guestpath import GuestPath, parse
 from .guestroot import GuestRoot
 from .password import sha512_crypt
 
