@@ -12,7 +12,6 @@ offset: no partition node or udev is needed for that.
 from __future__ import annotations
 
 import io
-import os
 from typing import Any
 
 from partition.config_partition import (CONFIG_LABELS, DEFAULT_MBR_TYPE, DEFAULT_SIZE, ConfigPartition,
@@ -23,6 +22,7 @@ from partition.errors import PartitionError
 from partition.probe import probe_filesystem
 from partition.rescan import reread
 from partition.tables import Partition, Table, fix_backup_gpt, read_table
+from partition.verify import read_back
 
 from .content import Content
 from .drive import DEFAULT_LABEL, MAX_DRIVE_BYTES, build, read_image, write_image
@@ -172,9 +172,9 @@ def _write_drive(target: Target, part: Partition, image: bytes) -> None:
 
 
 def _verify(target: Target, start: int, image: bytes) -> None:
-    # Drop our own cached pages first so that the comparison reads the device.
-    os.posix_fadvise(target.fd, start, len(image), os.POSIX_FADV_DONTNEED)
-    back = os.pread(target.fd, len(image), start)
+    # Our own cached pages are dropped first so that the comparison reads the device.
+    target.drop_cache()
+    back = read_back(target, start, len(image))
     if back != image:
         at = next((i for i, (a, b) in enumerate(zip(back, image)) if a != b), len(back))
         raise PartitionError(f"{target.path}: the drive read back differs at byte {start + at}")

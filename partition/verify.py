@@ -90,7 +90,7 @@ class Fingerprints:
             if self._zero[i]:
                 _check_zeros(target, offset, length)
                 continue
-            data = _read(target, offset, length)
+            data = read_back(target, offset, length)
             wanted = bytes(self._digests[i * DIGEST_SIZE: (i + 1) * DIGEST_SIZE])
             if _digest_of(data) != wanted:
                 raise PartitionError(
@@ -107,7 +107,7 @@ def _digest_of(data: bytes) -> bytes:
 def _check_zeros(target: Target, offset: int, length: int) -> None:
     while length:
         n = min(length, READ_SIZE)
-        piece = _read(target, offset, n)
+        piece = read_back(target, offset, n)
         if piece != _ZEROS[:n]:
             at = n - len(piece.lstrip(b"\0"))
             raise PartitionError(f"{target.path}: read-back differs at byte {offset + at} "
@@ -115,7 +115,7 @@ def _check_zeros(target: Target, offset: int, length: int) -> None:
         offset, length = offset + n, length - n
 
 
-def _read(target: Target, offset: int, length: int) -> bytes:
+def read_back(target: Target, offset: int, length: int) -> bytes:
     """``length`` bytes at ``offset``; a target that ends early is a difference too."""
     parts, want = [], length
     while want:
