@@ -1,0 +1,119 @@
+"""How every hostile case is judged: a real ``configdrive`` process, as an attacker's
+victim would run it, held to the promise of docs/THREATS.md.
+
+A refused input must give exit status 1, exactly one line on stderr that starts with
+``configdrive: error:`` and names what was wrong, no traceback, and leave every watched
+file or device byte-identical (sha256 before and after). The process may not run past a
+hang guard nor grow past a peak-RSS guard (measured by the kernel through wait4), because
+"work and memory grow with bytes received" is part of the promise, not only "no crash".
+The guards are generous on purpose: they catch work proportional to a declared size
+(minutes, gigabytes), not a slow machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+EXE = str(Path(sys.executable).with_name("configdrive"))
+HANG_GUARD = 60.0          # seconds; a case that should take a second
+RSS_GUARD = 400 << 20      # bytes of peak RSS
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    stdout: bytes
+    stderr: str
+    seconds: float
+    peak_rss: int          # bytes
+
+
+def digest(path) -> str:
+    """sha256 of a file or a whole block device, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fp:
+        while piece := fp.read(1 << 20):
+            h.update(piece)
+    return h.hexdigest()
+
+
+def run_measured(*args, input: bytes | None = None, env: dict | None = None,
+                 hang_guard: float = HANG_GUARD, exe: str = EXE) -> Outcome:
+    """Run the installed command; kill it at the hang guard (which fails the case). The
+    peak RSS is this child's own, from os.wait4 (RUSAGE_CHILDREN would give the maximum
+    over every child this test process ever had)."""
+    import selectors
+    start = time.monotonic()
+    proc = subprocess.Popen([exe, *map(str, args)], stdin=subprocess.PIPE if input is not None
+                            else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, start_new_session=True)
+    if input is not None:
+        try:
+            proc.stdin.write(input)
+        except BrokenPipeError:
+            pass
+        proc.stdin.close()
+    chunks = {proc.stdout: [], proc.stderr: []}
+    sel = selectors.DefaultSelector()
+    for f in chunks:
+        sel.register(f, selectors.EVENT_READ)
+    open_streams = 2
+    while open_streams:
+        left = hang_guard - (time.monotonic() - start)
+        events = sel.select(timeout=max(left, 0))
+        if not events:
+            os.killpg(proc.pid, signal.SIGKILL)
+            os.wait4(proc.pid, 0)
+            raise AssertionError(f"configdrive {' '.join(map(str, args))}: still running after "
+                                 f"{hang_guard:.0f} s (work bounded by a declared size?)")
+        for key, _ in events:
+            data = os.read(key.fd, 1 << 16)
+            if data:
+                chunks[key.fileobj].append(data)
+            else:
+                sel.unregister(key.fileobj)
+                open_streams -= 1
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Outcome(proc.returncode, b"".join(chunks[proc.stdout]),
+                   b"".join(chunks[proc.stderr]).decode(errors="replace"),
+                   time.monotonic() - start, usage.ru_maxrss * 1024)
+
+
+def assert_refused(outcome: Outcome, *, names: str | None = None,
+                   rss_guard: int = RSS_GUARD) -> str:
+    """The promise for a refused input; returns the error line for further checks.
+
+    ``names``: a substring the one line must contain (the file, field, offset or format)."""
+    lines = outcome.stderr.splitlines()
+    assert "Traceback" not in outcome.stderr, outcome.stderr
+    assert outcome.returncode == 1, f"exit {outcome.returncode}, stderr: {outcome.stderr!r}"
+    errors = [line for line in lines if line.startswith("configdrive: error:")]
+    assert len(errors) == 1, f"want one error line, got: {outcome.stderr!r}"
+    line = errors[0]
+    assert all(ch.isprintable() for ch in line), f"control characters reach the terminal: {line!r}"
+    if names is not None:
+        assert names in line, f"{names!r} not named in {line!r}"
+    assert outcome.peak_rss < rss_guard, f"peak RSS {outcome.peak_rss >> 20} MiB"
+    return line
+
+
+def refused(*args, watch=(), names: str | None = None, input: bytes | None = None,
+            env: dict | None = None, hang_guard: float = HANG_GUARD,
+            rss_guard: int = RSS_GUARD) -> str:
+    """Run a hostile case and hold it to the whole promise: refused in one line, within
+    the guards, every path in ``watch`` byte-identical afterwards."""
+    before = {str(p): digest(p) for p in watch}
+    outcome = run_measured(*args, input=input, env=env, hang_guard=hang_guard)
+    line = assert_refused(outcome, names=names, rss_guard=rss_guard)
+    after = {str(p): digest(p) for p in watch}
+    changed = [p for p in before if before[p] != after[p]]
+    assert not changed, f"refused, yet changed: {changed} ({line})"
+    return line
