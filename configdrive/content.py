@@ -123,6 +123,10 @@ class Content:
             md["name"] = name
         if hostname is not None:
             md["hostname"] = hostname
+            if name is None:
+                # glean names the host from `name`, cloud-init from `hostname`: a new
+                # hostname alone must not leave an old name behind.
+                md["name"] = hostname.split(".")[0]
         if admin_pass is not None:
             md["admin_pass"] = admin_pass
         for key_name, key in ssh_keys:

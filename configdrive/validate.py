@@ -254,9 +254,36 @@ def _capacity_problems(content: Content, versions, ec2: bool) -> list[Problem]:
 
 def check_content(content: Content, versions: str | Iterable[str] | None = None, ec2: bool = True) -> None:
     """Raise ConfigDriveError listing every error (warnings pass)."""
-    errors = [p for p in validate_content(content, versions, ec2) if p.severity == "error"]
+    raise_errors(validate_content(content, versions, ec2))
+
+
+def raise_errors(problems: Iterable[Problem]) -> None:
+    errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise ConfigDriveError("; ".join(map(str, errors)))
+
+
+def validate_build(content: Content, tree: dict[str, bytes], label: str = "config-2",
+                   versions: str | Iterable[str] | None = None, ec2: bool = True,
+                   source: str = "drive") -> list[Problem]:
+    """Every problem of a build: the content's (named like its files), then whatever
+    ``validate`` would find in the drive the build writes (``tree``) and the content did
+    not already say. Running the drive's checks on the very tree that is written is what
+    keeps ``build --strict`` and ``validate --strict`` in agreement."""
+    problems = validate_content(content, versions, ec2)
+    # The same finding again in each version directory's copy says nothing new; leaving it
+    # out never turns a failing build into a passing one (one of equal severity remains).
+    seen = {(p.message, p.severity) for p in problems}
+    for problem in validate_drive(Drive(source, "built", label, tree)):
+        if (problem.message, problem.severity) not in seen:
+            seen.add((problem.message, problem.severity))
+            problems.append(problem)
+    return problems
+
+
+def check_build(content: Content, tree: dict[str, bytes], **options: Any) -> None:
+    """Raise ConfigDriveError listing every error of :func:`validate_build`."""
+    raise_errors(validate_build(content, tree, **options))
 
 
 # -- whole drives ---------------------------------------------------------------------

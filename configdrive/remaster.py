@@ -1,0 +1,127 @@
+"""Re-master an existing drive: start from its tree and replace only what is named.
+
+This is what ironic's conductor does when it patches network_data.json into a drive the
+user gave, and what an operator needs to fix one file of a drive nova, ironic or we built
+without rebuilding (and so changing) the rest. Everything not named stays byte for byte as
+the drive had it, including nova's ``openstack/content/NNNN`` files and the ``files``
+entries of meta_data.json that point at them.
+
+Where a named document goes: into every version directory that already holds that file,
+or, when none does, into every version directory (so a drive shaped like openstacksdk's
+``2012-08-10,latest`` gets it where cloud-init reads). Shortcuts (uuid, hostname, keys, ...)
+and injected files change meta_data.json in every version directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .content import Content, InjectedFile
+from .errors import ConfigDriveError
+from .layout import META_KEY_SINCE, RANDOM_SEED_BYTES, add_injected_files, allows, json_bytes
+
+
+@dataclass
+class Changes:
+    """What the options name; None (or empty) leaves the drive's own."""
+
+    meta_data: dict[str, Any] | None = None
+    user_data: bytes | None = None
+    documents: dict[str, dict[str, Any]] = field(default_factory=dict)   # file name -> document
+    files: list[InjectedFile] = field(default_factory=list)
+    shortcuts: dict[str, Any] = field(default_factory=dict)             # Content.apply_shortcuts kwargs
+    random_seed: bool = False
+
+
+def remaster(tree: dict[str, bytes], changes: Changes, source: str) -> dict[str, bytes]:
+    """A new tree: ``tree`` (a drive's) with ``changes`` applied."""
+    versions = sorted({path.split("/")[1] for path in tree
+                       if path.startswith("openstack/") and path.count("/") == 2
+                       and path.split("/")[1] != "content"})
+    if not versions:
+        raise ConfigDriveError(f"{source}: no openstack/<version>/ directory: not a config drive")
+    result = dict(tree)
+    if changes.user_data is not None:
+        _place(result, [f"openstack/{v}/user_data" for v in versions], changes.user_data)
+        _place(result, [p for p in tree if p.startswith("ec2/") and p.endswith("/user-data")], changes.user_data,
+               add=False)
+    for name, doc in changes.documents.items():
+        _place(result, [f"openstack/{v}/{name}" for v in versions], json_bytes(doc))
+    if changes.meta_data is not None or changes.files or changes.shortcuts or changes.random_seed:
+        _rewrite_meta_data(result, versions, changes, source)
+    return result
+
+
+def _place(tree: dict[str, bytes], paths: list[str], data: bytes, add: bool = True) -> None:
+    """``data`` under those of ``paths`` that exist, or under all when none does."""
+    present = [p for p in paths if p in tree]
+    for path in present or (paths if add else []):
+        tree[path] = data
+
+
+def _rewrite_meta_data(tree: dict[str, bytes], versions: list[str], changes: Changes, source: str) -> None:
+    content_paths = [p for p in tree if p.startswith("openstack/content/")]
+    blobs: dict[str, bytes] = {}
+    for version in versions:
+        path = f"openstack/{version}/meta_data.json"
+        if changes.meta_data is not None:
+            meta = dict(changes.meta_data)
+        else:
+            meta = _existing_meta_data(tree, path, source)
+        content = Content(meta_data=meta)
+        content.apply_shortcuts(**changes.shortcuts)
+        meta, blobs = add_injected_files(content.meta_data, changes.files, taken=content_paths)
+        if changes.random_seed and allows(version, META_KEY_SINCE["random_seed"]):
+            # drawn per directory, as nova draws it
+            meta["random_seed"] = base64.b64encode(os.urandom(RANDOM_SEED_BYTES)).decode()
+        tree[path] = json_bytes(meta)
+    tree.update(blobs)   # the same numbering in every directory: the entries were the same
+
+
+def _existing_meta_data(tree: dict[str, bytes], path: str, source: str) -> dict[str, Any]:
+    from .content import parse_json
+    if path not in tree:
+        return {}
+    doc = parse_json(tree[path], f"{source}/{path}")
+    if not isinstance(doc, dict):
+        raise ConfigDriveError(f"{source}/{path}: meta_data must be a JSON object")
+    return doc
+
+
+def changes_from_options(*, ironic: str | None = None, meta_data: str | None = None,
+                         user_data: str | None = None, network_data: str | None = None,
+                         vendor_data: str | None = None, vendor_data2: str | None = None,
+                         files: Iterable[str] = (), ssh_keys: Iterable[str] = (),
+                         random_seed: bool = False, **shortcuts: str | None) -> Changes:
+    """The changes that ``build --from`` options name (paths, ``-`` for stdin)."""
+    from .content import (load_json_object, parse_file_option, parse_json, read_bytes,
+                          read_ssh_keys)
+    changes = Changes(random_seed=random_seed)
+    if ironic is not None:
+        obj = parse_json(read_bytes(ironic, "ironic configdrive"), ironic)
+        given = Content.from_ironic(obj, ironic)
+        if "meta_data" in obj:
+            changes.meta_data = given.meta_data
+        if "user_data" in obj:
+            changes.user_data = given.user_data
+        for name, doc in (("network_data.json", given.network_data), ("vendor_data2.json", given.vendor_data2)):
+            if doc is not None:
+                changes.documents[name] = doc
+    if meta_data is not None:
+        changes.meta_data = load_json_object(meta_data, "meta_data")
+    if user_data is not None:
+        changes.user_data = read_bytes(user_data, "user data")
+    for name, path, what in (("network_data.json", network_data, "network_data"),
+                             ("vendor_data.json", vendor_data, "vendor_data"),
+                             ("vendor_data2.json", vendor_data2, "vendor_data2")):
+        if path is not None:
+            changes.documents[name] = load_json_object(path, what)
+    changes.files = [parse_file_option(spec) for spec in files]
+    keys = [pair for path in ssh_keys for pair in read_ssh_keys(path)]
+    changes.shortcuts = {k: v for k, v in shortcuts.items() if v is not None}
+    if keys:
+        changes.shortcuts["ssh_keys"] = keys
+    return changes
