@@ -26,6 +26,9 @@ def add_content_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vendor-data", metavar="F", help="vendor_data.json")
     g.add_argument("--vendor-data2", metavar="F", help="vendor_data2.json")
     g.add_argument("--ironic", metavar="F", help="the ironic API's configdrive object (JSON)")
+    g.add_argument("--ec2-meta-data", metavar="F",
+                   help="ec2 meta-data.json keys to write as given (instance-id, instance-type, ami-id, "
+                        "public-ipv4, reservation-id, security-groups, ...)")
     g.add_argument("--file", metavar="GUEST_PATH=LOCAL", action="append", default=[],
                    help="inject a file (openstack/content/NNNN and a meta_data files entry); repeatable")
     g.add_argument("--uuid", help="meta_data uuid (cloud-init's instance-id)")
@@ -58,7 +61,7 @@ def add_format_options(p: argparse.ArgumentParser, sector_size: bool = False) ->
 
 def has_content_options(args: argparse.Namespace) -> bool:
     return bool(args.example or args.meta_data or args.user_data or args.network_data
-                or args.vendor_data or args.vendor_data2 or args.ironic or args.file
+                or args.vendor_data or args.vendor_data2 or args.ironic or args.ec2_meta_data or args.file
                 or args.uuid or args.hostname or args.name or args.ssh_key or args.admin_pass)
 
 
@@ -72,7 +75,7 @@ def content_from_args(args: argparse.Namespace):
         user_data=args.user_data or ex.get("user_data"),
         network_data=args.network_data or ex.get("network_data"),
         vendor_data=args.vendor_data or ex.get("vendor_data"),
-        vendor_data2=args.vendor_data2 or ex.get("vendor_data2"),
+        vendor_data2=args.vendor_data2 or ex.get("vendor_data2"), ec2=args.ec2_meta_data,
         files=args.file,
         ssh_keys=args.ssh_key or ex.get("ssh_keys", []),
         uuid=args.uuid, name=args.name, hostname=args.hostname,
@@ -135,7 +138,7 @@ def _remastered(args: argparse.Namespace):
     changes = changes_from_options(
         ironic=args.ironic, meta_data=args.meta_data, user_data=args.user_data,
         network_data=args.network_data, vendor_data=args.vendor_data, vendor_data2=args.vendor_data2,
-        files=args.file, ssh_keys=args.ssh_key, random_seed=args.random_seed,
+        ec2=args.ec2_meta_data, files=args.file, ssh_keys=args.ssh_key, random_seed=args.random_seed,
         uuid=args.uuid, name=args.name, hostname=args.hostname, admin_pass=args.admin_pass)
     tree = remaster(open_drive(args.source_drive).tree, changes, args.source_drive)
     problems = validate_drive(Drive(args.output, "built", args.label, tree)) if args.validate else []

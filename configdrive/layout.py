@@ -94,7 +94,7 @@ def build_tree(content: Content, versions: str | Iterable[str] | None = None,
     tree.update(content_files)
 
     if ec2:
-        ec2_meta = json_bytes(ec2_meta_data(meta_data, content.network_data))
+        ec2_meta = json_bytes(ec2_meta_data(meta_data, content.network_data, content.ec2))
         for version in EC2_VERSIONS + (LATEST,):
             tree[f"ec2/{version}/meta-data.json"] = ec2_meta
             if content.user_data is not None:
@@ -160,20 +160,30 @@ def _device_for(device: Any, version: str) -> Any:
             if k not in DEVICE_KEY_SINCE or allows(version, DEVICE_KEY_SINCE[k])}
 
 
-def ec2_meta_data(meta_data: dict[str, Any], network_data: dict[str, Any] | None) -> dict[str, Any]:
-    """ec2 meta-data.json derived from the OpenStack metadata (nova's EC2 view of the same
-    instance). Keys with no source are left out rather than invented."""
+# What nova writes into ec2/<version>/meta-data.json (api/metadata/base.py
+# get_ec2_metadata); an ec2 section of the input may give any of them.
+EC2_KEYS = (
+    "ami-id", "ami-launch-index", "ami-manifest-path", "instance-id", "hostname", "local-ipv4",
+    "reservation-id", "security-groups", "public-keys", "local-hostname", "public-hostname",
+    "public-ipv4", "instance-type", "block-device-mapping", "kernel-id", "ramdisk-id",
+    "placement", "instance-action",
+)
+
+
+def ec2_meta_data(meta_data: dict[str, Any], network_data: dict[str, Any] | None,
+                  section: dict[str, Any] | None = None) -> dict[str, Any]:
+    """ec2 meta-data.json: nova's EC2 view of the instance, derived from the OpenStack
+    metadata where it has a source there, then the input's ec2 section (which wins: nova's
+    EC2 ids, flavor name, floating IP and security groups exist only outside the drive).
+    Keys with no source are left out rather than invented (Afterburn reads instance-id,
+    instance-type and public-ipv4 and would take an invented one for the truth)."""
     hostname = meta_data.get("hostname") or meta_data.get("name") or ""
     doc: dict[str, Any] = {
         "instance-id": meta_data.get("uuid", ""),
         "ami-launch-index": meta_data.get("launch_index", 0),
-        "hostname": hostname,
-        "local-hostname": hostname,
-        "public-hostname": hostname,
-        "reservation-id": meta_data.get("reservation_id", ""),
-        "security-groups": [],
-        "block-device-mapping": {"ami": "vda", "root": "/dev/vda"},
     }
+    if hostname:
+        doc.update({"hostname": hostname, "local-hostname": hostname, "public-hostname": hostname})
     if meta_data.get("availability_zone"):
         doc["placement"] = {"availability-zone": meta_data["availability_zone"]}
     keys = list((meta_data.get("public_keys") or {}).items())
@@ -183,6 +193,7 @@ def ec2_meta_data(meta_data: dict[str, Any], network_data: dict[str, Any] | None
     ipv4 = _first_static_ipv4(network_data)
     if ipv4:
         doc["local-ipv4"] = ipv4
+    doc.update(section or {})
     return doc
 
 

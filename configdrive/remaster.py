@@ -34,6 +34,7 @@ class Changes:
     files: list[InjectedFile] = field(default_factory=list)
     shortcuts: dict[str, Any] = field(default_factory=dict)             # Content.apply_shortcuts kwargs
     random_seed: bool = False
+    ec2: dict[str, Any] | None = None                                   # keys for ec2/*/meta-data.json
 
 
 def remaster(tree: dict[str, bytes], changes: Changes, source: str) -> dict[str, bytes]:
@@ -52,6 +53,12 @@ def remaster(tree: dict[str, bytes], changes: Changes, source: str) -> dict[str,
         _place(result, [f"openstack/{v}/{name}" for v in versions], json_bytes(doc))
     if changes.meta_data is not None or changes.files or changes.shortcuts or changes.random_seed:
         _rewrite_meta_data(result, versions, changes, source)
+    if changes.ec2:
+        ec2_paths = [p for p in tree if p.startswith("ec2/") and p.endswith("/meta-data.json")]
+        if not ec2_paths:
+            raise ConfigDriveError(f"{source}: has no ec2/ tree to write the ec2 meta-data keys into")
+        for path in ec2_paths:
+            result[path] = json_bytes({**_existing_document(tree, path, source), **changes.ec2})
     return result
 
 
@@ -70,7 +77,7 @@ def _rewrite_meta_data(tree: dict[str, bytes], versions: list[str], changes: Cha
         if changes.meta_data is not None:
             meta = dict(changes.meta_data)
         else:
-            meta = _existing_meta_data(tree, path, source)
+            meta = _existing_document(tree, path, source)
         content = Content(meta_data=meta)
         content.apply_shortcuts(**changes.shortcuts)
         meta, blobs = add_injected_files(content.meta_data, changes.files, taken=content_paths)
@@ -81,20 +88,21 @@ def _rewrite_meta_data(tree: dict[str, bytes], versions: list[str], changes: Cha
     tree.update(blobs)   # the same numbering in every directory: the entries were the same
 
 
-def _existing_meta_data(tree: dict[str, bytes], path: str, source: str) -> dict[str, Any]:
+def _existing_document(tree: dict[str, bytes], path: str, source: str) -> dict[str, Any]:
+    """The drive's JSON object at ``path`` ({} when absent), to be changed key by key."""
     from .content import parse_json
     if path not in tree:
         return {}
     doc = parse_json(tree[path], f"{source}/{path}")
     if not isinstance(doc, dict):
-        raise ConfigDriveError(f"{source}/{path}: meta_data must be a JSON object")
+        raise ConfigDriveError(f"{source}/{path}: must be a JSON object to be changed")
     return doc
 
 
 def changes_from_options(*, ironic: str | None = None, meta_data: str | None = None,
                          user_data: str | None = None, network_data: str | None = None,
                          vendor_data: str | None = None, vendor_data2: str | None = None,
-                         files: Iterable[str] = (), ssh_keys: Iterable[str] = (),
+                         ec2: str | None = None, files: Iterable[str] = (), ssh_keys: Iterable[str] = (),
                          random_seed: bool = False, **shortcuts: str | None) -> Changes:
     """The changes that ``build --from`` options name (paths, ``-`` for stdin)."""
     from .content import (load_json_object, parse_file_option, parse_json, read_bytes,
@@ -119,6 +127,8 @@ def changes_from_options(*, ironic: str | None = None, meta_data: str | None = N
                              ("vendor_data2.json", vendor_data2, "vendor_data2")):
         if path is not None:
             changes.documents[name] = load_json_object(path, what)
+    if ec2 is not None:
+        changes.ec2 = load_json_object(ec2, "ec2 meta-data")
     changes.files = [parse_file_option(spec) for spec in files]
     keys = [pair for path in ssh_keys for pair in read_ssh_keys(path)]
     changes.shortcuts = {k: v for k, v in shortcuts.items() if v is not None}
