@@ -3,7 +3,10 @@ the way nova's unit tests build it (nova/tests/unit/test_metadata.py fake_inst_o
 in memory, the database and neutron stubbed out), and optionally nova's ConfigDriveBuilder
 making the ISO with CONF.mkisofs_cmd.
 
-    python nova_drive.py INPUT.json [MKISOFS_CMD OUT.iso]
+    python nova_drive.py INPUT.json [MKISOFS_CMD OUT.iso]...
+
+One builder makes every image, so they hold the same files (nova draws random_seed when
+the metadata is collected).
 
 INPUT.json describes the instance (see tests/test_nova_peer.py). Prints the tree
 nova writes, {path: base64 bytes}, as JSON on stdout.
@@ -43,12 +46,24 @@ def fake_instance(spec, ctxt):
     inst.keypairs = objects.KeyPairList(objects=[
         objects.KeyPair(name=spec["key_name"], type="ssh", public_key=spec["key_data"])])
     inst.info_cache = objects.InstanceInfoCache(context=ctxt, instance_uuid=inst.uuid,
-                                                network_info=network_model.NetworkInfo([]))
+                                                network_info=network_info(spec["vif"]))
     inst.flavor = objects.Flavor(name=spec["flavor"], memory_mb=512, vcpus=1, root_gb=1,
                                  ephemeral_gb=0, swap=0, extra_specs={})
     inst.ec2_ids = objects.EC2Ids(instance_id=spec["ec2_instance_id"], ami_id=spec["ami_id"],
                                   kernel_id=None, ramdisk_id=None)
     return inst
+
+
+def network_info(vif):
+    """One port with a fixed and a floating IPv4 address, as neutron would report it."""
+    fixed = network_model.FixedIP(address=vif["fixed_ip"], floating_ips=[
+        network_model.IP(address=vif["floating_ip"], type="floating")])
+    subnet = network_model.Subnet(
+        cidr=vif["cidr"], ips=[fixed], gateway=network_model.IP(address=vif["gateway"], type="gateway"),
+        dns=[network_model.IP(address=vif["dns"], type="dns")], routes=[])
+    network = network_model.Network(id=vif["network_id"], bridge="br0", label="private", subnets=[subnet])
+    return network_model.NetworkInfo([network_model.VIF(
+        id=vif["port_id"], address=vif["mac"], network=network, type="ovs", devname="tap0", mtu=1500)])
 
 
 def main():
@@ -60,15 +75,14 @@ def main():
             mock.patch("nova.network.security_group_api.get_instance_security_groups",
                        return_value=groups):
         md = base.InstanceMetadata(fake_instance(spec, ctxt),
-                                   content=[(p, d.encode()) for p, d in spec["files"]],
-                                   network_metadata=spec["network_data"])
+                                   content=[(p, d.encode()) for p, d in spec["files"]])
         tree = {}
         for path, data in md.metadata_for_config_drive():
             tree[path] = data.encode() if isinstance(data, str) else data
-        if len(sys.argv) > 2:
-            CONF.set_override("mkisofs_cmd", sys.argv[2])
-            with configdrive.ConfigDriveBuilder(instance_md=md) as builder:
-                builder.make_drive(sys.argv[3])
+        with configdrive.ConfigDriveBuilder(instance_md=md) as builder:
+            for command, out in zip(sys.argv[2::2], sys.argv[3::2]):
+                CONF.set_override("mkisofs_cmd", command)
+                builder.make_drive(out)
     json.dump({p: base64.b64encode(d).decode() for p, d in tree.items()}, sys.stdout)
 
 
