@@ -15,12 +15,16 @@ Rock Ridge with -r's rationalised modes). Any other option, or one of those miss
 ask for an image we do not make, so it is refused (exit 2) with one line naming it, rather
 than ignored: a caller must never get an image other than the one it asked for.
 
-The image appears under the -o path only when it is complete (written under a temporary
-name, then renamed); exit 0 means it is there.
+The image is written into the -o file itself, never renamed over it: openstacksdk passes
+the name of a NamedTemporaryFile it holds open and reads the image back through that open
+descriptor, so a new file renamed into place would leave it reading the old, empty one.
+Exit 0 means the image is complete; on failure a file we created is removed and one that
+existed is left empty, so no half-written image is ever taken for a drive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import sys
@@ -108,11 +112,21 @@ def _raise(exc: OSError) -> None:
 
 def make_image(options: dict[str, str]) -> None:
     from . import iso
-    from .drive import atomic_output, source_date_epoch
-    tree = read_source_tree(options["source"])
-    with atomic_output(Path(options["output"])) as fp:
-        iso.write(tree, fp, label=options["label"], publisher=options["publisher"],
-                  epoch=source_date_epoch())
+    from .drive import source_date_epoch
+    tree = read_source_tree(options["source"])   # everything read before the output is touched
+    output = Path(options["output"])
+    existed = output.exists()
+    try:
+        with open(output, "wb") as fp:           # O_TRUNC: the same inode the caller holds
+            iso.write(tree, fp, label=options["label"], publisher=options["publisher"],
+                      epoch=source_date_epoch())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if existed:
+                os.truncate(output, 0)
+            else:
+                output.unlink()
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:

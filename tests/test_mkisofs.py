@@ -131,6 +131,34 @@ def test_what_our_tree_cannot_hold_fails_without_an_image(tmp_path, kind):
     assert not image.exists() and sorted(os.listdir(tmp_path)) == ["src"]
 
 
+def test_the_image_goes_into_the_output_file_the_caller_holds_open(tmp_path):
+    # openstacksdk hands over a NamedTemporaryFile's name and reads the image back
+    # through its own descriptor: the file must be written in place, not replaced
+    source = write_dir({"openstack/latest/meta_data.json": b"{}"}, tmp_path / "src")
+    image = tmp_path / "held.iso"
+    with open(image, "w+b") as held:
+        mkisofs("-o", image, *SDK_ARGS, source)
+        held.seek(0)
+        copy = tmp_path / "copy.iso"
+        copy.write_bytes(held.read())
+    assert listing(copy, "-R") == {"/openstack", "/openstack/latest", "/openstack/latest/meta_data.json"}
+
+
+def test_a_failed_build_leaves_a_held_output_file_empty(tmp_path):
+    source = write_dir({"a": b"1"}, tmp_path / "src")
+    os.symlink("/nonexistent", source / "dangling")
+    image = tmp_path / "held.iso"
+    image.write_bytes(b"old contents")
+    proc = mkisofs("-o", image, *NOVA_ARGS, "-V", "x" * 40, source, check=False)
+    assert proc.returncode == 2   # -V twice: refused before anything is touched
+    assert image.read_bytes() == b"old contents"
+    (source / "dangling").unlink()
+    args = [a if a != "config-2" else "a-label-far-too-long-for-joliet" for a in NOVA_ARGS]
+    proc = mkisofs("-o", image, *args, source, check=False)
+    assert proc.returncode == 1 and len(proc.stderr.decode().splitlines()) == 1, proc.stderr
+    assert image.read_bytes() == b""
+
+
 def test_an_unwritable_output_fails_with_one_line(tmp_path):
     source = write_dir({"a": b"1"}, tmp_path / "src")
     proc = mkisofs("-o", tmp_path / "no" / "such" / "x.iso", *NOVA_ARGS, source, check=False)
