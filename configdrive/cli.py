@@ -141,7 +141,7 @@ def _remastered(args: argparse.Namespace):
         ec2=args.ec2_meta_data, files=args.file, ssh_keys=args.ssh_key, random_seed=args.random_seed,
         uuid=args.uuid, name=args.name, hostname=args.hostname, admin_pass=args.admin_pass)
     tree = remaster(open_drive(args.source_drive).tree, changes, args.source_drive)
-    problems = validate_drive(Drive(args.output, "built", args.label, tree)) if args.validate else []
+    problems = validate_drive(Drive(args.source_drive, "built", args.label, tree)) if args.validate else []
     return tree, problems
 
 
