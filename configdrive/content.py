@@ -184,6 +184,8 @@ def content_from_files(
         content = Content.from_ironic(parse_json(read_bytes(ironic, "ironic configdrive"), ironic), ironic)
     if meta_data is not None:
         content.meta_data = load_json_object(meta_data, "meta_data")
+        from .remaster import carry_over_files   # remaster imports this module
+        content.files.extend(carry_over_files(content.meta_data, meta_data))
     if user_data is not None:
         content.user_data = read_bytes(user_data, "user data")
     if network_data is not None:

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 from .content import Content, InjectedFile
@@ -99,6 +102,54 @@ def _existing_document(tree: dict[str, bytes], path: str, source: str) -> dict[s
     return doc
 
 
+# nova's content paths: /content/NNNN (api/metadata/base.py, "%04i" % index).
+NOVA_CONTENT_PATH = re.compile(r"/content/[0-9]{4}")
+
+
+def carry_over_files(meta_data: dict[str, Any], meta_data_path: str) -> list[InjectedFile]:
+    """nova's meta_data.json taken from a drive (``X/openstack/<version>/meta_data.json``)
+    refers to its injected files as ``files`` entries whose content is
+    ``X/openstack/content/NNNN``. Those found there become injected files (the layout
+    numbers them anew, in the same order) and their entries leave ``meta_data``; an entry
+    whose file is not there stays, for validation to report.
+
+    Only nova's exact ``/content/NNNN`` form is followed, and never through a symlink: the
+    document may come from someone else, and must not pull host files into a drive."""
+    entries = meta_data.get("files")
+    if meta_data_path == "-" or not isinstance(entries, list):
+        return []
+    content_dir = Path(meta_data_path).parent.parent / "content"
+    kept: list[Any] = []
+    carried: list[InjectedFile] = []
+    for entry in entries:
+        data = None
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str) \
+                and isinstance(entry.get("content_path"), str) and NOVA_CONTENT_PATH.fullmatch(entry["content_path"]):
+            data = _read_regular_file(content_dir / entry["content_path"].rsplit("/", 1)[1])
+        if data is None:
+            kept.append(entry)
+        else:
+            carried.append(InjectedFile(entry["path"], data))
+    if carried:
+        if kept:
+            meta_data["files"] = kept
+        else:
+            del meta_data["files"]
+    return carried
+
+
+def _read_regular_file(path: Path) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file (not a link), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fp:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return fp.read()
+
+
 def changes_from_options(*, ironic: str | None = None, meta_data: str | None = None,
                          user_data: str | None = None, network_data: str | None = None,
                          vendor_data: str | None = None, vendor_data2: str | None = None,
@@ -119,6 +170,7 @@ def changes_from_options(*, ironic: str | None = None, meta_data: str | None = N
             if doc is not None:
                 changes.documents[name] = doc
     if meta_data is not None:
+        # its files entries are kept as they are: they point into the drive's own content/
         changes.meta_data = load_json_object(meta_data, "meta_data")
     if user_data is not None:
         changes.user_data = read_bytes(user_data, "user data")

@@ -108,3 +108,38 @@ def test_the_output_may_be_the_source(tmp_path):
     configdrive("build", "--from", image, "--name", "renamed", "--hostname", "renamed", "-o", image)
     xorriso_extract(image, tmp_path / "x")
     assert json.loads((tmp_path / "x/openstack/latest/meta_data.json").read_text())["name"] == "renamed"
+
+
+def test_novas_meta_data_json_alone_brings_its_files_along(tmp_path):
+    content = sample_content()
+    drive = write_dir(build_tree(content), tmp_path / "nova-drive")
+    out = tmp_path / "out.iso"
+    configdrive("build", "--meta-data", drive / "openstack/latest/meta_data.json",
+                "--user-data", drive / "openstack/latest/user_data", "--strict", "-o", out)
+    xorriso_extract(out, tmp_path / "x")
+    assert cloud_init_read(tmp_path / "x")["files"] == {f.path: f.data for f in content.files}
+
+
+@pytest.mark.parametrize("content_path", ["/content/../../../secret", "/content/0000/../../../secret",
+                                          "/../secret", "/content/00000", "/content/000"])
+def test_only_novas_content_paths_are_followed(tmp_path, content_path):
+    (tmp_path / "secret").write_bytes(b"host secret\n")
+    meta = tmp_path / "d/openstack/latest/meta_data.json"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"uuid": "0b5a2e5c-0f0e-4d7c-9e0e-3f6f7f1d2a11",
+                                "files": [{"path": "/etc/x", "content_path": content_path}]}))
+    proc = configdrive("build", "--meta-data", meta, "-o", tmp_path / "o.iso", check=False)
+    assert proc.returncode == 1 and b"/files/0/content_path" in proc.stderr
+    assert not (tmp_path / "o.iso").exists()
+
+
+def test_a_symlinked_content_file_is_not_followed(tmp_path):
+    (tmp_path / "secret").write_bytes(b"host secret\n")
+    meta = tmp_path / "d/openstack/latest/meta_data.json"
+    meta.parent.mkdir(parents=True)
+    (tmp_path / "d/openstack/content").mkdir()
+    (tmp_path / "d/openstack/content/0000").symlink_to(tmp_path / "secret")
+    meta.write_text(json.dumps({"uuid": "0b5a2e5c-0f0e-4d7c-9e0e-3f6f7f1d2a11",
+                                "files": [{"path": "/etc/x", "content_path": "/content/0000"}]}))
+    proc = configdrive("build", "--meta-data", meta, "-o", tmp_path / "o.iso", check=False)
+    assert proc.returncode == 1 and b"/files/0/content_path" in proc.stderr

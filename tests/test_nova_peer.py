@@ -190,3 +190,22 @@ def test_novas_meta_data_with_files_is_accepted_and_its_files_carried_over(nova,
     # nova's own content/NNNN stay as they were; the new one is numbered after them
     assert {p: d for p, d in before.items() if p.startswith("openstack/content/")}.items() <= \
         {p: (tmp_path / "x" / p).read_bytes() for p in before if p.startswith("openstack/content/")}.items()
+
+
+def test_novas_own_meta_data_json_is_accepted_as_input_with_its_files(nova, tmp_path):
+    xorriso_extract(nova["images"]["genisoimage"], tmp_path / "nova")
+    out = tmp_path / "rebuilt.iso"
+    given = ["--meta-data", tmp_path / "nova/openstack/latest/meta_data.json",
+             "--network-data", tmp_path / "nova/openstack/latest/network_data.json", "-o", out]
+    # nova's document carries the seed nova drew for latest/: copied, it is warned about
+    warned = configdrive("build", *given).stderr.decode()
+    assert "warning:" in warned and "/random_seed: the same seed in 10 version directories" in warned
+    # drawn anew per directory, as nova draws it, nothing is left to warn about
+    configdrive("build", *given, "--random-seed", "--strict")
+    xorriso_extract(out, tmp_path / "x")
+    seen = cloud_init_read(tmp_path / "x")
+    assert seen["files"] == {path: data.encode() for path, data in INSTANCE["files"]}
+    assert seen["metadata"]["uuid"] == INSTANCE["uuid"]
+    seeds = {json.loads((tmp_path / "x/openstack" / v / "meta_data.json").read_text())["random_seed"]
+             for v in ("2013-04-04", "latest")}
+    assert len(seeds) == 2
