@@ -98,9 +98,9 @@ def _size(text: str) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from .drive import write_drive
     from .errors import ConfigDriveError
+    tree, problems = _remastered(args) if args.source_drive else _built(args)
     if args.sector_size and args.format != "vfat":
         raise ConfigDriveError("--sector-size applies to --format vfat only (ISO 9660 has 2048-byte blocks)")
-    tree, problems = _remastered(args) if args.source_drive else _built(args)
     _report_validation(problems, args.strict)
     to_stdout = args.output == "-"
     write_drive(tree, sys.stdout.buffer if to_stdout else args.output, format=args.format or "iso",
@@ -140,7 +140,10 @@ def _remastered(args: argparse.Namespace):
         network_data=args.network_data, vendor_data=args.vendor_data, vendor_data2=args.vendor_data2,
         ec2=args.ec2_meta_data, files=args.file, ssh_keys=args.ssh_key, random_seed=args.random_seed,
         uuid=args.uuid, name=args.name, hostname=args.hostname, admin_pass=args.admin_pass)
-    tree = remaster(open_drive(args.source_drive).tree, changes, args.source_drive)
+    source = open_drive(args.source_drive)
+    if args.format is None:   # a re-master keeps the drive's filesystem unless told otherwise
+        args.format = "vfat" if source.format == "vfat" else "iso"
+    tree = remaster(source.tree, changes, args.source_drive)
     problems = validate_drive(Drive(args.source_drive, "built", args.label, tree)) if args.validate else []
     return tree, problems
 

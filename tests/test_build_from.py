@@ -11,6 +11,7 @@ import pytest
 from configdrive.layout import build_tree
 
 from conftest import SAMPLE_NETWORK, cloud_init_read, configdrive, sample_content
+from conftest import out as out_of
 from test_disk_inspect import put
 from test_iso import write_dir, xorriso_extract
 from test_tables import MiB, sgdisk_gpt
@@ -27,7 +28,7 @@ def test_user_data_replaced_in_every_copy_and_nothing_else(tmp_path, fmt):
     new_user_data = tmp_path / "ud"
     new_user_data.write_bytes(b"#!/bin/sh\necho replaced\n")
     out = tmp_path / "out.iso"
-    configdrive("build", "--from", source, "--user-data", new_user_data, "-o", out)
+    configdrive("build", "--from", source, "--user-data", new_user_data, "--format", "iso", "-o", out)
     configdrive("extract", source, tmp_path / "before")
     before = {p.relative_to(tmp_path / "before").as_posix(): p.read_bytes()
               for p in (tmp_path / "before").rglob("*") if p.is_file()}
@@ -143,3 +144,12 @@ def test_a_symlinked_content_file_is_not_followed(tmp_path):
                                 "files": [{"path": "/etc/x", "content_path": "/content/0000"}]}))
     proc = configdrive("build", "--meta-data", meta, "-o", tmp_path / "o.iso", check=False)
     assert proc.returncode == 1 and b"/files/0/content_path" in proc.stderr
+
+
+def test_a_vfat_drive_stays_vfat_unless_told(tmp_path):
+    source = tmp_path / "given.img"
+    configdrive("build", "--example", "--format", "vfat", "-o", source)
+    for extra, fs in (([], "vfat"), (["--format", "iso"], "iso9660")):
+        out = tmp_path / f"out-{fs}"
+        configdrive("build", "--from", source, "--name", "x", "--hostname", "x", *extra, "-o", out)
+        assert out_of("blkid", "-p", "-s", "TYPE", "-o", "value", out).strip() == fs
