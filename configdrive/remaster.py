@@ -8,8 +8,9 @@ entries of meta_data.json that point at them.
 
 Where a named document goes: into every version directory that already holds that file,
 or, when none does, into every version directory (so a drive shaped like openstacksdk's
-``2012-08-10,latest`` gets it where cloud-init reads). Shortcuts (uuid, hostname, keys, ...)
-and injected files change meta_data.json in every version directory.
+``2012-08-10,latest`` gets it where cloud-init reads). Shortcuts (uuid, hostname, keys, ...),
+injected files and a new random_seed (one drawn per directory) change meta_data.json in
+every version directory.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, Iterable
 
 from .content import Content, InjectedFile
 from .errors import ConfigDriveError
-from .layout import META_KEY_SINCE, RANDOM_SEED_BYTES, add_injected_files, allows, json_bytes
+from .layout import RANDOM_SEED_BYTES, add_injected_files, json_bytes
 
 
 @dataclass
@@ -73,22 +74,25 @@ def _place(tree: dict[str, bytes], paths: list[str], data: bytes, add: bool = Tr
 
 
 def _rewrite_meta_data(tree: dict[str, bytes], versions: list[str], changes: Changes, source: str) -> None:
-    content_paths = [p for p in tree if p.startswith("openstack/content/")]
-    blobs: dict[str, bytes] = {}
-    for version in versions:
-        path = f"openstack/{version}/meta_data.json"
-        if changes.meta_data is not None:
-            meta = dict(changes.meta_data)
-        else:
-            meta = _existing_document(tree, path, source)
+    documents = {version: dict(changes.meta_data) if changes.meta_data is not None
+                 else _existing_document(tree, f"openstack/{version}/meta_data.json", source)
+                 for version in versions}
+    # New files are numbered past every content path in use anywhere on the drive, so
+    # that every directory's entries name the same new content/NNNN.
+    taken = [p for p in tree if p.startswith("openstack/content/")]
+    taken += ["openstack" + entry["content_path"] for doc in documents.values()
+              for entry in (doc.get("files") if isinstance(doc.get("files"), list) else [])
+              if isinstance(entry, dict) and isinstance(entry.get("content_path"), str)]
+    for version, meta in documents.items():
         content = Content(meta_data=meta)
         content.apply_shortcuts(**changes.shortcuts)
-        meta, blobs = add_injected_files(content.meta_data, changes.files, taken=content_paths)
-        if changes.random_seed and allows(version, META_KEY_SINCE["random_seed"]):
-            # drawn per directory, as nova draws it
+        meta, blobs = add_injected_files(content.meta_data, changes.files, taken=taken)
+        if changes.random_seed:
+            # drawn per directory, as nova draws it; in every directory, since the drive's
+            # shape (nova's or openstacksdk's 2012-08-10,latest) decides which one is read
             meta["random_seed"] = base64.b64encode(os.urandom(RANDOM_SEED_BYTES)).decode()
-        tree[path] = json_bytes(meta)
-    tree.update(blobs)   # the same numbering in every directory: the entries were the same
+        tree[f"openstack/{version}/meta_data.json"] = json_bytes(meta)
+        tree.update(blobs)
 
 
 def _existing_document(tree: dict[str, bytes], path: str, source: str) -> dict[str, Any]:

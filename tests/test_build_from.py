@@ -153,3 +153,26 @@ def test_a_vfat_drive_stays_vfat_unless_told(tmp_path):
         out = tmp_path / f"out-{fs}"
         configdrive("build", "--from", source, "--name", "x", "--hostname", "x", *extra, "-o", out)
         assert out_of("blkid", "-p", "-s", "TYPE", "-o", "value", out).strip() == fs
+
+
+def test_files_added_to_a_drive_whose_directories_disagree_get_one_number(tmp_path):
+    tree = build_tree(sample_content())
+    odd = json.loads(tree["openstack/2012-08-10/meta_data.json"])
+    odd["files"] = odd["files"] + [{"path": "/etc/old", "content_path": "/content/0007"}]
+    tree["openstack/2012-08-10/meta_data.json"] = json.dumps(odd).encode()
+    tree["openstack/content/0007"] = b"old\n"
+    source = write_dir(tree, tmp_path / "given")
+    extra = tmp_path / "extra"
+    extra.write_bytes(b"new\n")
+    out = tmp_path / "o.iso"
+    configdrive("build", "--from", source, "--file", f"/etc/new={extra}", "--random-seed", "-o", out)
+    after = xorriso_extract(out, tmp_path / "x")
+    refs = set()
+    seeds = set()
+    for path, data in after.items():
+        if path.endswith("/meta_data.json"):
+            doc = json.loads(data)
+            refs |= {e["content_path"] for e in doc["files"] if e["path"] == "/etc/new"}
+            seeds.add(doc["random_seed"])
+    assert len(refs) == 1 and after["openstack" + refs.pop()] == b"new\n"
+    assert len(seeds) == len([p for p in after if p.endswith("/meta_data.json")])
