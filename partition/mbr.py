@@ -44,10 +44,13 @@ class Mbr:
     primaries: list[MbrEntry]      # used primary slots only, extended containers included
     logicals: list[MbrEntry]
     ebrs: list[int] = field(default_factory=list)   # sectors holding extended boot records
+    # A slot of type 0xEE, even of size 0: Linux then reads no DOS partition at all
+    # (block/partitions/msdos.c leaves the disk to the GPT reader).
+    protective: bool = False
 
     @property
     def is_protective(self) -> bool:
-        return any(e.type == PROTECTIVE_TYPE for e in self.primaries)
+        return self.protective or any(e.type == PROTECTIVE_TYPE for e in self.primaries)
 
     def partitions(self) -> list[MbrEntry]:
         """What the kernel shows as partitions: primaries (not extended containers) and
@@ -56,10 +59,14 @@ class Mbr:
 
 
 def _entries(sector: bytes) -> list[tuple[int, MbrEntry]]:
+    """The used slots of a table sector. Used means a size that is not zero, whatever
+    the type byte says: so Linux reads them (block/partitions/msdos.c skips only
+    entries of size 0), so a type-0 entry with a size is a partition we must not place
+    a config partition over or hand its slot out again."""
     used = []
     for slot in range(4):
         status, _, ptype, _, start, sectors = ENTRY.unpack_from(sector, TABLE_OFFSET + 16 * slot)
-        if ptype and sectors:
+        if sectors:
             used.append((slot, MbrEntry(slot + 1, ptype, start, sectors, status == 0x80)))
     return used
 
@@ -85,7 +92,8 @@ def read_mbr(fp: BinaryIO, disk_bytes: int, sector_size: int) -> Mbr | None:
         primaries.append(entry)
     if not primaries and probe_filesystem(fp, 0) is not None:
         return None     # a FAT boot sector of a whole-disk filesystem, not a table
-    mbr = Mbr(sector_size, struct.unpack_from("<I", sector, 440)[0], primaries, [])
+    mbr = Mbr(sector_size, struct.unpack_from("<I", sector, 440)[0], primaries, [],
+              protective=PROTECTIVE_TYPE in sector[TABLE_OFFSET + 4:TABLE_OFFSET + 64:16])
     if mbr.is_protective:
         return mbr
     extended = [e for e in primaries if e.type in EXTENDED_TYPES]

@@ -65,10 +65,10 @@ def read_table(fp: BinaryIO, disk_bytes: int, sector_size: int | None = None,
             return table
     if sector_size:
         for other in SECTOR_SIZES:
-            if other != sector_size and gptmod.read_gpt(fp, disk_bytes, other) is not None:
+            if other != sector_size and _parse(gptmod.read_gpt, fp, disk_bytes, other, source) is not None:
                 raise PartitionError(f"{source}: the GPT was made for {other}-byte sectors but the "
                                      f"device has {sector_size}-byte sectors; the kernel will not see it")
-    mbr = mbrmod.read_mbr(fp, disk_bytes, sizes[-1])
+    mbr = _parse(mbrmod.read_mbr, fp, disk_bytes, sizes[-1], source)
     if mbr is not None and mbr.is_protective:
         raise PartitionError(f"{source}: protective MBR but no valid GPT header "
                              f"(primary and backup both damaged or missing)")
@@ -77,7 +77,7 @@ def read_table(fp: BinaryIO, disk_bytes: int, sector_size: int | None = None,
 
 def _read_at(fp: BinaryIO, disk_bytes: int, sector_size: int, source: str) -> Table | None:
     disk_sectors = disk_bytes // sector_size
-    mbr = mbrmod.read_mbr(fp, disk_bytes, sector_size)
+    mbr = _parse(mbrmod.read_mbr, fp, disk_bytes, sector_size, source)
     if mbr is not None and not mbr.is_protective:
         # A real DOS table wins over a stale GPT, as in the kernel (the GPT needs a
         # protective MBR to count).
@@ -86,7 +86,7 @@ def _read_at(fp: BinaryIO, disk_bytes: int, sector_size: int, source: str) -> Ta
                            type=f"0x{e.type:02x}", uuid=f"{mbr.disk_id:08x}-{e.number:02x}")
                  for e in mbr.partitions()]
         return Table("dos", sector_size, disk_bytes, parts, mbr=mbr)
-    gpt = gptmod.read_gpt(fp, disk_bytes, sector_size)
+    gpt = _parse(gptmod.read_gpt, fp, disk_bytes, sector_size, source)
     if gpt is None:
         return None
     entries = list(gpt.entries())
@@ -97,6 +97,14 @@ def _read_at(fp: BinaryIO, disk_bytes: int, sector_size: int, source: str) -> Ta
                        e.name, str(e.type_guid), str(e.unique_guid)) for e in entries]
     notes = [f"{source}: {n}" for n in gpt.notes]
     return Table("gpt", sector_size, disk_bytes, parts, notes, gpt=gpt, mbr=mbr)
+
+
+def _parse(reader, fp: BinaryIO, disk_bytes: int, sector_size: int, source: str):
+    """``reader``'s result; its refusal names the disk it was reading."""
+    try:
+        return reader(fp, disk_bytes, sector_size)
+    except PartitionError as exc:
+        raise PartitionError(f"{source}: {exc}") from None
 
 
 # -- nothing a table says is trusted ------------------------------------------------------
