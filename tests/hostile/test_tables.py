@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import mmap
+import re
 import os
 import struct
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import configdrive, need_tool, out, run
+from conftest import configdrive, loop_device, need_tool, out, run
 from harness import EXE, digest, refused, run_measured
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fuzz"))
@@ -65,20 +66,35 @@ class GptDisk:
     first_usable: int
     last_usable: int
     parts: dict[int, tuple[int, int]]       # number: (first LBA, last LBA), as sfdisk reads them
+    ss: int = SS
+
+    @contextlib.contextmanager
+    def device(self):
+        """What the commands are given: the file, or for 4096-byte sectors a loop device
+        (a file's sectors are 512 bytes to sgdisk). Attached only after the patching:
+        a loop device caches what it read, and the patch goes to the file."""
+        if self.ss == SS:
+            yield self.path
+        else:
+            with loop_device(self.path, sector_size=self.ss) as dev:
+                yield Path(dev)
 
 
-def gpt_disk(tmp_path, size=32 * MiB) -> GptDisk:
+def gpt_disk(tmp_path, size=32 * MiB, ss=SS) -> GptDisk:
     """root (1), data (2) and config-v2 (3), made by sgdisk; geometry as sfdisk reads it."""
     need_tool("sgdisk", "sfdisk")
     path = tmp_path / "gpt.img"
     with open(path, "wb") as fp:
         fp.truncate(size)
-    run("sgdisk", "-o", "-n", "1:0:+12M", "-c", "1:root", "-n", "2:0:+4M", "-c", "2:data",
-        "-n", "3:0:+4M", "-c", "3:config-v2", path)
-    theirs = sfdisk_json(path)
-    parts = {int(p["node"].rsplit("img", 1)[1]): (p["start"], p["start"] + p["size"] - 1)
-             for p in theirs["partitions"]}
-    return GptDisk(path, size // SS, theirs["firstlba"], theirs["lastlba"], parts)
+    disk = GptDisk(path, size // ss, 0, 0, {}, ss)
+    with disk.device() as dev:
+        run("sgdisk", "-o", "-n", "1:0:+12M", "-c", "1:root", "-n", "2:0:+4M", "-c", "2:data",
+            "-n", "3:0:+4M", "-c", "3:config-v2", dev)
+        theirs = sfdisk_json(dev)
+    disk.parts = {int(re.search(r"(\d+)$", p["node"]).group(1)): (p["start"], p["start"] + p["size"] - 1)
+                  for p in theirs["partitions"]}
+    disk.first_usable, disk.last_usable = theirs["firstlba"], theirs["lastlba"]
+    return disk
 
 
 @contextlib.contextmanager
@@ -90,17 +106,17 @@ def mapped(path: Path):
         yield data
 
 
-def gpt_headers(data) -> list[int]:
+def gpt_headers(data, ss: int = SS) -> list[int]:
     """Byte offsets of the primary and backup GPT headers."""
-    backup = struct.unpack_from("<Q", data, SS + 32)[0]
-    return [SS, backup * SS]
+    backup = struct.unpack_from("<Q", data, ss + 32)[0]
+    return [ss, backup * ss]
 
 
 def set_entry(disk: GptDisk, number: int, first: int, last: int, name: str | None = None) -> None:
     """Give entry ``number`` these LBAs (and name) in both arrays; CRCs fixed."""
     with mapped(disk.path) as data:
-        for header in gpt_headers(data):
-            entry = struct.unpack_from("<Q", data, header + 72)[0] * SS + 128 * (number - 1)
+        for header in gpt_headers(data, disk.ss):
+            entry = struct.unpack_from("<Q", data, header + 72)[0] * disk.ss + 128 * (number - 1)
             struct.pack_into("<QQ", data, entry + 32, first, last)
             if name is not None:
                 data[entry + 56:entry + 128] = name.encode("utf-16-le").ljust(72, b"\0")
@@ -120,14 +136,16 @@ GEOMETRY = {
 }
 
 
+@pytest.mark.parametrize("ss", [512, 4096])
 @pytest.mark.parametrize("case", GEOMETRY)
-def test_gpt_config_partition_where_no_partition_may_be(tmp_path, drive, case):
-    disk = gpt_disk(tmp_path)
+def test_gpt_config_partition_where_no_partition_may_be(tmp_path, drive, case, ss):
+    disk = gpt_disk(tmp_path, ss=ss)
     first, last = GEOMETRY[case](disk)
     set_entry(disk, 3, first, last)
-    # sgdisk, which we did not write, calls each of these a problem too.
-    assert "No problems found" not in run("sgdisk", "-v", disk.path, check=False).stdout.decode()
-    refused_everywhere(disk.path, drive, names=f"GPT partition 3 (LBA {first} to {last})")
+    with disk.device() as dev:
+        # sgdisk, which we did not write, calls each of these a problem too.
+        assert "No problems found" not in run("sgdisk", "-v", dev, check=False).stdout.decode()
+        refused_everywhere(dev, drive, names=f"GPT partition 3 (LBA {first} to {last})")
 
 
 def test_gpt_partition_found_by_label_inside_root_is_refused(tmp_path, drive):
@@ -357,6 +375,19 @@ def mbr_primaries_disk(tmp_path) -> Path:
         fp.truncate(96 * MiB)
     run("sfdisk", "-q", path, input=b"label: dos\n,16M,83\n,8M,83\n")
     return path
+
+
+@pytest.mark.parametrize("ptype", [0x00, 0x83])
+def test_mbr_entry_of_type_0_with_a_size_is_a_partition(tmp_path, drive, ptype):
+    """Linux reads every slot whose size is not zero, type 0 included (msdos.c), and so
+    does sfdisk: a config partition planned over it, or its slot handed out again, would
+    overwrite that partition. Type 0x83 is the control: the same answer either way."""
+    disk = mbr_primaries_disk(tmp_path)
+    end = disk.stat().st_size // SS
+    set_mbr_entry(disk, 0, 2, ptype, end - 65536, 65536)
+    assert [p["type"] for p in sfdisk_json(disk)["partitions"]] == ["83", "83", f"{ptype:x}"]
+    line = refused(*COMMANDS["deploy-drive"](disk, drive), watch=[disk], names="no room")
+    assert f"partition 3 at byte {(end - 65536) * SS}" in line
 
 
 @pytest.mark.parametrize("value", ["0x100", "256", "-1", "-0x99", "junk", "0x", "", "0x1234",
