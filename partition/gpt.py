@@ -116,7 +116,7 @@ def read_gpt(fp: BinaryIO, disk_bytes: int, sector_size: int) -> Gpt | None:
         return primary
     backup, why_backup = _read_header(fp, last_lba, sector_size, disk_bytes)
     if backup is None:
-        if NO_SIGNATURE in (why_primary, why_backup) and why_primary == why_backup:
+        if why_primary == why_backup == NO_SIGNATURE:
             return None
         raise PartitionError(f"GPT: primary header at LBA 1: {why_primary}; backup header at LBA "
                              f"{last_lba}: {why_backup}")
@@ -138,7 +138,7 @@ def _read_header(fp: BinaryIO, lba: int, sector_size: int, disk_bytes: int) -> t
     disk, between the header and the usable area, so memory and work follow the bytes
     the disk really holds, never a count or size the header claims."""
     if lba <= 0 or (lba + 1) * sector_size > disk_bytes:
-        return None, f"LBA {lba} is outside the disk"
+        return None, NO_SIGNATURE       # no header can be there
     at = lba * sector_size
     fp.seek(at)
     sector = fp.read(sector_size)
@@ -185,7 +185,8 @@ def _check_layout(lba: int, disk_last_lba: int, sector_size: int, first_usable: 
     table is rewritten with the primary array at LBA 2 and the backup at the disk's end
     (``write_gpt``), the usable LBAs must leave room for both arrays there too: a
     partition can then never cover a table, whichever copy was read."""
-    if entry_size < ENTRY_SIZE or entry_size % ENTRY_SIZE or (entry_size // ENTRY_SIZE) & (entry_size // ENTRY_SIZE - 1):
+    multiple = entry_size // ENTRY_SIZE
+    if entry_size % ENTRY_SIZE or multiple == 0 or multiple & (multiple - 1):
         return f"partition entry size {entry_size} is not 128 x 2^n"
     if count == 0 or count * entry_size > MAX_ARRAY_BYTES:
         return f"entry array of {count} x {entry_size} bytes (at most {MAX_ARRAY_BYTES} bytes)"
