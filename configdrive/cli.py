@@ -93,6 +93,19 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (say 64M, 1G or a byte count)") from None
 
 
+def _mbr_type(text: str) -> int:
+    """An MBR partition type id: one byte, in any base int() reads (0x99, 153, 0o231).
+    Which bytes would change the partition's meaning is decided in one place for the
+    command line and the API (partition.config_partition.check_mbr_type)."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= 0xFF:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an MBR type id (a byte, 0x01 to 0xff)")
+    return value
+
+
 # -- handlers ----------------------------------------------------------------------
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -332,7 +345,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="a ready drive: image file, packed gzip+base64 file, or http(s) URL")
     p.add_argument("--config-size", type=_size, default=64 << 20, metavar="BYTES",
                    help="size of a config partition we create (default 64M)")
-    p.add_argument("--mbr-type", type=lambda s: int(s, 0), default=0x99, metavar="ID",
+    p.add_argument("--mbr-type", type=_mbr_type, default=0x99, metavar="ID",
                    help="MBR partition type that marks the config partition (default 0x99)")
     p.add_argument("--preserve-on-error", action="store_true",
                    help="keep a failed target as it is instead of wiping its partition table")

@@ -15,7 +15,7 @@ import io
 from typing import Any
 
 from partition.config_partition import (CONFIG_LABELS, DEFAULT_MBR_TYPE, DEFAULT_SIZE, ConfigPartition,
-                                        create_config_partition, find_config_partition,
+                                        check_mbr_type, create_config_partition, find_config_partition,
                                         plan_config_partition)
 from partition.device import Target, open_target
 from partition.errors import PartitionError
@@ -48,6 +48,7 @@ def place_config_drive(device: str, drive: str | bytes | Content, *,
     ``validate`` as for ``build``), the bytes of a drive image, or a path or http(s) URL
     of a drive image or an ironic packed (gzip+base64) string.
     Returns the ``--json`` summary of what was done."""
+    check_mbr_type(mbr_type)
     with open_target(device) as target:
         fp = target.fileobj()
         table = read_table(fp, target.size, target.sector_size if target.is_block else None, source=device)
@@ -55,9 +56,10 @@ def place_config_drive(device: str, drive: str | bytes | Content, *,
             raise PartitionError(f"{device}: no partition table (write an OS image first)")
         found = find_config_partition(fp, table, mbr_type, source=device)
         if found is not None:
-            room = found.partition.size
+            start, room = found.partition.start, found.partition.size
         else:
-            room = plan_config_partition(table, config_size, source=device)[1]
+            start, room = plan_config_partition(table, config_size, source=device)
+        _inside(target, start, room)
         notes = list(table.notes)
         image, fs, conversion = _drive_image(drive, table.sector_size, room, format=format, label=label,
                                              size=size, versions=versions, ec2=ec2, validate=validate)
@@ -154,6 +156,16 @@ def _probe(image: bytes, source: str):
     if fs is None:
         raise ConfigDriveError(f"{source}: not an ISO 9660 or vfat config drive")
     return fs
+
+
+def _inside(target: Target, start: int, size: int) -> None:
+    """The last word before writing: the config partition lies inside the target.
+    read_table already refuses any partition outside the usable space; this keeps a
+    disk-image file from ever being grown by the writes below (write_zeros extends a
+    file it is asked to zero past its end)."""
+    if not 0 < start < start + size <= target.size:
+        raise PartitionError(f"{target.path}: the config partition (bytes {start} to {start + size - 1}) "
+                             f"is not inside the target's {target.size} bytes")
 
 
 def _write_drive(target: Target, part: Partition, image: bytes) -> None:

@@ -23,6 +23,32 @@ DEFAULT_SIZE = 64 << 20
 ALIGN = 1 << 20
 
 
+# MBR types that would give the config partition another meaning than "data", so
+# --mbr-type may not name them (the entry's type byte is all an MBR says about it):
+MEANINGFUL_MBR_TYPES = {
+    0x00: "marks an unused slot: the entry would not exist",
+    **dict.fromkeys((0x05, 0x0F, 0x85), "is an extended partition: its first sector would be read as "
+                                        "a chain of logical partitions"),
+    0xEE: "is the GPT protective type: tools would look for a GPT and hide every partition of "
+          "this table",
+    0xEF: "is the EFI system partition type: firmware would look for boot loaders in it",
+    # block/partitions/msdos.c (subtypes[]): Linux reads a nested partition table inside
+    # these, so bytes of the drive would become partitions.
+    **dict.fromkeys((0x63, 0x81, 0x82, 0xA5, 0xA6, 0xA9, 0xBF),
+                    "makes Linux read a nested (BSD, Solaris, Minix or UnixWare) partition label "
+                    "inside the drive"),
+}
+
+
+def check_mbr_type(mbr_type: int) -> None:
+    """Refuse an MBR type id that is no byte or that changes the partition's meaning."""
+    if not isinstance(mbr_type, int) or not 0 <= mbr_type <= 0xFF:
+        raise PartitionError(f"MBR type {mbr_type!r}: not a byte (0x01 to 0xff)")
+    if mbr_type in MEANINGFUL_MBR_TYPES:
+        raise PartitionError(f"MBR type 0x{mbr_type:02x} {MEANINGFUL_MBR_TYPES[mbr_type]}; "
+                             f"choose a data type such as 0x{DEFAULT_MBR_TYPE:02x}")
+
+
 @dataclass
 class ConfigPartition:
     partition: Partition
@@ -39,7 +65,7 @@ def identities(fp: BinaryIO, table: Table, part: Partition,
         found.append(f"gpt-name:{CONFIG_NAME}")
     if table.kind == "dos" and part.type == f"0x{mbr_type:02x}":
         found.append(f"mbr-type:{part.type}")
-    fs = probe_filesystem(fp, part.start)
+    fs = probe_filesystem(fp, part.start, part.size)
     if fs is not None and fs.label in CONFIG_LABELS:
         found.append(f"label:{fs.label}")
     return found, fs
@@ -103,6 +129,7 @@ def create_config_partition(fp: BinaryIO, table: Table, size: int = DEFAULT_SIZE
     """Make the config partition at the end of the disk and write the table. GPT: named
     ``config-v2``, type Linux filesystem data. MBR: a primary of ``mbr_type``. The bytes
     of existing partitions are not touched; only table sectors are written."""
+    check_mbr_type(mbr_type)
     start, size = plan_config_partition(table, size, source)
     part = add_partition(fp, table, start, size, name=CONFIG_NAME if table.kind == "gpt" else "",
                          mbr_type=mbr_type)

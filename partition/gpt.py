@@ -98,9 +98,11 @@ def parse_entry(array: bytes, index: int, entry_size: int = ENTRY_SIZE) -> GptEn
 
 def read_gpt(fp: BinaryIO, disk_bytes: int, sector_size: int) -> Gpt | None:
     """The GPT on ``fp`` for a disk of ``disk_bytes`` with ``sector_size``-byte sectors, or
-    None when neither header is valid there. When the primary is damaged the backup at the
-    disk's last LBA is used and a note says so; a backup that is not at the disk's end
-    (an image smaller than the disk was written) is noted too."""
+    None when there is no 'EFI PART' signature at either place. When the primary is
+    damaged the backup at the disk's last LBA is used and a note says so (what the kernel
+    and sgdisk do); a backup that is not at the disk's end (an image smaller than the disk
+    was written) is noted too. When both headers carry the signature and neither can be
+    used, the table is refused naming why, with the byte offsets."""
     last_lba = disk_bytes // sector_size - 1
     primary, why_primary = _read_header(fp, 1, sector_size, disk_bytes)
     if primary is not None:
@@ -114,7 +116,10 @@ def read_gpt(fp: BinaryIO, disk_bytes: int, sector_size: int) -> Gpt | None:
         return primary
     backup, why_backup = _read_header(fp, last_lba, sector_size, disk_bytes)
     if backup is None:
-        return None
+        if why_primary == why_backup == NO_SIGNATURE:
+            return None
+        raise PartitionError(f"GPT: primary header at LBA 1: {why_primary}; backup header at LBA "
+                             f"{last_lba}: {why_backup}")
     backup.primary_ok = False
     backup.backup_lba = last_lba
     backup.notes.append(f"primary GPT header at LBA 1 is damaged ({why_primary}); "
@@ -122,35 +127,82 @@ def read_gpt(fp: BinaryIO, disk_bytes: int, sector_size: int) -> Gpt | None:
     return backup
 
 
+NO_SIGNATURE = "no 'EFI PART' signature"
+
+
 def _read_header(fp: BinaryIO, lba: int, sector_size: int, disk_bytes: int) -> tuple[Gpt | None, str]:
-    """A GPT from the header at ``lba`` and the array it points to, or (None, why not)."""
+    """A GPT from the header at ``lba`` and the array it points to, or (None, why not).
+
+    Every field is checked against the disk before anything it announces is read: the
+    entry array is read only once its size is bounded and it is known to lie inside the
+    disk, between the header and the usable area, so memory and work follow the bytes
+    the disk really holds, never a count or size the header claims."""
     if lba <= 0 or (lba + 1) * sector_size > disk_bytes:
-        return None, f"LBA {lba} is outside the disk"
-    fp.seek(lba * sector_size)
+        return None, NO_SIGNATURE       # no header can be there
+    at = lba * sector_size
+    fp.seek(at)
     sector = fp.read(sector_size)
     if len(sector) < sector_size or sector[:8] != SIGNATURE:
-        return None, "no 'EFI PART' signature"
+        return None, NO_SIGNATURE
     (_, _, header_size, header_crc, _, my_lba, alternate, first_usable, last_usable,
      disk_guid, array_lba, count, entry_size, array_crc) = HEADER.unpack_from(sector)
     if not HEADER_SIZE <= header_size <= sector_size:
-        return None, f"header size {header_size} at byte {lba * sector_size + 12}"
+        return None, f"header size {header_size} at byte {at + 12}"
     check = bytearray(sector[:header_size])
     check[16:20] = bytes(4)
     if zlib.crc32(check) != header_crc:
-        return None, f"header CRC mismatch at byte {lba * sector_size + 16}"
+        return None, f"header CRC mismatch at byte {at + 16}"
     if my_lba != lba:
-        return None, f"header says it is at LBA {my_lba}"
-    if entry_size < ENTRY_SIZE or entry_size % 8 or not 0 < count <= 65536:
-        return None, f"entry array of {count} x {entry_size} bytes"
-    if array_lba <= 0 or (array_lba * sector_size) + count * entry_size > disk_bytes:
-        # Beyond the disk (a 64-bit field can hold an offset no seek takes): no array.
-        return None, f"entry array at LBA {array_lba} is outside the disk"
+        return None, f"header says it is at LBA {my_lba} (byte {at + 24})"
+    why = _check_layout(lba, disk_bytes // sector_size - 1, sector_size, first_usable, last_usable,
+                        array_lba, count, entry_size)
+    if why:
+        return None, f"{why} (header at byte {at})"
     fp.seek(array_lba * sector_size)
     array = bytearray(fp.read(count * entry_size))
     if len(array) != count * entry_size or zlib.crc32(array) != array_crc:
         return None, f"entry array CRC mismatch (array at LBA {array_lba})"
     return Gpt(sector_size, uuid.UUID(bytes_le=disk_guid), first_usable, last_usable, count,
                entry_size, array, alternate if lba == 1 else lba), ""
+
+
+# The entry array's size. UEFI 2.10 section 5.3.2: SizeOfPartitionEntry is 128 x 2^n
+# (n >= 0), and at least 16,384 bytes are reserved for the array. sgdisk and Linux
+# (block/partitions/efi.c, is_gpt_valid) read 128-byte entries only, and Linux refuses an
+# array over KMALLOC_MAX_SIZE (4 MiB on x86-64): a bigger one is a table the kernel would
+# not show, so it is refused here before a byte of it is read (a header announcing 2^32
+# entries of 8 MiB must not become an allocation).
+MAX_ARRAY_BYTES = 4 << 20
+
+
+def _check_layout(lba: int, disk_last_lba: int, sector_size: int, first_usable: int,
+                  last_usable: int, array_lba: int, count: int, entry_size: int) -> str:
+    """Why the header at ``lba`` describes a layout this disk cannot hold, or "".
+
+    The layout (UEFI 2.10 section 5.3, and the problems ``sgdisk -v`` reports): the
+    primary array lies between the primary header and FirstUsableLBA, the backup array
+    between LastUsableLBA and the backup header, FirstUsableLBA <= LastUsableLBA. As the
+    table is rewritten with the primary array at LBA 2 and the backup at the disk's end
+    (``write_gpt``), the usable LBAs must leave room for both arrays there too: a
+    partition can then never cover a table, whichever copy was read."""
+    multiple = entry_size // ENTRY_SIZE
+    if entry_size % ENTRY_SIZE or multiple == 0 or multiple & (multiple - 1):
+        return f"partition entry size {entry_size} is not 128 x 2^n"
+    if count == 0 or count * entry_size > MAX_ARRAY_BYTES:
+        return f"entry array of {count} x {entry_size} bytes (at most {MAX_ARRAY_BYTES} bytes)"
+    array_sectors = -(-count * entry_size // sector_size)
+    if lba == 1:
+        lowest, highest = 2, first_usable - 1               # the primary array
+    else:
+        lowest, highest = last_usable + 1, lba - 1          # the backup array
+    if not lowest <= array_lba <= highest - array_sectors + 1:
+        return (f"entry array at LBA {array_lba} ({array_sectors} sectors) is not between "
+                f"LBA {lowest} and {highest}")
+    if first_usable < 2 + array_sectors or last_usable > disk_last_lba - array_sectors - 1 \
+            or first_usable > last_usable:
+        return (f"usable LBAs {first_usable} to {last_usable} do not fit a disk of "
+                f"{disk_last_lba + 1} sectors between its primary and backup tables")
+    return ""
 
 
 # -- writing ----------------------------------------------------------------------------

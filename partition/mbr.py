@@ -8,7 +8,7 @@ where the 2 TiB limit of 512-byte-sector MBR disks comes from.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from .errors import PartitionError
@@ -20,7 +20,7 @@ BOOT_SIGNATURE = b"\x55\xaa"
 EXTENDED_TYPES = {0x05, 0x0F, 0x85}
 PROTECTIVE_TYPE = 0xEE
 MAX_SECTORS = 0xFFFFFFFF
-MAX_LOGICAL = 128                    # bound the EBR chain: a loop in it must not hang us
+MAX_LOGICAL = 128                    # EBRs followed at most (see _read_logicals)
 
 
 @dataclass
@@ -43,10 +43,14 @@ class Mbr:
     disk_id: int
     primaries: list[MbrEntry]      # used primary slots only, extended containers included
     logicals: list[MbrEntry]
+    ebrs: list[int] = field(default_factory=list)   # sectors holding extended boot records
+    # A slot of type 0xEE, even of size 0: Linux then reads no DOS partition at all
+    # (block/partitions/msdos.c leaves the disk to the GPT reader).
+    protective: bool = False
 
     @property
     def is_protective(self) -> bool:
-        return any(e.type == PROTECTIVE_TYPE for e in self.primaries)
+        return self.protective or any(e.type == PROTECTIVE_TYPE for e in self.primaries)
 
     def partitions(self) -> list[MbrEntry]:
         """What the kernel shows as partitions: primaries (not extended containers) and
@@ -55,10 +59,14 @@ class Mbr:
 
 
 def _entries(sector: bytes) -> list[tuple[int, MbrEntry]]:
+    """The used slots of a table sector. Used means a size that is not zero, whatever
+    the type byte says: so Linux reads them (block/partitions/msdos.c skips only
+    entries of size 0), so a type-0 entry with a size is a partition we must not place
+    a config partition over or hand its slot out again."""
     used = []
     for slot in range(4):
         status, _, ptype, _, start, sectors = ENTRY.unpack_from(sector, TABLE_OFFSET + 16 * slot)
-        if ptype and sectors:
+        if sectors:
             used.append((slot, MbrEntry(slot + 1, ptype, start, sectors, status == 0x80)))
     return used
 
@@ -73,7 +81,6 @@ def read_mbr(fp: BinaryIO, disk_bytes: int, sector_size: int) -> Mbr | None:
     sector = fp.read(512)
     if len(sector) < 512 or sector[510:512] != BOOT_SIGNATURE:
         return None
-    disk_sectors = disk_bytes // sector_size
     primaries = []
     for slot in range(4):
         status = sector[TABLE_OFFSET + 16 * slot]
@@ -85,28 +92,46 @@ def read_mbr(fp: BinaryIO, disk_bytes: int, sector_size: int) -> Mbr | None:
         primaries.append(entry)
     if not primaries and probe_filesystem(fp, 0) is not None:
         return None     # a FAT boot sector of a whole-disk filesystem, not a table
-    mbr = Mbr(sector_size, struct.unpack_from("<I", sector, 440)[0], primaries, [])
+    mbr = Mbr(sector_size, struct.unpack_from("<I", sector, 440)[0], primaries, [],
+              protective=PROTECTIVE_TYPE in sector[TABLE_OFFSET + 4:TABLE_OFFSET + 64:16])
     if mbr.is_protective:
         return mbr
-    for entry in primaries:
-        if entry.end > disk_sectors:
-            raise PartitionError(f"MBR partition {entry.number} ends at sector {entry.end}, "
-                                 f"past the disk's {disk_sectors} sectors")
     extended = [e for e in primaries if e.type in EXTENDED_TYPES]
+    if len(extended) > 1:
+        # DOS, fdisk and sfdisk make one; which chain would another tool follow?
+        raise PartitionError(f"MBR: {len(extended)} extended partitions "
+                             f"({', '.join(str(e.number) for e in extended)}); at most one is allowed")
     if extended:
-        mbr.logicals = _read_logicals(fp, extended[0], sector_size)
+        mbr.logicals, mbr.ebrs = _read_logicals(fp, extended[0], sector_size, disk_bytes)
     return mbr
 
 
-def _read_logicals(fp: BinaryIO, extended: MbrEntry, sector_size: int) -> list[MbrEntry]:
+def _read_logicals(fp: BinaryIO, extended: MbrEntry, sector_size: int,
+                   disk_bytes: int) -> tuple[list[MbrEntry], list[int]]:
     """Follow the EBR chain: each EBR's first entry is a logical partition (relative to
-    that EBR), its second points at the next EBR (relative to the extended partition)."""
+    that EBR), its second points at the next EBR (relative to the extended partition).
+    Returns the logical partitions and the sectors the EBRs sit in.
+
+    The chain is the attacker's to draw: a link pointing back (a loop), outside the
+    extended partition or past the disk, or a chain longer than MAX_LOGICAL, is refused
+    naming the EBR's byte offset, so the walk does at most MAX_LOGICAL reads of one
+    sector. (Linux stops silently after 100 links without a partition, block/partitions/
+    msdos.c parse_extended; we say so instead of guessing which partitions were meant.)"""
     logicals: list[MbrEntry] = []
+    ebrs: list[int] = []
     ebr = extended.start
-    seen = set()
-    while ebr and ebr not in seen and len(logicals) < MAX_LOGICAL:
-        seen.add(ebr)
-        fp.seek(ebr * sector_size)
+    while ebr:
+        at = ebr * sector_size
+        if ebr in ebrs:
+            raise PartitionError(f"MBR: the extended boot record chain loops back to byte {at}")
+        if len(ebrs) == MAX_LOGICAL:
+            raise PartitionError(f"MBR: more than {MAX_LOGICAL} extended boot records (the next at "
+                                 f"byte {at})")
+        if not extended.start <= ebr < extended.end or at + 512 > disk_bytes:
+            raise PartitionError(f"MBR: extended boot record at byte {at} lies outside the extended "
+                                 f"partition (sectors {extended.start} to {extended.end - 1}) or the disk")
+        ebrs.append(ebr)
+        fp.seek(at)
         sector = fp.read(512)
         if len(sector) < 512 or sector[510:512] != BOOT_SIGNATURE:
             break
@@ -116,7 +141,7 @@ def _read_logicals(fp: BinaryIO, extended: MbrEntry, sector_size: int) -> list[M
             logicals.append(MbrEntry(5 + len(logicals), e.type, ebr + e.start, e.sectors, e.bootable))
         nxt = entries.get(1)
         ebr = extended.start + nxt.start if nxt and nxt.type in EXTENDED_TYPES else 0
-    return logicals
+    return logicals, ebrs
 
 
 def add_primary(fp: BinaryIO, mbr: Mbr, ptype: int, start: int, sectors: int) -> MbrEntry:

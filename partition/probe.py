@@ -23,24 +23,31 @@ class Filesystem:
     label: str
 
 
-def probe_filesystem(fp: BinaryIO, offset: int = 0) -> Filesystem | None:
-    """The filesystem at ``offset`` of ``fp``, or None when it is neither ISO 9660 nor FAT."""
-    return _probe_iso(fp, offset) or _probe_fat(fp, offset)
+def probe_filesystem(fp: BinaryIO, offset: int = 0, size: int | None = None) -> Filesystem | None:
+    """The filesystem at ``offset`` of ``fp``, or None when it is neither ISO 9660 nor FAT.
+
+    ``size``: the partition's size; nothing outside ``[offset, offset + size)`` is read.
+    Offsets inside a filesystem come from its bytes, and partitions come from a table
+    someone else wrote: bounded by the partition, probing every partition of a table
+    reads each byte of the disk a few times at most, whatever the table claims."""
+    end = 1 << 62 if size is None else offset + size
+    return _probe_iso(fp, offset, end) or _probe_fat(fp, offset, end)
 
 
-def _read(fp: BinaryIO, offset: int, size: int) -> bytes:
+def _read(fp: BinaryIO, offset: int, size: int, end: int) -> bytes:
     # Offsets come from the bytes being probed: a root cluster below 2 or a huge FAT size
     # points before the start or past any disk. Such a place holds nothing.
-    if not 0 <= offset < 1 << 62:
+    size = min(size, end - offset)
+    if not 0 <= offset < 1 << 62 or size <= 0:
         return b""
     fp.seek(offset)
     return fp.read(size)
 
 
-def _probe_iso(fp: BinaryIO, offset: int) -> Filesystem | None:
+def _probe_iso(fp: BinaryIO, offset: int, end: int) -> Filesystem | None:
     # Walk the descriptor set to the primary volume descriptor (boot records may precede it).
     for index in range(32):
-        desc = _read(fp, offset + ISO_DESCRIPTOR_OFFSET + index * 2048, 2048)
+        desc = _read(fp, offset + ISO_DESCRIPTOR_OFFSET + index * 2048, 2048, end)
         if len(desc) < 2048 or desc[1:6] != b"CD001":
             return None
         if desc[0] == ISO_PRIMARY:
@@ -50,8 +57,8 @@ def _probe_iso(fp: BinaryIO, offset: int) -> Filesystem | None:
     return None
 
 
-def _probe_fat(fp: BinaryIO, offset: int) -> Filesystem | None:
-    boot = _read(fp, offset, 512)
+def _probe_fat(fp: BinaryIO, offset: int, end: int) -> Filesystem | None:
+    boot = _read(fp, offset, 512, end)
     if len(boot) < 512 or boot[510:512] != b"\x55\xaa" or boot[0] not in (0xEB, 0xE9):
         return None
     bytes_per_sector, sectors_per_cluster, reserved, fats, root_entries, total16, _, fat16_size = \
@@ -62,13 +69,13 @@ def _probe_fat(fp: BinaryIO, offset: int) -> Filesystem | None:
     if fat16_size:  # FAT12/16: extended boot record at 36, fixed root directory
         label_at, fat_size = 43, fat16_size
         root_at = (reserved + fats * fat_size) * bytes_per_sector
-        root = _read(fp, offset + root_at, min(root_entries * FAT_DIR_ENTRY, 64 * 1024))
+        root = _read(fp, offset + root_at, min(root_entries * FAT_DIR_ENTRY, 64 * 1024), end)
     else:           # FAT32: extended boot record at 64, root directory is a cluster chain
         label_at, fat_size = 71, struct.unpack_from("<I", boot, 36)[0]
         root_cluster = struct.unpack_from("<I", boot, 44)[0]
         data_at = (reserved + fats * fat_size) * bytes_per_sector
         cluster_bytes = bytes_per_sector * sectors_per_cluster
-        root = _read(fp, offset + data_at + (root_cluster - 2) * cluster_bytes, cluster_bytes)
+        root = _read(fp, offset + data_at + (root_cluster - 2) * cluster_bytes, cluster_bytes, end)
     boot_label = boot[label_at:label_at + 11] if boot[label_at - 5] == 0x29 else b""
     # blkid prefers the root directory's volume-label entry; mkfs.vfat and we write both.
     label = _root_dir_label(root) or boot_label

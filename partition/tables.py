@@ -65,10 +65,10 @@ def read_table(fp: BinaryIO, disk_bytes: int, sector_size: int | None = None,
             return table
     if sector_size:
         for other in SECTOR_SIZES:
-            if other != sector_size and gptmod.read_gpt(fp, disk_bytes, other) is not None:
+            if other != sector_size and _parse(gptmod.read_gpt, fp, disk_bytes, other, source) is not None:
                 raise PartitionError(f"{source}: the GPT was made for {other}-byte sectors but the "
                                      f"device has {sector_size}-byte sectors; the kernel will not see it")
-    mbr = mbrmod.read_mbr(fp, disk_bytes, sizes[-1])
+    mbr = _parse(mbrmod.read_mbr, fp, disk_bytes, sizes[-1], source)
     if mbr is not None and mbr.is_protective:
         raise PartitionError(f"{source}: protective MBR but no valid GPT header "
                              f"(primary and backup both damaged or missing)")
@@ -76,27 +76,85 @@ def read_table(fp: BinaryIO, disk_bytes: int, sector_size: int | None = None,
 
 
 def _read_at(fp: BinaryIO, disk_bytes: int, sector_size: int, source: str) -> Table | None:
-    mbr = mbrmod.read_mbr(fp, disk_bytes, sector_size)
+    disk_sectors = disk_bytes // sector_size
+    mbr = _parse(mbrmod.read_mbr, fp, disk_bytes, sector_size, source)
     if mbr is not None and not mbr.is_protective:
         # A real DOS table wins over a stale GPT, as in the kernel (the GPT needs a
         # protective MBR to count).
+        _check_mbr_layout(mbr, disk_sectors, source)
         parts = [Partition(e.number, e.start * sector_size, e.sectors * sector_size,
                            type=f"0x{e.type:02x}", uuid=f"{mbr.disk_id:08x}-{e.number:02x}")
                  for e in mbr.partitions()]
         return Table("dos", sector_size, disk_bytes, parts, mbr=mbr)
-    gpt = gptmod.read_gpt(fp, disk_bytes, sector_size)
+    gpt = _parse(gptmod.read_gpt, fp, disk_bytes, sector_size, source)
     if gpt is None:
         return None
-    disk_sectors = disk_bytes // sector_size
-    for e in gpt.entries():
-        # As for MBR entries: a partition the disk cannot hold is refused, never read at.
-        if e.first_lba > e.last_lba or e.last_lba >= disk_sectors:
-            raise PartitionError(f"{source}: GPT partition {e.number} (LBA {e.first_lba} to "
-                                 f"{e.last_lba}) lies outside the disk's {disk_sectors} sectors")
+    entries = list(gpt.entries())
+    # The header's usable LBAs were checked against the disk and both tables (gpt.py).
+    check_layout([Extent(f"GPT partition {e.number}", e.first_lba, e.last_lba) for e in entries],
+                 gpt.first_usable, gpt.last_usable, "the usable LBAs", source)
     parts = [Partition(e.number, e.first_lba * sector_size, (e.last_lba - e.first_lba + 1) * sector_size,
-                       e.name, str(e.type_guid), str(e.unique_guid)) for e in gpt.entries()]
+                       e.name, str(e.type_guid), str(e.unique_guid)) for e in entries]
     notes = [f"{source}: {n}" for n in gpt.notes]
     return Table("gpt", sector_size, disk_bytes, parts, notes, gpt=gpt, mbr=mbr)
+
+
+def _parse(reader, fp: BinaryIO, disk_bytes: int, sector_size: int, source: str):
+    """``reader``'s result; its refusal names the disk it was reading."""
+    try:
+        return reader(fp, disk_bytes, sector_size)
+    except PartitionError as exc:
+        raise PartitionError(f"{source}: {exc}") from None
+
+
+# -- nothing a table says is trusted ------------------------------------------------------
+#
+# Whatever is written later goes where a partition says: the config drive into the config
+# partition, the table into the sectors around the partitions. A crafted entry that
+# covers LBA 0, the GPT arrays, an EBR or another partition's data would have us write
+# over them; one past the disk's end would grow a disk-image file. So every partition of
+# a table must lie in the usable space and overlap no other partition or table sector,
+# or the whole table is refused naming the partition and its LBAs (what ``sgdisk -v``
+# and ``sfdisk --verify`` call problems; parted refuses overlapping partitions too).
+
+@dataclass(frozen=True)
+class Extent:
+    what: str           # "GPT partition 2", "extended boot record"
+    first: int          # LBAs, inclusive
+    last: int
+
+    def __str__(self) -> str:
+        return f"{self.what} (LBA {self.first} to {self.last})"
+
+
+def check_layout(extents: list[Extent], lowest: int, highest: int, space: str, source: str) -> None:
+    """Refuse unless every extent lies within LBAs ``lowest``..``highest`` (``space``
+    names them) and no two overlap. Sorting makes it O(n log n) in the entries read."""
+    for e in extents:
+        if not (lowest <= e.first <= highest and lowest <= e.last <= highest):
+            raise PartitionError(f"{source}: {e} lies outside {space} {lowest} to {highest}")
+        if e.last < e.first:
+            raise PartitionError(f"{source}: {e} ends before it starts")
+    previous = None
+    for e in sorted(extents, key=lambda x: (x.first, x.last)):
+        if previous is not None and e.first <= previous.last:
+            raise PartitionError(f"{source}: {e} overlaps {previous}")
+        if previous is None or e.last > previous.last:
+            previous = e
+
+
+def _check_mbr_layout(mbr: mbrmod.Mbr, disk_sectors: int, source: str) -> None:
+    """Primaries (the extended container included) lie in sectors 1.. of the disk and
+    apart; logical partitions and the EBRs lie inside the container, apart from each
+    other."""
+    check_layout([Extent(f"MBR partition {e.number}", e.start, e.end - 1) for e in mbr.primaries],
+                 1, disk_sectors - 1, "the disk's sectors", source)
+    container = next((e for e in mbr.primaries if e.type in mbrmod.EXTENDED_TYPES), None)
+    if container is not None:
+        inner = [Extent(f"MBR partition {e.number}", e.start, e.end - 1) for e in mbr.logicals]
+        inner += [Extent("extended boot record", s, s) for s in mbr.ebrs]
+        check_layout(inner, container.start, container.end - 1,
+                     f"extended partition {container.number}, sectors", source)
 
 
 def fix_backup_gpt(fp: BinaryIO, table: Table) -> bool:

@@ -4,6 +4,7 @@ we read is what sgdisk and sfdisk wrote."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 
 import pytest
@@ -193,3 +194,9 @@ def test_disk_without_a_table_reads_as_none(tmp_path):
     with open(disk, "wb") as fp:
         fp.truncate(8 * MiB)
     assert read(disk) is None
+
+
+@pytest.mark.parametrize("size", [0, 511, 512, 1024, 4096, 4608, 8191])
+def test_a_file_too_small_for_a_gpt_reads_as_no_table(size):
+    """Neither sector size finds room for a header: no table, not a damaged one."""
+    assert read_table(io.BytesIO(bytes(size)), size, source="tiny.img") is None
