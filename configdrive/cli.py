@@ -34,10 +34,11 @@ def add_content_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--name", help="meta_data name")
     g.add_argument("--ssh-key", metavar="F", action="append", default=[],
                    help="OpenSSH public key file (one key a line); repeatable")
-    g.add_argument("--admin-pass-file", metavar="F",
-                   help="meta_data admin_pass: the file's first line, or - for stdin")
-    g.add_argument("--admin-pass", metavar="PASSWORD",
-                   help="meta_data admin_pass (visible to other users through ps: prefer --admin-pass-file)")
+    password = g.add_mutually_exclusive_group()
+    password.add_argument("--admin-pass-file", metavar="F",
+                          help="meta_data admin_pass: the file's first line, or - for stdin")
+    password.add_argument("--admin-pass", metavar="PASSWORD",
+                          help="meta_data admin_pass (visible to other users through ps: prefer --admin-pass-file)")
     g.add_argument("--random-seed", action="store_true", help="add meta_data random_seed (512 random bytes)")
     g.add_argument("--example", action="store_true",
                    help="start from the built-in example instance (other options override it)")
@@ -84,7 +85,7 @@ def content_from_args(args: argparse.Namespace):
     if args.admin_pass is not None:
         print(f"{PROG}: warning: --admin-pass is visible to other users of this machine through ps "
               "and /proc; use --admin-pass-file", file=sys.stderr)
-    admin_pass = args.admin_pass if args.admin_pass_file is None else read_admin_pass(args.admin_pass_file)
+    admin_pass = read_admin_pass(args.admin_pass_file) if args.admin_pass_file else args.admin_pass
     ex = example_paths() if args.example else {}
     return content_from_files(
         ironic=args.ironic,
@@ -382,7 +383,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from partition.errors import PartitionError
     from .errors import ConfigDriveError, one_line
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        sys.stdout.flush()      # here, not at exit, where a closed pipe could not be handled
+        return status
     except OSError as exc:
         if _stdout_closed():
             _die_of_sigpipe()

@@ -168,11 +168,12 @@ def content_from_files(
     """
     content = Content()
     if ironic is not None:
-        content = Content.from_ironic(parse_json(read_bytes(ironic, "ironic configdrive"), ironic), ironic)
+        content = Content.from_ironic(parse_json(read_bytes(ironic, "ironic configdrive", MAX_INPUT_BYTES), ironic),
+                                      ironic)
     if meta_data is not None:
         content.meta_data = load_document(meta_data, "meta_data")
     if user_data is not None:
-        content.user_data = read_bytes(user_data, "user data")
+        content.user_data = read_bytes(user_data, "user data", MAX_INPUT_BYTES)
     if network_data is not None:
         content.network_data = load_document(network_data, "network_data")
     if vendor_data is not None:
@@ -205,7 +206,7 @@ def add_ssh_key(meta_data: dict[str, Any], key_name: str, key: str) -> None:
 def read_ssh_keys(path: str) -> list[tuple[str, str]]:
     """Keys from an authorized_keys-style file: one per line, comments and blanks skipped.
     A key's name is its comment field, else the file's stem."""
-    text = read_bytes(path, "ssh key").decode("utf-8", "replace")
+    text = read_bytes(path, "ssh key", MAX_INPUT_BYTES).decode("utf-8", "replace")
     keys = []
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -219,6 +220,12 @@ def read_ssh_keys(path: str) -> list[tuple[str, str]]:
     if not keys:
         raise ConfigDriveError(f"{path}: no SSH public key in the file")
     return keys
+
+
+# The most we read of one metadata input (a JSON document, user data, a key file): the
+# largest config drive (ironic's 64 MiB, drive.MAX_DRIVE_BYTES) could not hold more, and
+# a sparse file or /dev/zero must not be read whole only to be refused afterwards.
+MAX_INPUT_BYTES = 64 << 20
 
 
 def read_bytes(path: str, what: str = "input", limit: int | None = None) -> bytes:
@@ -320,7 +327,7 @@ def load_document(path: str, kind: str) -> dict[str, Any]:
     checked against the kind's schema, so that nothing downstream meets a list where an
     object goes."""
     from .validate import parse_checked   # validate imports this module
-    return parse_checked(kind, read_bytes(path, kind), path)
+    return parse_checked(kind, read_bytes(path, kind, MAX_INPUT_BYTES), path)
 
 
 def split_file_spec(spec: str) -> tuple[str, str]:

@@ -11,10 +11,10 @@ class ConfigDriveError(Exception):
 
 
 def one_line(text: str) -> str:
-    """``text`` with every character that is not printable shown as an escape (``\\n``
-    becomes ``\\x0a``). Messages quote names and values from drives, guest images and
-    JSON documents, which are a stranger's text: a newline there would forge a second
-    line, an escape sequence would drive the terminal, and a right-to-left override
+    """``text`` with every character that is not printable shown as a JSON-style escape
+    (a newline becomes ``\\u000a``). Messages quote names and values from drives, guest
+    images and JSON documents, which are a stranger's text: a newline there would forge a
+    second line, an escape sequence would drive the terminal, and a right-to-left override
     would reorder what the user reads (CVE-2021-42574, "Trojan Source")."""
     if text.isprintable():
         return text
@@ -23,4 +23,4 @@ def one_line(text: str) -> str:
 
 def _escape(ch: str) -> str:
     code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"

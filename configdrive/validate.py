@@ -397,9 +397,9 @@ def validate_path(path: str, kind: str | None = None) -> list[Problem]:
         return [Problem(path, "", "cannot tell from the name what this file holds (name it like meta_data.json, "
                         "network_data.json, vendor_data.json, meta-data.json, user_data or *ironic.json, "
                         "or pass --kind)")]
-    from .content import read_bytes
+    from .content import MAX_INPUT_BYTES, read_bytes
     try:
-        data = read_bytes(path, kind)
+        data = read_bytes(path, kind, MAX_INPUT_BYTES)
     except ConfigDriveError as exc:
         return [_refusal(path, exc)]
     return validate_bytes(kind, data, path)

@@ -177,3 +177,12 @@ def test_only_one_input_reads_stdin(tmp_path, options):
     line = refused("build", "--uuid", UUID, *options, "-o", out, input=b"{}", names="only one input")
     assert options[0] in line and options[2] in line
     assert not out.exists()
+
+
+def test_admin_pass_and_its_file_exclude_each_other(tmp_path):
+    passfile = tmp_path / "pass"
+    passfile.write_text("a\n")
+    out = tmp_path / "d.iso"
+    assert_usage_error(run_measured("build", "--uuid", UUID, "--admin-pass", "b", "--admin-pass-file", passfile,
+                                    "-o", out), "--admin-pass-file")
+    assert not out.exists()

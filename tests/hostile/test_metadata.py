@@ -221,3 +221,27 @@ def test_keys_and_values_from_json_cannot_forge_lines(tmp_path, text):
     assert "/meta/dsmode" in lines[0]
     root = _drive_dir(tmp_path, "meta_data.json", json.dumps({"uuid": UUID, "public_keys": {text: []}}).encode())
     refused("inspect", root, names="/public_keys/")
+
+
+# -- inputs larger than any drive ---------------------------------------------------------
+
+@pytest.mark.parametrize("option", ["--meta-data", "--network-data", "--vendor-data", "--vendor-data2",
+                                    "--ironic", "--user-data", "--ssh-key"])
+@pytest.mark.parametrize("size", [(64 << 20) + 1, 8 << 30])
+def test_inputs_larger_than_a_drive_are_refused_without_reading_them_whole(tmp_path, option, size):
+    """A sparse file costs its maker nothing; it is refused after 64 MiB + 1 bytes, within
+    the RSS guard, not read whole and refused afterwards."""
+    path = tmp_path / "big.json"
+    with open(path, "wb") as fp:
+        fp.write(b"{")
+        fp.truncate(size)
+    out = tmp_path / "d.iso"
+    line = refused("build", "-o", out, option, path, names=f"{path}: ")
+    assert "larger than 67108864 bytes" in line
+    assert not out.exists()
+    if option == "--meta-data":
+        named = tmp_path / "big.meta_data.json"
+        path.rename(named)
+        outcome = run_measured("validate", named)
+        assert outcome.returncode == 1 and outcome.peak_rss < 400 << 20
+        assert "larger than 67108864 bytes" in outcome.stderr
