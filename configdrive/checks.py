@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import math
 import re
 from typing import Any, Iterator, NamedTuple
 
 from .drive import MAX_DRIVE_BYTES
+from .errors import one_line
 
 # Link types nova writes (network/model.py VIF types it passes through, plus phy, bond and
 # vlan), and the extra ones cloud-init knows (helpers/openstack.py KNOWN_PHYSICAL_TYPES).
@@ -46,17 +48,26 @@ class Finding(NamedTuple):
 
 
 def pointer(*parts: Any) -> str:
-    """A JSON pointer (RFC 6901) from path parts. Control characters in a key are shown
-    as JSON escapes: a key is stranger's text, and a message must stay one line."""
-    return "".join("/" + _CONTROL.sub(_escape, str(p).replace("~", "~0").replace("/", "~1"))
-                   for p in parts)
+    """A JSON pointer (RFC 6901) from path parts. Characters that are not printable in a
+    key are shown escaped: a key is a stranger's text, and a message must stay one line."""
+    return one_line("".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts))
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def _escape(match: re.Match) -> str:
-    return f"\\u{ord(match.group()):04x}"
+def non_finite_findings(doc: Any) -> list[Finding]:
+    """NaN and infinities in a document built in Python (files refuse them when parsed):
+    json.dumps would write them as NaN and Infinity, which are not JSON, and cloud-init's
+    reader rejects the drive."""
+    found = []
+    stack: list[tuple[Any, tuple]] = [(doc, ())]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            found.append(Finding(pointer(*where), f"{node!r} is not a JSON number"))
+        elif isinstance(node, dict):
+            stack.extend((child, (*where, key)) for key, child in node.items())
+        elif isinstance(node, list):
+            stack.extend((child, (*where, i)) for i, child in enumerate(node))
+    return found
 
 
 # -- meta_data ------------------------------------------------------------------------

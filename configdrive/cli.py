@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Callable, Sequence
 
@@ -29,14 +30,18 @@ def add_content_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ec2-meta-data", metavar="F",
                    help="ec2 meta-data.json keys to write as given (instance-id, instance-type, ami-id, "
                         "public-ipv4, reservation-id, security-groups, ...)")
-    g.add_argument("--file", metavar="GUEST_PATH=LOCAL", action="append", default=[],
+    g.add_argument("--file", metavar="GUEST_PATH=LOCAL", action="append", default=[], type=_file_spec,
                    help="inject a file (openstack/content/NNNN and a meta_data files entry); repeatable")
     g.add_argument("--uuid", help="meta_data uuid (cloud-init's instance-id)")
     g.add_argument("--hostname", help="meta_data hostname")
     g.add_argument("--name", help="meta_data name")
     g.add_argument("--ssh-key", metavar="F", action="append", default=[],
                    help="OpenSSH public key file (one key a line); repeatable")
-    g.add_argument("--admin-pass", metavar="PASSWORD", help="meta_data admin_pass")
+    password = g.add_mutually_exclusive_group()
+    password.add_argument("--admin-pass-file", metavar="F",
+                          help="meta_data admin_pass: the file's first line, or - for stdin")
+    password.add_argument("--admin-pass", metavar="PASSWORD",
+                          help="meta_data admin_pass (visible to other users through ps: prefer --admin-pass-file)")
     g.add_argument("--random-seed", action="store_true", help="add meta_data random_seed (512 random bytes)")
     g.add_argument("--example", action="store_true",
                    help="start from the built-in example instance (other options override it)")
@@ -46,8 +51,8 @@ def add_format_options(p: argparse.ArgumentParser, sector_size: bool = False) ->
     g = p.add_argument_group("drive format")
     g.add_argument("--format", choices=("iso", "vfat"), default=None, help="filesystem (default iso)")
     g.add_argument("--label", default="config-2", help="volume label (default config-2)")
-    g.add_argument("--size", type=_size, metavar="BYTES",
-                   help="vfat image size, e.g. 64M (default 64 MiB)")
+    g.add_argument("--size", type=_drive_size, metavar="BYTES",
+                   help="vfat image size, 1M to 2G, e.g. 64M (default 64 MiB)")
     if sector_size:   # deploy takes the sector size from the target disk
         g.add_argument("--sector-size", type=int, choices=(512, 1024, 2048, 4096), metavar="BYTES",
                        help="vfat logical sector size: 512 (default), 1024, 2048 or 4096; "
@@ -55,19 +60,43 @@ def add_format_options(p: argparse.ArgumentParser, sector_size: bool = False) ->
     g.add_argument("--versions", metavar="LIST",
                    help="OpenStack version directories to write, e.g. 2012-08-10,latest (default all)")
     g.add_argument("--no-ec2", dest="ec2", action="store_false", help="leave out the ec2/ tree")
-    g.add_argument("--no-validate", dest="validate", action="store_false", help="skip validation")
+    g.add_argument("--no-validate", dest="validate", action="store_false",
+                   help="skip validation (the JSON types are still checked)")
     g.add_argument("--strict", action="store_true", help="treat validation warnings as errors")
 
 
 def has_content_options(args: argparse.Namespace) -> bool:
     return bool(args.example or args.meta_data or args.user_data or args.network_data
                 or args.vendor_data or args.vendor_data2 or args.ironic or args.ec2_meta_data or args.file
-                or args.uuid or args.hostname or args.name or args.ssh_key or args.admin_pass)
+                or args.uuid or args.hostname or args.name or args.ssh_key or args.admin_pass
+                or args.admin_pass_file)
+
+
+def _admin_pass(args: argparse.Namespace) -> str | None:
+    """The password the options give, after the checks every content command shares: at
+    most one input reads stdin, and a password on the command line is warned about."""
+    from .content import read_admin_pass
+    from .errors import ConfigDriveError
+    readers = [opt for opt, value in (("--meta-data", args.meta_data), ("--user-data", args.user_data),
+                                      ("--network-data", args.network_data), ("--vendor-data", args.vendor_data),
+                                      ("--vendor-data2", args.vendor_data2), ("--ironic", args.ironic),
+                                      ("--ec2-meta-data", args.ec2_meta_data),
+                                      ("--admin-pass-file", args.admin_pass_file),
+                                      *(("--ssh-key", key) for key in args.ssh_key),
+                                      *(("--file", spec.partition("=")[2]) for spec in args.file))
+               if value == "-"]
+    if len(readers) > 1:
+        raise ConfigDriveError(f"{' and '.join(readers)}: only one input can be read from stdin (-)")
+    if args.admin_pass is not None:
+        print(f"{PROG}: warning: --admin-pass is visible to other users of this machine through ps "
+              "and /proc; use --admin-pass-file", file=sys.stderr)
+    return read_admin_pass(args.admin_pass_file) if args.admin_pass_file else args.admin_pass
 
 
 def content_from_args(args: argparse.Namespace):
     from .content import content_from_files
     from .examples import example_paths
+    admin_pass = _admin_pass(args)
     ex = example_paths() if args.example else {}
     return content_from_files(
         ironic=args.ironic,
@@ -79,18 +108,46 @@ def content_from_args(args: argparse.Namespace):
         files=args.file,
         ssh_keys=args.ssh_key or ex.get("ssh_keys", []),
         uuid=args.uuid, name=args.name, hostname=args.hostname,
-        admin_pass=args.admin_pass, random_seed=args.random_seed,
+        admin_pass=admin_pass, random_seed=args.random_seed,
     )
 
 
 def _size(text: str) -> int:
+    """A byte count as people write it (64M, 1.5G, 4096): a whole, positive number of
+    bytes. float() also reads inf, nan and 1e999, which are not sizes."""
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
     unit = t[-1:] if t[-1:] in units else ""
+    number = t[: len(t) - len(unit)]
     try:
-        return int(float(t[: len(t) - len(unit)]) * units[unit])
+        value = float(number) * units[unit]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (say 64M, 1G or a byte count)") from None
+    if not math.isfinite(value) or value <= 0 or value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: want a whole, positive number of bytes")
+    return int(value)
+
+
+def _drive_size(text: str) -> int:
+    """The size of a config drive (--size) or of the partition made for one
+    (--config-size): what the vfat writer can make, 1 MiB to 2 GiB."""
+    from .vfat import MAX_SIZE, MIN_SIZE
+    size = _size(text)
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"{text!r}: a config drive takes {MIN_SIZE >> 20} MiB to "
+                                         f"{MAX_SIZE >> 30} GiB")
+    return size
+
+
+def _file_spec(spec: str) -> str:
+    """``GUEST_PATH=LOCAL`` of --file, its form checked before anything is read; what the
+    guest path says is validation's business (reported with the others, by pointer)."""
+    from .content import split_file_spec
+    try:
+        split_file_spec(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return spec
 
 
 def _mbr_type(text: str) -> int:
@@ -116,10 +173,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise ConfigDriveError("--sector-size applies to --format vfat only (ISO 9660 has 2048-byte blocks)")
     _report_validation(problems, args.strict)
     to_stdout = args.output == "-"
-    write_drive(tree, sys.stdout.buffer if to_stdout else args.output, format=args.format or "iso",
-                label=args.label, size=args.size, sector_size=args.sector_size)
+    image = write_drive(tree, None if to_stdout else args.output, format=args.format or "iso",
+                        label=args.label, size=args.size, sector_size=args.sector_size)
     if to_stdout:
-        sys.stdout.buffer.flush()
+        write_stdout(image)
     else:
         import os
         _say(args, f"wrote {args.output}: {args.format or 'iso'}, {os.path.getsize(args.output)} bytes, "
@@ -152,7 +209,7 @@ def _remastered(args: argparse.Namespace):
         ironic=args.ironic, meta_data=args.meta_data, user_data=args.user_data,
         network_data=args.network_data, vendor_data=args.vendor_data, vendor_data2=args.vendor_data2,
         ec2=args.ec2_meta_data, files=args.file, ssh_keys=args.ssh_key, random_seed=args.random_seed,
-        uuid=args.uuid, name=args.name, hostname=args.hostname, admin_pass=args.admin_pass)
+        uuid=args.uuid, name=args.name, hostname=args.hostname, admin_pass=_admin_pass(args))
     source = open_drive(args.source_drive)
     if args.format is None:   # a re-master keeps the drive's filesystem unless told otherwise
         args.format = "vfat" if source.format == "vfat" else "iso"
@@ -235,7 +292,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     from .pack import unpack
     image = unpack(read_bytes(args.text_file, "packed drive"), source=args.text_file)
     if args.output == "-":
-        sys.stdout.buffer.write(image)
+        write_stdout(image)
     else:
         from pathlib import Path
         from .drive import atomic_output
@@ -279,6 +336,17 @@ def cmd_inject(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     return 0
+
+
+def write_stdout(data: bytes) -> None:
+    """All of ``data`` to stdout. A pipe whose reader goes away mid-write takes part of a
+    write (sys.stdout.buffer.write then returns a short count and drops the rest), so
+    every piece is written until done or until the pipe refuses with EPIPE."""
+    import os
+    sys.stdout.flush()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(sys.stdout.fileno(), view):]
 
 
 def _say(args: argparse.Namespace, line: str) -> None:
@@ -343,7 +411,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--checksum", metavar="ALGO:HEX|FILE|URL", help="expected image checksum")
     p.add_argument("--config-drive", metavar="DRIVE",
                    help="a ready drive: image file, packed gzip+base64 file, or http(s) URL")
-    p.add_argument("--config-size", type=_size, default=64 << 20, metavar="BYTES",
+    p.add_argument("--config-size", type=_drive_size, default=64 << 20, metavar="BYTES",
                    help="size of a config partition we create (default 64M)")
     p.add_argument("--mbr-type", type=_mbr_type, default=0x99, metavar="ID",
                    help="MBR partition type that marks the config partition (default 0x99)")
@@ -370,25 +438,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     from partition.errors import PartitionError
-    from .errors import ConfigDriveError
+    from .errors import ConfigDriveError, one_line
     try:
-        return args.handler(args)
-    except (ConfigDriveError, PartitionError) as exc:
-        if args.debug:
-            raise
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+        status = args.handler(args)
+        sys.stdout.flush()      # here, not at exit, where a closed pipe could not be handled
+        return status
     except OSError as exc:
+        if _stdout_closed():
+            _die_of_sigpipe()
         if args.debug:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"{PROG}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(where + str(exc.strerror or exc))}", file=sys.stderr)
+        return 1
+    except (ConfigDriveError, PartitionError) as exc:
+        if args.debug:
+            raise
+        print(f"{PROG}: error: {one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: error: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 1
+
+
+def _stdout_closed() -> bool:
+    """Whether the reader of our stdout has gone (``configdrive inspect X | head -1``):
+    poll reports POLLERR on the write end of a pipe, or a socket, without a reader."""
+    import select
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _die_of_sigpipe() -> None:
+    """End as cat and every Unix tool ends when its reader goes: killed by SIGPIPE (status
+    141 in a shell), without a message. Python ignores SIGPIPE so that a write raises
+    BrokenPipeError instead; the default action is restored only here, at the end, so a
+    pipe to a helper tool or a socket closing mid-deploy is still an error we handle."""
+    import os
+    import signal
+    sys.stdout = None   # nothing may flush the dead stream on the way out
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
 
 
 if __name__ == "__main__":  # pragma: no cover

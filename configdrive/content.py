@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -80,18 +81,14 @@ class Content:
         vendor_data and nothing else. A dict or list user_data is JSON-encoded (as
         ironic does); ``vendor_data`` becomes vendor_data2.json, as openstacksdk's
         builder (which ironic calls) writes it."""
-        if not isinstance(obj, Mapping):
-            raise ConfigDriveError(f"{source}: must be a JSON object with keys {', '.join(IRONIC_KEYS)}")
+        from .validate import check_types   # validate imports this module
+        check_types("ironic", obj, source)
         unknown = sorted(set(obj) - set(IRONIC_KEYS))
         if unknown:
-            from .checks import pointer   # checks imports drive, which imports this module
+            from .checks import pointer
             raise ConfigDriveError(
                 f"{source}: {pointer(unknown[0])}: unknown key (allowed: {', '.join(IRONIC_KEYS)})")
         content = cls()
-        for key in ("meta_data", "network_data", "vendor_data"):
-            value = obj.get(key)
-            if value is not None and not isinstance(value, Mapping):
-                raise ConfigDriveError(f"{source}: /{key}: must be a JSON object, not {_json_type(value)}")
         content.meta_data = copy.deepcopy(dict(obj.get("meta_data") or {}))
         if obj.get("network_data") is not None:
             content.network_data = copy.deepcopy(dict(obj["network_data"]))
@@ -102,9 +99,6 @@ class Content:
             content.user_data = json.dumps(user_data).encode()
         elif isinstance(user_data, str):
             content.user_data = user_data.encode()
-        elif user_data is not None:
-            raise ConfigDriveError(
-                f"{source}: /user_data: must be an object, array, string or null, not {_json_type(user_data)}")
         return content
 
     def apply_shortcuts(
@@ -181,21 +175,22 @@ def content_from_files(
     """
     content = Content()
     if ironic is not None:
-        content = Content.from_ironic(parse_json(read_bytes(ironic, "ironic configdrive"), ironic), ironic)
+        content = Content.from_ironic(parse_json(read_bytes(ironic, "ironic configdrive", MAX_INPUT_BYTES), ironic),
+                                      ironic)
     if meta_data is not None:
-        content.meta_data = load_json_object(meta_data, "meta_data")
+        content.meta_data = load_document(meta_data, "meta_data")
         from .remaster import carry_over_files   # remaster imports this module
         content.files.extend(carry_over_files(content.meta_data, meta_data))
     if user_data is not None:
-        content.user_data = read_bytes(user_data, "user data")
+        content.user_data = read_bytes(user_data, "user data", MAX_INPUT_BYTES)
     if network_data is not None:
-        content.network_data = load_json_object(network_data, "network_data")
+        content.network_data = load_document(network_data, "network_data")
     if vendor_data is not None:
-        content.vendor_data = load_json_object(vendor_data, "vendor_data")
+        content.vendor_data = load_document(vendor_data, "vendor_data")
     if vendor_data2 is not None:
-        content.vendor_data2 = load_json_object(vendor_data2, "vendor_data2")
+        content.vendor_data2 = load_document(vendor_data2, "vendor_data2")
     if ec2 is not None:
-        content.ec2 = load_json_object(ec2, "ec2 meta-data")
+        content.ec2 = load_document(ec2, "ec2_meta_data")
     content.files.extend(parse_file_option(spec) for spec in files)
     keys = [pair for path in ssh_keys for pair in read_ssh_keys(path)]
     content.apply_shortcuts(uuid=uuid, name=name, hostname=hostname, ssh_keys=keys, admin_pass=admin_pass)
@@ -222,7 +217,7 @@ def add_ssh_key(meta_data: dict[str, Any], key_name: str, key: str) -> None:
 def read_ssh_keys(path: str) -> list[tuple[str, str]]:
     """Keys from an authorized_keys-style file: one per line, comments and blanks skipped.
     A key's name is its comment field, else the file's stem."""
-    text = read_bytes(path, "ssh key").decode("utf-8", "replace")
+    text = read_bytes(path, "ssh key", MAX_INPUT_BYTES).decode("utf-8", "replace")
     keys = []
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -238,25 +233,81 @@ def read_ssh_keys(path: str) -> list[tuple[str, str]]:
     return keys
 
 
-def read_bytes(path: str, what: str = "input") -> bytes:
-    """A file's bytes; ``-`` is standard input."""
-    if path == "-":
-        return sys.stdin.buffer.read()
+# The most we read of one metadata input (a JSON document, user data, a key file): the
+# largest config drive (ironic's 64 MiB, drive.MAX_DRIVE_BYTES) could not hold more, and
+# a sparse file or /dev/zero must not be read whole only to be refused afterwards.
+MAX_INPUT_BYTES = 64 << 20
+
+
+def read_bytes(path: str, what: str = "input", limit: int | None = None) -> bytes:
+    """A file's bytes; ``-`` is standard input. With ``limit``, a file holding more than
+    ``limit`` bytes is refused after reading at most one byte more."""
     try:
-        return Path(path).read_bytes()
+        if path == "-":
+            data = sys.stdin.buffer.read(-1 if limit is None else limit + 1)
+        else:
+            with open(path, "rb") as fp:
+                data = fp.read(-1 if limit is None else limit + 1)
     except OSError as exc:
         raise ConfigDriveError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    if limit is not None and len(data) > limit:
+        raise ConfigDriveError(f"{path}: {what} is larger than {limit} bytes")
+    return data
+
+
+# A password is a line; a file much larger than one was named by mistake.
+MAX_PASSWORD_FILE = 4096
+
+
+def read_admin_pass(path: str) -> str:
+    """The admin password from the first line of a file (or stdin), so that it never
+    appears on a command line, which every user of the machine can read through ps."""
+    text = read_bytes(path, "admin password", limit=MAX_PASSWORD_FILE).decode("utf-8", "surrogateescape")
+    password = text.split("\n", 1)[0].removesuffix("\r")
+    if not password:
+        raise ConfigDriveError(f"{path}: no admin password on the first line")
+    try:
+        password.encode()
+    except UnicodeEncodeError:
+        raise ConfigDriveError(f"{path}: the admin password is not UTF-8 text") from None
+    return password
 
 
 # No config-drive document nests deeper than a few levels; everything downstream (copies,
 # schema validation, encoding) recurses per level, so depth is bounded at the door.
 MAX_JSON_DEPTH = 64
+# Digits in a JSON integer. Every integer a config drive carries (launch_index, vlan ids,
+# MTUs) has a few; 64-bit ids have 20. Python refuses more than 4300 with a ValueError
+# (int() of a long digit string is quadratic, CVE-2020-10735), so a longer one would be a
+# traceback here and in cloud-init's reader alike.
+MAX_INTEGER_DIGITS = 100
 
 
 def parse_json(data: bytes, source: str) -> Any:
-    """Parse JSON, naming the file, line and column of a syntax error."""
+    """Parse JSON (RFC 8259), naming the file, line and column of a syntax error.
+
+    Python's json module also accepts NaN, Infinity and -Infinity, and reads 1e400 as
+    infinity; none of them is JSON, and written back they make a meta_data.json that
+    cloud-init's own parser, and every strict one, rejects. They are refused here."""
+    def refuse_constant(name: str) -> Any:
+        raise ConfigDriveError(f"{source}: {name} is not a JSON number (RFC 8259 has no NaN or Infinity)")
+
+    def finite_float(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ConfigDriveError(f"{source}: number {text[:40]} is too large for a JSON number")
+        return value
+
+    def bounded_int(text: str) -> int:
+        digits = len(text.lstrip("-"))
+        if digits > MAX_INTEGER_DIGITS:
+            raise ConfigDriveError(f"{source}: an integer of {digits} digits "
+                                   f"(at most {MAX_INTEGER_DIGITS})")
+        return int(text)
+
     try:
-        doc = json.loads(data.decode("utf-8-sig"))
+        doc = json.loads(data.decode("utf-8-sig"), parse_constant=refuse_constant,
+                         parse_float=finite_float, parse_int=bounded_int)
     except UnicodeDecodeError as exc:
         raise ConfigDriveError(f"{source}: byte {exc.start}: not UTF-8 text") from None
     except json.JSONDecodeError as exc:
@@ -282,22 +333,27 @@ def _nested_deeper_than(doc: Any, limit: int) -> bool:
     return False
 
 
-def load_json_object(path: str, what: str) -> dict[str, Any]:
-    """A JSON file that must hold an object (every config-drive JSON document does)."""
-    obj = parse_json(read_bytes(path, what), path)
-    if not isinstance(obj, dict):
-        raise ConfigDriveError(f"{path}: {what} must be a JSON object, not {_json_type(obj)}")
-    return obj
+def load_document(path: str, kind: str) -> dict[str, Any]:
+    """A metadata file of ``kind`` (meta_data, network_data, ...), parsed and its types
+    checked against the kind's schema, so that nothing downstream meets a list where an
+    object goes."""
+    from .validate import parse_checked   # validate imports this module
+    return parse_checked(kind, read_bytes(path, kind, MAX_INPUT_BYTES), path)
+
+
+def split_file_spec(spec: str) -> tuple[str, str]:
+    """``GUEST_PATH=LOCAL_FILE`` from ``--file`` as (guest path, local path); ValueError
+    when either is missing."""
+    guest, sep, local = spec.partition("=")
+    if not sep or not guest or not local:
+        raise ValueError(f"{spec!r}: expected GUEST_PATH=LOCAL_FILE")
+    return guest, local
 
 
 def parse_file_option(spec: str) -> InjectedFile:
-    """``GUEST_PATH=LOCAL_FILE`` from ``--file``."""
-    guest, sep, local = spec.partition("=")
-    if not sep or not guest or not local:
-        raise ConfigDriveError(f"--file {spec}: expected GUEST_PATH=LOCAL_FILE")
+    """The file ``--file GUEST_PATH=LOCAL_FILE`` asks for, read."""
+    try:
+        guest, local = split_file_spec(spec)
+    except ValueError as exc:
+        raise ConfigDriveError(f"--file {exc}") from None
     return InjectedFile(guest, read_bytes(local, f"file for {guest}"))
-
-
-def _json_type(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,14 +130,20 @@ class Drive:
         return sorted({p.split("/")[1] for p in self.tree
                        if p.startswith("openstack/") and p.count("/") >= 2 and p.split("/")[1] != "content"})
 
+    def _document(self, kind: str, rel: str) -> dict[str, Any]:
+        """A metadata file of the drive through the type boundary ({} when absent)."""
+        data = self.tree.get(rel)
+        if data is None:
+            return {}
+        from .validate import parse_checked   # validate imports this module
+        return parse_checked(kind, data, f"{self.source.rstrip('/')}/{rel}")
+
     def summary(self) -> dict[str, Any]:
         """What ``inspect`` shows; the keys are the stable ``--json`` contract."""
         versions = self.versions()
         chosen = "latest" if "latest" in versions else (versions[-1] if versions else None)
-        meta = _load(self.tree.get(f"openstack/{chosen}/meta_data.json")) if chosen else None
-        net = _load(self.tree.get(f"openstack/{chosen}/network_data.json")) if chosen else None
-        meta = meta if isinstance(meta, dict) else {}
-        net = net if isinstance(net, dict) else {}
+        meta = self._document("meta_data", f"openstack/{chosen}/meta_data.json") if chosen else {}
+        net = self._document("network_data", f"openstack/{chosen}/network_data.json") if chosen else {}
         return {
             "source": self.source,
             "format": self.format,
@@ -209,11 +214,3 @@ def extract(tree: Mapping[str, bytes], dest: str | os.PathLike) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
 
-
-def _load(data: bytes | None) -> Any:
-    if data is None:
-        return None
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None

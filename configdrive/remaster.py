@@ -160,11 +160,11 @@ def changes_from_options(*, ironic: str | None = None, meta_data: str | None = N
                          ec2: str | None = None, files: Iterable[str] = (), ssh_keys: Iterable[str] = (),
                          random_seed: bool = False, **shortcuts: str | None) -> Changes:
     """The changes that ``build --from`` options name (paths, ``-`` for stdin)."""
-    from .content import (load_json_object, parse_file_option, parse_json, read_bytes,
+    from .content import (MAX_INPUT_BYTES, load_document, parse_file_option, parse_json, read_bytes,
                           read_ssh_keys)
     changes = Changes(random_seed=random_seed)
     if ironic is not None:
-        obj = parse_json(read_bytes(ironic, "ironic configdrive"), ironic)
+        obj = parse_json(read_bytes(ironic, "ironic configdrive", MAX_INPUT_BYTES), ironic)
         given = Content.from_ironic(obj, ironic)
         if "meta_data" in obj:
             changes.meta_data = given.meta_data
@@ -175,16 +175,16 @@ def changes_from_options(*, ironic: str | None = None, meta_data: str | None = N
                 changes.documents[name] = doc
     if meta_data is not None:
         # its files entries are kept as they are: they point into the drive's own content/
-        changes.meta_data = load_json_object(meta_data, "meta_data")
+        changes.meta_data = load_document(meta_data, "meta_data")
     if user_data is not None:
-        changes.user_data = read_bytes(user_data, "user data")
+        changes.user_data = read_bytes(user_data, "user data", MAX_INPUT_BYTES)
     for name, path, what in (("network_data.json", network_data, "network_data"),
                              ("vendor_data.json", vendor_data, "vendor_data"),
                              ("vendor_data2.json", vendor_data2, "vendor_data2")):
         if path is not None:
-            changes.documents[name] = load_json_object(path, what)
+            changes.documents[name] = load_document(path, what)
     if ec2 is not None:
-        changes.ec2 = load_json_object(ec2, "ec2 meta-data")
+        changes.ec2 = load_document(ec2, "ec2_meta_data")
     changes.files = [parse_file_option(spec) for spec in files]
     keys = [pair for path in ssh_keys for pair in read_ssh_keys(path)]
     changes.shortcuts = {k: v for k, v in shortcuts.items() if v is not None}

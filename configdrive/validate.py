@@ -20,7 +20,7 @@ from . import checks
 from .checks import Finding
 from .content import Content, parse_json
 from .drive import MAX_DRIVE_BYTES, Drive
-from .errors import ConfigDriveError
+from .errors import ConfigDriveError, one_line
 from .layout import EC2_VERSIONS, LATEST, parse_versions
 
 # The OpenStack versions cloud-init knows (sources/helpers/openstack.py OS_VERSIONS), oldest
@@ -78,7 +78,7 @@ class Problem:
     severity: str = "error"  # "error" or "warning"
 
     def __str__(self) -> str:
-        return f"{self.source}: {self.pointer or '/'}: {self.message}"
+        return one_line(f"{self.source}: {self.pointer or '/'}: {self.message}")
 
 
 # -- documents ------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def kind_from_name(path: str) -> str | None:
 
 def validate_document(kind: str, doc: Any, source: str) -> list[Problem]:
     """Every problem of one parsed JSON document of ``kind`` (a key of SCHEMA_FILES)."""
-    findings = _schema_findings(kind, doc)
+    findings = _schema_findings(kind, doc) + checks.non_finite_findings(doc)
     if kind == "meta_data":
         findings += checks.meta_data_findings(doc)
     elif kind == "network_data":
@@ -147,6 +147,31 @@ def validate_bytes(kind: str, data: bytes, source: str) -> list[Problem]:
     except ConfigDriveError as exc:
         return [_refusal(source, exc)]
     return validate_document(kind, doc, source)
+
+
+# -- the type boundary ----------------------------------------------------------------
+
+def check_types(kind: str, doc: Any, source: str) -> None:
+    """The boundary every command passes a metadata document through before it reads a
+    value: raise on the first value (in document order) whose JSON type is not the one
+    its schema gives that place, naming the file and the JSON pointer.
+
+    Only types are enforced here. Code that reads a document must then cope with keys
+    that are missing or values out of range (``validate`` reports those), but never with
+    a list where an object goes: that was a traceback in every command (issue 11)."""
+    wrong = [error for error in _validator(SCHEMA_FILES[kind]).iter_errors(doc) if error.validator == "type"]
+    if wrong:
+        first = min(wrong, key=lambda error: _pointer_key(checks.pointer(*error.absolute_path)))
+        finding = _describe(first)[0]
+        more = f" (and {len(wrong) - 1} more values of the wrong type)" if len(wrong) > 1 else ""
+        raise ConfigDriveError(str(Problem(source, finding.pointer, finding.message + more)))
+
+
+def parse_checked(kind: str, data: bytes, source: str) -> Any:
+    """A metadata file's bytes, parsed and through the type boundary."""
+    doc = parse_json(data, source)
+    check_types(kind, doc, source)
+    return doc
 
 
 # -- schemas --------------------------------------------------------------------------
@@ -426,9 +451,9 @@ def validate_path(path: str, kind: str | None = None) -> list[Problem]:
         return [Problem(path, "", "cannot tell from the name what this file holds (name it like meta_data.json, "
                         "network_data.json, vendor_data.json, meta-data.json, user_data or *ironic.json, "
                         "or pass --kind)")]
-    from .content import read_bytes
+    from .content import MAX_INPUT_BYTES, read_bytes
     try:
-        data = read_bytes(path, kind)
+        data = read_bytes(path, kind, MAX_INPUT_BYTES)
     except ConfigDriveError as exc:
         return [_refusal(path, exc)]
     return validate_bytes(kind, data, path)

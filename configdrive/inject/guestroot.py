@@ -16,6 +16,19 @@ from dataclasses import dataclass
 from .guestpath import GuestPath, GuestPathError, show
 
 
+# The most we read of one guest file. The files the steps read and rewrite (authorized_keys,
+# etc/passwd, etc/shadow, rc.local) hold kilobytes; the guest is a stranger's image, and a
+# sparse 8 GiB authorized_keys costs it nothing to make (issue 11).
+MAX_GUEST_READ = 4 << 20
+
+
+def check_read_size(path: GuestPath, size: int) -> None:
+    """Refuse, before reading a byte, a guest file larger than we read."""
+    if size > MAX_GUEST_READ:
+        raise GuestPathError(f"guest path {show(path)}: {size} bytes, more than the {MAX_GUEST_READ} "
+                             "bytes we read from a guest file; not read")
+
+
 @dataclass(frozen=True)
 class GuestStat:
     """What the steps need to know about an existing guest file (lstat, not stat)."""
@@ -24,9 +37,10 @@ class GuestStat:
     mode: int       # permission bits only (07777)
     uid: int
     gid: int
+    size: int = 0   # bytes, as the guest's inode says
 
     @classmethod
-    def from_mode(cls, st_mode: int, uid: int, gid: int) -> "GuestStat":
+    def from_mode(cls, st_mode: int, uid: int, gid: int, size: int = 0) -> "GuestStat":
         if statmod.S_ISREG(st_mode):
             kind = "file"
         elif statmod.S_ISDIR(st_mode):
@@ -35,7 +49,7 @@ class GuestStat:
             kind = "symlink"
         else:
             kind = "other"
-        return cls(kind, statmod.S_IMODE(st_mode), uid, gid)
+        return cls(kind, statmod.S_IMODE(st_mode), uid, gid, size)
 
 
 class GuestRoot(ABC):
@@ -49,7 +63,8 @@ class GuestRoot(ABC):
 
     @abstractmethod
     def read(self, path: GuestPath) -> bytes:
-        """A regular file's bytes; a symlink raises GuestPathError."""
+        """A regular file's bytes; a symlink, or a file larger than MAX_GUEST_READ,
+        raises GuestPathError (see :func:`check_read_size`)."""
 
     @abstractmethod
     def write(self, path: GuestPath, data: bytes, mode: int, uid: int, gid: int) -> None:

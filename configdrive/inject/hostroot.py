@@ -11,7 +11,7 @@ import os
 import secrets
 
 from .guestpath import GuestPath, GuestPathError, show
-from .guestroot import GuestRoot, GuestStat
+from .guestroot import MAX_GUEST_READ, GuestRoot, GuestStat, check_read_size
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -60,13 +60,17 @@ class HostDirRoot(GuestRoot):
                 st = os.stat(path[-1], dir_fd=pfd, follow_symlinks=False)
             except FileNotFoundError:
                 return None
-        return GuestStat.from_mode(st.st_mode, st.st_uid, st.st_gid)
+        return GuestStat.from_mode(st.st_mode, st.st_uid, st.st_gid, st.st_size)
 
     def read(self, path: GuestPath) -> bytes:
         self.require(path, "file")
         with self._parent(path) as pfd:
             with os.fdopen(self._open_no_follow(pfd, path), "rb") as f:
-                return f.read()
+                check_read_size(path, os.fstat(f.fileno()).st_size)
+                # at most one byte past the cap: a FUSE filesystem may report any size
+                data = f.read(MAX_GUEST_READ + 1)
+        check_read_size(path, len(data))
+        return data
 
     def write(self, path: GuestPath, data: bytes, mode: int, uid: int, gid: int) -> None:
         # Write a new file beside the target and rename it over: a reader of etc/shadow

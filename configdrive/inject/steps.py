@@ -13,7 +13,7 @@ import logging
 from typing import Any, Callable
 
 from ..content import Content
-from ..errors import ConfigDriveError
+from ..errors import ConfigDriveError, one_line
 from . import eni
 from .guestpath import GuestPath, parse
 from .guestroot import GuestRoot
@@ -146,7 +146,7 @@ def run_steps(root: GuestRoot, content: Content, image: str) -> tuple[list[str],
                 exc = ConfigDriveError(exc.strerror or str(exc))
             if mandatory:
                 raise InjectionError(f"{image}: injecting {name} failed: {exc}") from None
-            message = f"{image}: injecting {name} failed, skipped: {exc}"
+            message = one_line(f"{image}: injecting {name} failed, skipped: {exc}")
             log.warning("%s", message)
             warnings.append(message)
             continue

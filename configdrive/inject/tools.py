@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from typing import Callable, TypeVar
 
@@ -34,18 +35,44 @@ class ToolError(ConfigDriveError):
 
 
 def run_tool(*cmd: str, check: bool = True, input: bytes | None = None,
-             pass_fds: tuple[int, ...] = (), quiet: bool = False) -> subprocess.CompletedProcess:
+             pass_fds: tuple[int, ...] = (), quiet: bool = False,
+             max_stdout: int | None = None) -> subprocess.CompletedProcess:
+    """Run a host tool, capturing its output. With ``max_stdout``, the tool is killed once
+    it has printed more than that many bytes (the caller sees max_stdout + 1 of them):
+    what it prints may be a guest's file, of whatever size the guest claims."""
     exe = which(cmd[0])
     if exe is None:
         raise ToolError(f"{cmd[0]}: not installed")
     if not quiet:
         log.debug("%s", " ".join(cmd))
-    proc = subprocess.run([exe, *cmd[1:]], input=input, capture_output=True, pass_fds=pass_fds)
+    if max_stdout is None:
+        proc = subprocess.run([exe, *cmd[1:]], input=input, capture_output=True, pass_fds=pass_fds)
+    else:
+        proc = _run_capped([exe, *cmd[1:]], input, pass_fds, max_stdout)
     if check and proc.returncode != 0:
         why = proc.stderr.decode(errors="replace").strip().splitlines()
         raise ToolError(f"{' '.join(cmd)}: exited {proc.returncode}"
                         + (f" ({why[-1].strip()})" if why else ""))
     return proc
+
+
+def _run_capped(argv: list[str], input: bytes | None, pass_fds: tuple[int, ...],
+                max_stdout: int) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryFile() as errors, subprocess.Popen(
+            argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=errors, pass_fds=pass_fds) as proc:
+        if input is not None:
+            proc.stdin.write(input)
+            proc.stdin.close()
+        chunks, received = [], 0
+        while received <= max_stdout and (chunk := proc.stdout.read1(1 << 16)):
+            chunks.append(chunk)
+            received += len(chunk)
+        if received > max_stdout:
+            proc.kill()
+        returncode = proc.wait()
+        errors.seek(0)
+        return subprocess.CompletedProcess(argv, returncode, b"".join(chunks)[:max_stdout + 1], errors.read())
 
 
 def retry(action: Callable[[], T], what: str, attempts: int = 10, delay: float = 0.2) -> T:
