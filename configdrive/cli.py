@@ -25,6 +25,8 @@ def add_content_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--network-data", metavar="F", help="network_data.json")
     g.add_argument("--vendor-data", metavar="F", help="vendor_data.json")
     g.add_argument("--vendor-data2", metavar="F", help="vendor_data2.json")
+    g.add_argument("--network-config", metavar="F",
+                   help="NoCloud network-config (YAML, version 1 or 2); default: converted from network_data")
     g.add_argument("--ironic", metavar="F", help="the ironic API's configdrive object (JSON)")
     g.add_argument("--file", metavar="GUEST_PATH=LOCAL", action="append", default=[],
                    help="inject a file (openstack/content/NNNN and a meta_data files entry); repeatable")
@@ -39,10 +41,12 @@ def add_content_options(p: argparse.ArgumentParser) -> None:
                    help="start from the built-in example instance (other options override it)")
 
 
-def add_format_options(p: argparse.ArgumentParser, sector_size: bool = False) -> None:
+def add_format_options(p: argparse.ArgumentParser, sector_size: bool = False, nocloud: bool = False) -> None:
     g = p.add_argument_group("drive format")
-    g.add_argument("--format", choices=("iso", "vfat"), default=None, help="filesystem (default iso)")
-    g.add_argument("--label", default="config-2", help="volume label (default config-2)")
+    formats = ("iso", "vfat") + (("nocloud", "nocloud-vfat") if nocloud else ())
+    g.add_argument("--format", choices=formats, default=None,
+                   help="filesystem (default iso); nocloud: a cloud-init NoCloud seed (ISO or vfat)")
+    g.add_argument("--label", help="volume label (default config-2, cidata for NoCloud seeds)")
     g.add_argument("--size", type=_size, metavar="BYTES",
                    help="vfat image size, e.g. 64M (default 64 MiB)")
     if sector_size:   # deploy takes the sector size from the target disk
@@ -73,6 +77,7 @@ def content_from_args(args: argparse.Namespace):
         network_data=args.network_data or ex.get("network_data"),
         vendor_data=args.vendor_data or ex.get("vendor_data"),
         vendor_data2=args.vendor_data2 or ex.get("vendor_data2"),
+        network_config=args.network_config,
         files=args.file,
         ssh_keys=args.ssh_key or ex.get("ssh_keys", []),
         uuid=args.uuid, name=args.name, hostname=args.hostname,
@@ -93,11 +98,12 @@ def _size(text: str) -> int:
 # -- handlers ----------------------------------------------------------------------
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .drive import build
+    from .drive import build, default_label
     from .errors import ConfigDriveError
     if args.sector_size and args.format != "vfat":
         raise ConfigDriveError("--sector-size applies to --format vfat only (ISO 9660 has 2048-byte blocks)")
     content = content_from_args(args)
+    args.label = args.label or default_label(args.format or "iso")
     if args.validate:
         _report_validation(content, args.strict, versions=args.versions, ec2=args.ec2)
     to_stdout = args.output == "-"
@@ -264,7 +270,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = command("build", cmd_build, "build a config drive image")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="image file, or - for stdout")
     add_content_options(p)
-    add_format_options(p, sector_size=True)
+    add_format_options(p, sector_size=True, nocloud=True)
 
     p = command("inspect", cmd_inspect, "show what a drive, a drive directory or a disk's config partition holds")
     p.add_argument("drive", metavar="DRIVE_OR_DISK")

@@ -20,8 +20,9 @@ from partition.probe import probe_filesystem
 from .content import Content
 from .errors import ConfigDriveError
 from .layout import build_tree
+from .nocloud import FORMATS as NOCLOUD_FORMATS, LABEL as NOCLOUD_LABEL, is_seed, summary_fields as seed_summary
 
-FORMATS = ("iso", "vfat")
+FORMATS = ("iso", "vfat", *NOCLOUD_FORMATS)
 DEFAULT_LABEL = "config-2"
 # The largest drive ironic accepts, and the default vfat size nova uses.
 MAX_DRIVE_BYTES = 64 * 1024 * 1024
@@ -55,8 +56,13 @@ def write_image(tree: Mapping[str, bytes], out: BinaryIO, *, format: str = "iso"
         raise ConfigDriveError(f"format {format!r}: unknown (use one of {', '.join(FORMATS)})")
 
 
+def default_label(format: str) -> str:
+    """config-2 for a config drive, cidata for a NoCloud seed."""
+    return NOCLOUD_LABEL if format in NOCLOUD_FORMATS else DEFAULT_LABEL
+
+
 def build(content: Content, out: str | os.PathLike | BinaryIO | None = None, *,
-          format: str = "iso", label: str = DEFAULT_LABEL, size: int | None = None,
+          format: str = "iso", label: str | None = None, size: int | None = None,
           versions: str | list[str] | None = None, ec2: bool = True,
           validate: bool = True, sector_size: int | None = None) -> bytes | None:
     """Build a config drive. Returns the image bytes when ``out`` is None, else writes
@@ -69,7 +75,12 @@ def build(content: Content, out: str | os.PathLike | BinaryIO | None = None, *,
     if validate:
         from .validate import check_content
         check_content(content, versions=versions, ec2=ec2)
-    tree = build_tree(content, versions=versions, ec2=ec2)
+    label = label or default_label(format)
+    if format in NOCLOUD_FORMATS:   # the same content as a cloud-init NoCloud seed
+        from .nocloud import seed_tree
+        tree, format = seed_tree(content), NOCLOUD_FORMATS[format]
+    else:
+        tree = build_tree(content, versions=versions, ec2=ec2)
     options = dict(format=format, label=label, size=size, sector_size=sector_size)
     if out is None:
         buffer = io.BytesIO()
@@ -133,8 +144,9 @@ class Drive:
         net = _load(self.tree.get(f"openstack/{chosen}/network_data.json")) if chosen else None
         meta = meta if isinstance(meta, dict) else {}
         net = net if isinstance(net, dict) else {}
-        return {
+        summary = {
             "source": self.source,
+            "datasource": "configdrive",
             "format": self.format,
             "label": self.label,
             "versions": versions,
@@ -152,6 +164,9 @@ class Drive:
             "partition": self.partition,
             "notes": self.notes,
         }
+        if is_seed(self.tree):   # a NoCloud seed: meta-data at the root, no openstack/
+            summary.update(seed_summary(self.tree))
+        return summary
 
 
 def open_drive(path: str) -> Drive:

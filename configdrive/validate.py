@@ -22,6 +22,7 @@ from .content import Content, parse_json
 from .drive import MAX_DRIVE_BYTES, Drive
 from .errors import ConfigDriveError
 from .layout import EC2_VERSIONS, LATEST, parse_versions
+from .nocloud import is_seed, seed_problems
 
 # The OpenStack versions cloud-init knows (sources/helpers/openstack.py OS_VERSIONS), oldest
 # first. It reads the newest of these that the drive has, and latest/ only when it has none.
@@ -278,6 +279,9 @@ def validate_drive(drive: Drive) -> list[Problem]:
     def where(rel: str) -> str:
         return f"{base}/{rel}"
 
+    if is_seed(tree):
+        return [Problem(where(rel) if rel else base, pointer, message, severity)
+                for rel, pointer, message, severity in seed_problems(tree, drive.label)]
     problems: list[Problem] = []
     if drive.label and drive.label not in CLOUD_INIT_LABELS:
         problems.append(Problem(base, "", f"volume label {drive.label!r}: cloud-init and glean look only for "

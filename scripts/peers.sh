@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 PEERS=(
   # name   packages (exact versions: the facts in ../shared/spec/integrations.md are theirs)
+  "glean glean==1.25.1"
 )
 
 PY=${PYTHON:-python3}
