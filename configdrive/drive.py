@@ -61,6 +61,16 @@ def default_label(format: str) -> str:
     return NOCLOUD_LABEL if format in NOCLOUD_FORMATS else DEFAULT_LABEL
 
 
+def drive_tree(content: Content, format: str = "iso", versions: str | list[str] | None = None,
+               ec2: bool = True) -> tuple[dict[str, bytes], str]:
+    """The files a drive of ``format`` holds, and the filesystem ("iso" or "vfat") that
+    carries them: a config drive's tree, or the same content as a NoCloud seed."""
+    if format in NOCLOUD_FORMATS:
+        from .nocloud import seed_tree
+        return seed_tree(content), NOCLOUD_FORMATS[format]
+    return build_tree(content, versions=versions, ec2=ec2), format
+
+
 def build(content: Content, out: str | os.PathLike | BinaryIO | None = None, *,
           format: str = "iso", label: str | None = None, size: int | None = None,
           versions: str | list[str] | None = None, ec2: bool = True,
@@ -76,11 +86,7 @@ def build(content: Content, out: str | os.PathLike | BinaryIO | None = None, *,
         from .validate import check_content
         check_content(content, versions=versions, ec2=ec2)
     label = label or default_label(format)
-    if format in NOCLOUD_FORMATS:   # the same content as a cloud-init NoCloud seed
-        from .nocloud import seed_tree
-        tree, format = seed_tree(content), NOCLOUD_FORMATS[format]
-    else:
-        tree = build_tree(content, versions=versions, ec2=ec2)
+    tree, format = drive_tree(content, format, versions=versions, ec2=ec2)
     options = dict(format=format, label=label, size=size, sector_size=sector_size)
     if out is None:
         buffer = io.BytesIO()
