@@ -22,6 +22,7 @@ from .content import Content, parse_json
 from .drive import MAX_DRIVE_BYTES, Drive
 from .errors import ConfigDriveError
 from .layout import EC2_VERSIONS, LATEST, parse_versions
+from .consumers import content_lints, drive_lints
 from .nocloud import is_seed, seed_problems
 
 # The OpenStack versions cloud-init knows (sources/helpers/openstack.py OS_VERSIONS), oldest
@@ -239,7 +240,12 @@ def validate_content(content: Content, versions: str | Iterable[str] | None = No
         problems += [Problem("files", checks.pointer(i, "path"), message)
                      for message in checks.injected_path_problems(injected.path)]
     problems += _capacity_problems(content, versions, ec2)
-    return problems
+    return problems + _lint_problems(content_lints(content, ec2), lambda name: name)
+
+
+def _lint_problems(lints, where) -> list[Problem]:
+    """Consumer lints (configdrive/consumers.py) as warnings; ``where`` names a file."""
+    return [Problem(where(lint.file), lint.pointer, lint.text(), "warning") for lint in lints]
 
 
 def _capacity_problems(content: Content, versions, ec2: bool) -> list[Problem]:
@@ -315,7 +321,7 @@ def validate_drive(drive: Drive) -> list[Problem]:
         problems += _problems(where(f"openstack/{chosen}/user_data"), checks.user_data_findings(len(user_data)))
     if chosen != LATEST and LATEST in versions:
         problems += _latest_only_problems(tree, chosen, where)
-    return problems
+    return problems + _lint_problems(drive_lints(drive), lambda rel: where(rel) if rel else base)
 
 
 def _latest_only_problems(tree: dict[str, bytes], chosen: str, where) -> list[Problem]:
