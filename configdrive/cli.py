@@ -105,7 +105,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     content = content_from_args(args)
     args.label = args.label or default_label(args.format or "iso")
     if args.validate:
-        _report_validation(content, args.strict, versions=args.versions, ec2=args.ec2)
+        _report_validation(content, args.strict, versions=args.versions, ec2=args.ec2,
+                           consumers=not args.format or not args.format.startswith("nocloud"))
     to_stdout = args.output == "-"
     build(content, sys.stdout.buffer if to_stdout else args.output, format=args.format or "iso",
           label=args.label, size=args.size, versions=args.versions, ec2=args.ec2, validate=False,
@@ -119,12 +120,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_validation(content, strict: bool, versions=None, ec2: bool = True) -> None:
+def _report_validation(content, strict: bool, versions=None, ec2: bool = True, consumers: bool = True) -> None:
     """Validate before building; warnings are printed, errors (and, with --strict,
     warnings) stop the build with every problem listed."""
     from .errors import ConfigDriveError
     from .validate import validate_content
-    problems = validate_content(content, versions=versions, ec2=ec2)
+    problems = validate_content(content, versions=versions, ec2=ec2, consumers=consumers)
     errors = [p for p in problems if p.severity == "error" or strict]
     for p in problems:
         if p not in errors:

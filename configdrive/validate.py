@@ -225,9 +225,10 @@ def _json_type(value: Any) -> str:
 # -- content about to be built --------------------------------------------------------
 
 def validate_content(content: Content, versions: str | Iterable[str] | None = None,
-                     ec2: bool = True) -> list[Problem]:
+                     ec2: bool = True, consumers: bool = True) -> list[Problem]:
     """Every problem of the content that a build with these ``versions`` and ``ec2``
-    would write. Sources are named like the files (meta_data, network_data, ...)."""
+    would write. Sources are named like the files (meta_data, network_data, ...).
+    ``consumers``: add the config-drive consumers' lints (not for a NoCloud seed)."""
     problems = validate_document("meta_data", content.meta_data, "meta_data")
     # A build writes content/NNNN only for injected files (--file); a files entry given
     # in meta_data itself points at nothing, and cloud-init refuses such a drive.
@@ -240,7 +241,9 @@ def validate_content(content: Content, versions: str | Iterable[str] | None = No
         problems += [Problem("files", checks.pointer(i, "path"), message)
                      for message in checks.injected_path_problems(injected.path)]
     problems += _capacity_problems(content, versions, ec2)
-    return problems + _lint_problems(content_lints(content, ec2), lambda name: name)
+    if consumers:
+        problems += _lint_problems(content_lints(content, ec2), lambda name: name)
+    return problems
 
 
 def _lint_problems(lints, where) -> list[Problem]:

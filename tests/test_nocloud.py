@@ -256,6 +256,15 @@ def test_validate_names_what_cloud_init_would_refuse(tmp_path, breakage, names):
     assert result.returncode == 1 and names in result.stderr.decode()
 
 
+def test_config_drive_consumer_lints_do_not_apply_to_seeds(tmp_path):
+    """name vs hostname (glean) and a missing ec2 tree (Afterburn) concern config drives:
+    a NoCloud seed carries neither, so --strict builds it."""
+    args = ("--name", "web", "--hostname", "node-1", "--no-ec2", "--strict")
+    assert configdrive("build", "-o", tmp_path / "d.iso", *args, check=False).returncode == 1
+    configdrive("build", "-o", tmp_path / "s.iso", "--format", "nocloud", *args)
+    assert configdrive("validate", "--strict", tmp_path / "s.iso").returncode == 0
+
+
 def test_missing_instance_id_warns_and_strict_refuses(tmp_path):
     seed = tmp_path / "seed"
     seed.mkdir()
