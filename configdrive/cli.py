@@ -100,8 +100,9 @@ def _size(text: str) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from .drive import build, default_label
     from .errors import ConfigDriveError
-    if args.sector_size and args.format != "vfat":
-        raise ConfigDriveError("--sector-size applies to --format vfat only (ISO 9660 has 2048-byte blocks)")
+    if args.sector_size and args.format not in ("vfat", "nocloud-vfat"):
+        raise ConfigDriveError("--sector-size applies to --format vfat or nocloud-vfat only "
+                               "(ISO 9660 has 2048-byte blocks)")
     content = content_from_args(args)
     args.label = args.label or default_label(args.format or "iso")
     if args.validate:

@@ -95,7 +95,7 @@ class DriveMaker:
         """The same files as an extracted directory (what cloud-init's unit tests give
         ``read_config_drive``, or a NoCloud seed directory)."""
         built = content_from_kwargs(**content)
-        if validate and not format.startswith("nocloud"):
+        if validate:   # as build() does
             from .validate import check_content
             check_content(built, versions=versions, ec2=ec2)
         dest = self._path("config-drive-tree")

@@ -278,3 +278,17 @@ def test_missing_instance_id_warns_and_strict_refuses(tmp_path):
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_nocloud_vfat_for_a_4kn_disk(tmp_path):
+    """--sector-size applies to NoCloud vfat seeds as to vfat drives; fsck.fat and mtools
+    read the seed, blkid shows its label."""
+    need_tool("fsck.fat", "mcopy")
+    seed = tmp_path / "seed.img"
+    configdrive("build", "-o", seed, "--format", "nocloud-vfat", "--sector-size", "4096", "--hostname", "h4k")
+    run("fsck.fat", "-n", seed)
+    assert "LABEL=cidata" in out("blkid", "-p", "-o", "export", seed).splitlines()
+    assert "local-hostname: h4k" in out("mtype", "-i", seed, "::/meta-data")
+    refused = configdrive("build", "-o", tmp_path / "s.iso", "--format", "nocloud", "--sector-size", "4096",
+                          check=False)
+    assert refused.returncode == 1 and "--sector-size" in refused.stderr.decode()
