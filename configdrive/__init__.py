@@ -3,10 +3,24 @@
 The public API: :class:`Content` (what a drive carries), :func:`build` (content -> ISO 9660
 or vfat image), :func:`open_drive` (an image, a directory or a whole disk -> a
 :class:`Drive` with its tree), and :class:`ConfigDriveError` (every refusal, one line).
+
+The names are imported on first use (PEP 562): the pytest plugin
+(configdrive.pytest_plugin) is loaded by every pytest run of everyone who installed
+configdrive, and importing this package must not cost them the drive modules.
 """
 
-from .content import Content, InjectedFile, content_from_files
-from .drive import Drive, build, open_drive
-from .errors import ConfigDriveError
+from importlib import import_module
 
-__all__ = ["Content", "InjectedFile", "content_from_files", "Drive", "build", "open_drive", "ConfigDriveError"]
+_WHERE = {
+    "Content": ".content", "InjectedFile": ".content", "content_from_files": ".content",
+    "Drive": ".drive", "build": ".drive", "open_drive": ".drive",
+    "ConfigDriveError": ".errors",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(_WHERE[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,6 +26,8 @@ def add_content_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--network-data", metavar="F", help="network_data.json")
     g.add_argument("--vendor-data", metavar="F", help="vendor_data.json")
     g.add_argument("--vendor-data2", metavar="F", help="vendor_data2.json")
+    g.add_argument("--network-config", metavar="F",
+                   help="NoCloud network-config (YAML, version 1 or 2); default: converted from network_data")
     g.add_argument("--ironic", metavar="F", help="the ironic API's configdrive object (JSON)")
     g.add_argument("--ec2-meta-data", metavar="F",
                    help="ec2 meta-data.json keys to write as given (instance-id, instance-type, ami-id, "
@@ -47,10 +49,12 @@ def add_content_options(p: argparse.ArgumentParser) -> None:
                    help="start from the built-in example instance (other options override it)")
 
 
-def add_format_options(p: argparse.ArgumentParser, sector_size: bool = False) -> None:
+def add_format_options(p: argparse.ArgumentParser, sector_size: bool = False, nocloud: bool = False) -> None:
     g = p.add_argument_group("drive format")
-    g.add_argument("--format", choices=("iso", "vfat"), default=None, help="filesystem (default iso)")
-    g.add_argument("--label", default="config-2", help="volume label (default config-2)")
+    formats = ("iso", "vfat") + (("nocloud", "nocloud-vfat") if nocloud else ())
+    g.add_argument("--format", choices=formats, default=None,
+                   help="filesystem (default iso); nocloud: a cloud-init NoCloud seed (ISO or vfat)")
+    g.add_argument("--label", help="volume label (default config-2, cidata for NoCloud seeds)")
     g.add_argument("--size", type=_drive_size, metavar="BYTES",
                    help="vfat image size, 1M to 2G, e.g. 64M (default 64 MiB)")
     if sector_size:   # deploy takes the sector size from the target disk
@@ -105,6 +109,7 @@ def content_from_args(args: argparse.Namespace):
         network_data=args.network_data or ex.get("network_data"),
         vendor_data=args.vendor_data or ex.get("vendor_data"),
         vendor_data2=args.vendor_data2 or ex.get("vendor_data2"), ec2=args.ec2_meta_data,
+        network_config=args.network_config,
         files=args.file,
         ssh_keys=args.ssh_key or ex.get("ssh_keys", []),
         uuid=args.uuid, name=args.name, hostname=args.hostname,
@@ -168,12 +173,13 @@ def _mbr_type(text: str) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from .drive import write_drive
     from .errors import ConfigDriveError
-    tree, problems = _remastered(args) if args.source_drive else _built(args)
-    if args.sector_size and args.format != "vfat":
-        raise ConfigDriveError("--sector-size applies to --format vfat only (ISO 9660 has 2048-byte blocks)")
+    tree, fs, problems = _remastered(args) if args.source_drive else _built(args)
+    if args.sector_size and fs != "vfat":
+        raise ConfigDriveError("--sector-size applies to --format vfat or nocloud-vfat only "
+                               "(ISO 9660 has 2048-byte blocks)")
     _report_validation(problems, args.strict)
     to_stdout = args.output == "-"
-    image = write_drive(tree, None if to_stdout else args.output, format=args.format or "iso",
+    image = write_drive(tree, None if to_stdout else args.output, format=fs,
                         label=args.label, size=args.size, sector_size=args.sector_size)
     if to_stdout:
         write_stdout(image)
@@ -185,24 +191,29 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _built(args: argparse.Namespace):
-    """The tree of a new drive from the content options, and what validation says of it."""
-    from .layout import build_tree
+    """The tree of a new drive (a config drive or a NoCloud seed) from the content options,
+    the filesystem that carries it, and what validation says of it."""
+    from .drive import NOCLOUD_FORMATS, default_label, drive_tree
     from .validate import validate_build
     content = content_from_args(args)
-    tree = build_tree(content, versions=args.versions, ec2=args.ec2)
+    format = args.format or "iso"
+    args.label = args.label or default_label(format)
+    tree, fs = drive_tree(content, format, versions=args.versions, ec2=args.ec2)
     problems = validate_build(content, tree, label=args.label, versions=args.versions, ec2=args.ec2,
-                              source=args.output) if args.validate else []
-    return tree, problems
+                              source=args.output, consumers=format not in NOCLOUD_FORMATS) if args.validate else []
+    return tree, fs, problems
 
 
 def _remastered(args: argparse.Namespace):
     """``--from``: the drive's tree with what the options name replaced, and what
     validation says of the result."""
-    from .drive import Drive, open_drive
+    from .drive import Drive, default_label, open_drive
     from .errors import ConfigDriveError
     from .remaster import changes_from_options, remaster
     from .validate import validate_drive
-    for given, option in ((args.example, "--example"), (args.versions, "--versions"), (not args.ec2, "--no-ec2")):
+    nocloud = args.format is not None and args.format.startswith("nocloud")
+    for given, option in ((args.example, "--example"), (args.versions, "--versions"), (not args.ec2, "--no-ec2"),
+                          (nocloud, f"--format {args.format}")):
         if given:
             raise ConfigDriveError(f"--from keeps the drive's own layout: {option} cannot be used with it")
     changes = changes_from_options(
@@ -213,9 +224,10 @@ def _remastered(args: argparse.Namespace):
     source = open_drive(args.source_drive)
     if args.format is None:   # a re-master keeps the drive's filesystem unless told otherwise
         args.format = "vfat" if source.format == "vfat" else "iso"
+    args.label = args.label or default_label(args.format)
     tree = remaster(source.tree, changes, args.source_drive)
     problems = validate_drive(Drive(args.source_drive, "built", args.label, tree)) if args.validate else []
-    return tree, problems
+    return tree, args.format, problems
 
 
 def _report_validation(problems, strict: bool) -> None:
@@ -381,7 +393,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="re-master this drive (image, directory, or a disk's config partition): "
                         "keep its files, replace only what the content options name")
     add_content_options(p)
-    add_format_options(p, sector_size=True)
+    add_format_options(p, sector_size=True, nocloud=True)
 
     p = command("inspect", cmd_inspect, "show what a drive, a drive directory or a disk's config partition holds")
     p.add_argument("drive", metavar="DRIVE_OR_DISK")

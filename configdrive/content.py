@@ -52,6 +52,9 @@ class Content:
     files: list[InjectedFile] = field(default_factory=list)
     random_seed: bool = False
     ec2: dict[str, Any] | None = None    # keys of ec2/<version>/meta-data.json to write as given
+    # A NoCloud seed's network-config file as given (YAML, version 1 or 2); config
+    # drives carry network_data.json instead (configdrive/nocloud.py converts it).
+    network_config: bytes | None = None
 
     # -- derived facts the layout, the validator and the injector share --------------
 
@@ -161,6 +164,7 @@ def content_from_files(
     vendor_data: str | None = None,
     vendor_data2: str | None = None,
     ec2: str | None = None,
+    network_config: str | None = None,
     files: Iterable[str] = (),
     ssh_keys: Iterable[str] = (),
     uuid: str | None = None,
@@ -191,6 +195,10 @@ def content_from_files(
         content.vendor_data2 = load_document(vendor_data2, "vendor_data2")
     if ec2 is not None:
         content.ec2 = load_document(ec2, "ec2_meta_data")
+    if network_config is not None:
+        from .nocloud import parse_network_config   # nocloud imports this module
+        content.network_config = read_bytes(network_config, "network config", MAX_INPUT_BYTES)
+        parse_network_config(content.network_config, network_config)   # refused here, naming the file
     content.files.extend(parse_file_option(spec) for spec in files)
     keys = [pair for path in ssh_keys for pair in read_ssh_keys(path)]
     content.apply_shortcuts(uuid=uuid, name=name, hostname=hostname, ssh_keys=keys, admin_pass=admin_pass)

@@ -19,8 +19,9 @@ from partition.probe import probe_filesystem
 from .content import Content
 from .errors import ConfigDriveError
 from .layout import build_tree
+from .nocloud import FORMATS as NOCLOUD_FORMATS, LABEL as NOCLOUD_LABEL, is_seed, summary_fields as seed_summary
 
-FORMATS = ("iso", "vfat")
+FORMATS = ("iso", "vfat", *NOCLOUD_FORMATS)
 DEFAULT_LABEL = "config-2"
 # The largest drive ironic accepts, and the default vfat size nova uses.
 MAX_DRIVE_BYTES = 64 * 1024 * 1024
@@ -54,8 +55,23 @@ def write_image(tree: Mapping[str, bytes], out: BinaryIO, *, format: str = "iso"
         raise ConfigDriveError(f"format {format!r}: unknown (use one of {', '.join(FORMATS)})")
 
 
+def default_label(format: str) -> str:
+    """config-2 for a config drive, cidata for a NoCloud seed."""
+    return NOCLOUD_LABEL if format in NOCLOUD_FORMATS else DEFAULT_LABEL
+
+
+def drive_tree(content: Content, format: str = "iso", versions: str | list[str] | None = None,
+               ec2: bool = True) -> tuple[dict[str, bytes], str]:
+    """The files a drive of ``format`` holds, and the filesystem ("iso" or "vfat") that
+    carries them: a config drive's tree, or the same content as a NoCloud seed."""
+    if format in NOCLOUD_FORMATS:
+        from .nocloud import seed_tree
+        return seed_tree(content), NOCLOUD_FORMATS[format]
+    return build_tree(content, versions=versions, ec2=ec2), format
+
+
 def build(content: Content, out: str | os.PathLike | BinaryIO | None = None, *,
-          format: str = "iso", label: str = DEFAULT_LABEL, size: int | None = None,
+          format: str = "iso", label: str | None = None, size: int | None = None,
           versions: str | list[str] | None = None, ec2: bool = True,
           validate: bool = True, sector_size: int | None = None) -> bytes | None:
     """Build a config drive. Returns the image bytes when ``out`` is None, else writes
@@ -65,11 +81,13 @@ def build(content: Content, out: str | os.PathLike | BinaryIO | None = None, *,
     ``size`` and ``sector_size`` are the vfat image's (see :func:`write_image`).
     """
     content.fill_defaults()
-    tree = build_tree(content, versions=versions, ec2=ec2)
+    label = label or default_label(format)
+    tree, fs = drive_tree(content, format, versions=versions, ec2=ec2)
     if validate:
         from .validate import check_build
-        check_build(content, tree, label=label, versions=versions, ec2=ec2)
-    return write_drive(tree, out, format=format, label=label, size=size, sector_size=sector_size)
+        check_build(content, tree, label=label, versions=versions, ec2=ec2,
+                    consumers=format not in NOCLOUD_FORMATS)
+    return write_drive(tree, out, format=fs, label=label, size=size, sector_size=sector_size)
 
 
 def write_drive(tree: Mapping[str, bytes], out: str | os.PathLike | BinaryIO | None = None,
@@ -144,8 +162,9 @@ class Drive:
         chosen = "latest" if "latest" in versions else (versions[-1] if versions else None)
         meta = self._document("meta_data", f"openstack/{chosen}/meta_data.json") if chosen else {}
         net = self._document("network_data", f"openstack/{chosen}/network_data.json") if chosen else {}
-        return {
+        summary = {
             "source": self.source,
+            "datasource": "configdrive",
             "format": self.format,
             "label": self.label,
             "versions": versions,
@@ -163,6 +182,9 @@ class Drive:
             "partition": self.partition,
             "notes": self.notes,
         }
+        if is_seed(self.tree):   # a NoCloud seed: meta-data at the root, no openstack/
+            summary.update(seed_summary(self.tree))
+        return summary
 
 
 def open_drive(path: str) -> Drive:

@@ -22,6 +22,8 @@ from .content import Content, parse_json
 from .drive import MAX_DRIVE_BYTES, Drive
 from .errors import ConfigDriveError, one_line
 from .layout import EC2_VERSIONS, LATEST, parse_versions
+from .consumers import content_lints, document_lints, drive_lints
+from .nocloud import is_seed, seed_problems
 
 # The OpenStack versions cloud-init knows (sources/helpers/openstack.py OS_VERSIONS), oldest
 # first. It reads the newest of these that the drive has, and latest/ only when it has none.
@@ -248,9 +250,10 @@ def _json_type(value: Any) -> str:
 # -- content about to be built --------------------------------------------------------
 
 def validate_content(content: Content, versions: str | Iterable[str] | None = None,
-                     ec2: bool = True) -> list[Problem]:
+                     ec2: bool = True, consumers: bool = True) -> list[Problem]:
     """Every problem of the content that a build with these ``versions`` and ``ec2``
-    would write. Sources are named like the files (meta_data, network_data, ...)."""
+    would write. Sources are named like the files (meta_data, network_data, ...).
+    ``consumers``: add the config-drive consumers' lints (not for a NoCloud seed)."""
     problems = validate_document("meta_data", content.meta_data, "meta_data")
     # A build writes content/NNNN only for injected files (--file); a files entry given
     # in meta_data itself points at nothing, and cloud-init refuses such a drive.
@@ -265,6 +268,8 @@ def validate_content(content: Content, versions: str | Iterable[str] | None = No
         problems += [Problem("files", checks.pointer(i, "path"), message)
                      for message in checks.injected_path_problems(injected.path)]
     problems += _capacity_problems(content, versions, ec2)
+    if consumers:
+        problems += _lint_problems(content_lints(content, ec2), lambda name: name)
     return problems
 
 
@@ -275,6 +280,11 @@ def _ec2_section_problems(section: dict, ec2: bool) -> list[Problem]:
     unknown = [Problem("ec2", checks.pointer(key), f"unknown key (nova writes: {', '.join(EC2_KEYS)})")
                for key in section if key not in EC2_KEYS]
     return unknown + validate_document("ec2_meta_data", section, "ec2")
+
+
+def _lint_problems(lints, where) -> list[Problem]:
+    """Consumer lints (configdrive/consumers.py) as warnings; ``where`` names a file."""
+    return [Problem(where(lint.file), lint.pointer, lint.text(), "warning") for lint in lints]
 
 
 def _capacity_problems(content: Content, versions, ec2: bool) -> list[Problem]:
@@ -301,12 +311,13 @@ def raise_errors(problems: Iterable[Problem]) -> None:
 
 def validate_build(content: Content, tree: dict[str, bytes], label: str = "config-2",
                    versions: str | Iterable[str] | None = None, ec2: bool = True,
-                   source: str = "drive") -> list[Problem]:
+                   source: str = "drive", consumers: bool = True) -> list[Problem]:
     """Every problem of a build: the content's (named like its files), then whatever
     ``validate`` would find in the drive the build writes (``tree``) and the content did
     not already say. Running the drive's checks on the very tree that is written is what
-    keeps ``build --strict`` and ``validate --strict`` in agreement."""
-    problems = validate_content(content, versions, ec2)
+    keeps ``build --strict`` and ``validate --strict`` in agreement. ``consumers``: the
+    config-drive consumers' lints (not for a NoCloud seed)."""
+    problems = validate_content(content, versions, ec2, consumers=consumers)
     # The same finding again in each version directory's copy says nothing new; leaving it
     # out never turns a failing build into a passing one (one of equal severity remains).
     seen = {(p.message, p.severity) for p in problems}
@@ -341,6 +352,9 @@ def validate_drive(drive: Drive) -> list[Problem]:
     def where(rel: str) -> str:
         return f"{base}/{rel}"
 
+    if is_seed(tree):
+        return [Problem(where(rel) if rel else base, pointer, message, severity)
+                for rel, pointer, message, severity in seed_problems(tree, drive.label)]
     problems: list[Problem] = []
     if drive.label and drive.label not in CLOUD_INIT_LABELS:
         problems.append(Problem(base, "", f"volume label {drive.label!r}: cloud-init and glean look only for "
@@ -375,7 +389,7 @@ def validate_drive(drive: Drive) -> list[Problem]:
         problems += _problems(where(f"openstack/{chosen}/user_data"), checks.user_data_findings(len(user_data)))
     if chosen != LATEST and LATEST in versions:
         problems += _latest_only_problems(tree, chosen, where)
-    return problems
+    return problems + _lint_problems(drive_lints(drive), lambda rel: where(rel) if rel else base)
 
 
 def _repeated_seed_problems(tree: dict[str, bytes], versions: list[str], where) -> list[Problem]:
@@ -456,7 +470,7 @@ def validate_path(path: str, kind: str | None = None) -> list[Problem]:
         data = read_bytes(path, kind, MAX_INPUT_BYTES)
     except ConfigDriveError as exc:
         return [_refusal(path, exc)]
-    return validate_bytes(kind, data, path)
+    return validate_bytes(kind, data, path) + _lint_problems(document_lints(kind, data), lambda _: path)
 
 
 def _looks_like_json(path: str) -> bool:

@@ -14,6 +14,7 @@ DEBS=(
   openssl                                   # openssl passwd -6 (injector: etc/shadow hash)
   zstd xz-utils gzip                        # compressed image fixtures
   cloud-init                                # cloud-init's own config drive reader
+  cloud-image-utils                         # cloud-localds: the NoCloud seeds we are compared with
   debootstrap qemu-system-x86               # the end-to-end guest (make e2e): build, boot
   python3 python3-venv
 )

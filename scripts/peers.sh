@@ -10,6 +10,7 @@ PEERS=(
   # name   packages (exact versions: the facts in ../shared/spec/integrations.md are theirs)
   "nova nova==34.0.0"
   "sdk openstacksdk==4.22.0"
+  "glean glean==1.25.1"
 )
 
 PY=${PYTHON:-python3}

@@ -59,7 +59,7 @@ def test_network_data_goes_into_every_directory_of_an_sdk_shaped_drive_that_lack
     net = tmp_path / "network_data.json"
     net.write_text(json.dumps(SAMPLE_NETWORK))
     out = tmp_path / "out.iso"
-    configdrive("build", "--from", source, "--network-data", net, "--strict", "-o", out)
+    configdrive("build", "--from", source, "--network-data", net, "-o", out)   # no ec2/: Afterburn warns
     tree = xorriso_extract(out, tmp_path / "x")
     assert {p for p in tree if p.endswith("network_data.json")} == \
         {"openstack/2012-08-10/network_data.json", "openstack/latest/network_data.json"}
