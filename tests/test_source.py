@@ -3,6 +3,7 @@ tools) around raw and qcow2, stdin, and http from a local server that fails firs
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import random
 import subprocess
@@ -154,6 +155,8 @@ class Flaky(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         self.send_header("Content-Length", str(len(data) - start))
+        # What every real server sends, and what a resume needs to prove the same file.
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()[:16]}"')
         self.end_headers()
         body = data[start:]
         if action == "drop":
