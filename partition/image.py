@@ -56,6 +56,7 @@ class Image:
     _finish: Callable[[], str | None]
     _closers: list = field(default_factory=list)
     detected: str = "raw"              # what the content is (formats.identify), or "forced"
+    origin: os.stat_result | None = None   # the local file or device read, if any
 
     def extents(self) -> Iterator[Extent]:
         """The virtual disk in order; data extents are split where they hold runs of
@@ -147,7 +148,9 @@ def open_image(spec: str | os.PathLike, *, hash_algorithm: str | None = None,
     anything refused (before any target is touched)."""
     source = open_source(spec, **(http_options or {}))
     try:
-        return _open(source, hash_algorithm, spool_dir, on_spool, image_format)
+        image = _open(source, hash_algorithm, spool_dir, on_spool, image_format)
+        image.origin = source.stat
+        return image
     except BaseException:
         source.close()
         raise

@@ -47,6 +47,7 @@ class Source(io.RawIOBase):
     name: str = "?"
     size: int | None = None       # total bytes, when known in advance
     path: str | None = None       # a local regular file we may also pread
+    stat: os.stat_result | None = None   # what a local source is (never the target itself)
 
     def readable(self) -> bool:
         return True
@@ -246,7 +247,9 @@ def open_source(spec: str | os.PathLike, **http_options) -> Source:
     """A reader for ``spec``: ``-`` (stdin), an http(s) URL, or a local path."""
     spec = os.fspath(spec)
     if spec == "-":
-        return FileSource(open(sys.stdin.fileno(), "rb", buffering=0, closefd=False), "stdin")
+        source = FileSource(open(sys.stdin.fileno(), "rb", buffering=0, closefd=False), "stdin")
+        source.stat = os.fstat(sys.stdin.fileno())
+        return source
     if is_url(spec):
         return HttpSource(spec, **http_options)
     try:
@@ -255,6 +258,8 @@ def open_source(spec: str | os.PathLike, **http_options) -> Source:
         raise PartitionError(f"{spec}: cannot open: {exc.strerror}") from None
     st = os.fstat(fp.fileno())
     if stat.S_ISREG(st.st_mode):
-        return FileSource(fp, spec, path=spec, size=st.st_size)
-    # A pipe, FIFO or character device: sequential only, size unknown.
-    return FileSource(fp, spec)
+        source = FileSource(fp, spec, path=spec, size=st.st_size)
+    else:   # a pipe, FIFO or device: sequential only, size unknown
+        source = FileSource(fp, spec)
+    source.stat = st
+    return source

@@ -120,7 +120,7 @@ def test_double_compression_refused(disk, tmp_path):
 def test_stdin(kind, disk, tmp_path):
     image = disk if kind == "raw" else compress(as_qcow2(disk, "-c"), "zstd")
     target = tmp_path / "out.raw"
-    proc = configdrive("deploy", "--device", target, "--image", "-", "--json",
+    proc = configdrive("deploy", "--create", "--device", target, "--image", "-", "--json",
                        input=image.read_bytes())
     assert same(target, disk)
     assert b'"format": "%s"' % (b"raw" if kind == "raw" else b"qcow2") in proc.stdout
