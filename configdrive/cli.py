@@ -168,6 +168,22 @@ def _mbr_type(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) > 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count from 0 to 1000")
+    return int(text)
+
+
 # -- handlers ----------------------------------------------------------------------
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -318,8 +334,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from .deploy import deploy
     # The drive: a ready one (--config-drive), or content options built like `build` does.
     drive = args.config_drive or (content_from_args(args) if has_content_options(args) else None)
+    http = {k: v for k, v in (("deadline", args.http_deadline), ("retries", args.http_retries))
+            if v is not None}
     summary = deploy(args.device, args.image, checksum=args.checksum, drive=drive,
                      preserve_on_error=args.preserve_on_error, verify=args.verify, quiet=args.quiet,
+                     create=args.create, image_format=args.image_format, http_options=http,
                      config_size=args.config_size, mbr_type=args.mbr_type, format=args.format,
                      label=args.label, size=args.size, versions=args.versions, ec2=args.ec2,
                      validate=args.validate)
@@ -328,6 +347,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if summary["image"]:
         s = summary["image"]
         _say(args, f"{PROG}: wrote {s['source']} ({s['format']}"
+                   f"{', a hybrid ISO' if s['detected'] == 'iso-hybrid' else ''}"
                    f"{', ' + s['compression'] if s['compression'] else ''}) to {args.device}: "
                    f"{s['virtual_size']} bytes in {s['seconds']:.1f}s"
                    f"{', ' + s['checksum']['algorithm'] + ' verified' if s['checksum'] else ''}"
@@ -421,6 +441,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", required=True, metavar="DEV", help="target block device or disk image file")
     p.add_argument("--image", metavar="IMAGE", help="OS image: file, - for stdin, or http(s) URL")
     p.add_argument("--checksum", metavar="ALGO:HEX|FILE|URL", help="expected image checksum")
+    p.add_argument("--image-format", choices=("auto", "raw", "qcow2"), default="auto",
+                   help="auto: told by content, other containers refused (default); raw: write "
+                        "the (decompressed) bytes as they are")
+    p.add_argument("--create", action="store_true",
+                   help="DEV may be a new disk image file (made with the image's size)")
+    p.add_argument("--http-deadline", type=_seconds, metavar="SECONDS",
+                   help="overall time for an http(s) download, retries included "
+                        "(default 7200, or $CONFIGDRIVE_HTTP_DEADLINE)")
+    p.add_argument("--http-retries", type=_count, metavar="N",
+                   help="retries for the whole download (default 5, or $CONFIGDRIVE_HTTP_RETRIES)")
     p.add_argument("--config-drive", metavar="DRIVE",
                    help="a ready drive: image file, packed gzip+base64 file, or http(s) URL")
     p.add_argument("--config-size", type=_drive_size, default=64 << 20, metavar="BYTES",

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from partition.copy import write_image
+from partition.device import lock_target
 from partition.progress import Progress
 
 from .errors import ConfigDriveError
@@ -20,11 +21,16 @@ from .errors import ConfigDriveError
 
 def deploy(device: str, image: str | None = None, *, checksum: str | None = None,
            drive: Any = None, preserve_on_error: bool = False, verify: bool = False,
-           quiet: bool = True, progress_stream=None, **drive_options) -> dict:
+           quiet: bool = True, progress_stream=None, create: bool = False,
+           image_format: str = "auto", http_options: dict | None = None,
+           **drive_options) -> dict:
     """Write ``image`` (path, ``-`` or http(s) URL) to ``device`` (a block device or a
     disk image file), verifying ``checksum`` (``ALGO:HEX`` or a checksum file/URL) before
     the image's first MiB goes down; with ``verify``, read the written image back from the
-    disk and compare; then place ``drive`` (when given) on the disk.
+    disk and compare; then place ``drive`` (when given) on the disk. The device is locked
+    for all of it (a second deploy onto it is refused); a missing one is made as a disk
+    image file only with ``create``. ``image_format``: "auto" (by content), "raw" (the
+    bytes as they are) or "qcow2"; ``http_options``: retries, deadline, timeout.
 
     Returns a summary: {"device", "image": {...} or None, "config_drive": {...} or None}.
     Raises PartitionError / ConfigDriveError with a one-line message."""
@@ -34,13 +40,22 @@ def deploy(device: str, image: str | None = None, *, checksum: str | None = None
         raise ConfigDriveError("deploy: --checksum needs --image")
     if verify and image is None:
         raise ConfigDriveError("deploy: --verify needs --image")
+    with lock_target(device, create=create and image is not None):
+        return _deploy(device, image, checksum, drive, preserve_on_error, verify, quiet,
+                       progress_stream, create, image_format, http_options, drive_options)
+
+
+def _deploy(device, image, checksum, drive, preserve_on_error, verify, quiet, progress_stream,
+            create, image_format, http_options, drive_options) -> dict:
     summary: dict[str, Any] = {"device": str(device), "image": None, "config_drive": None}
 
     if image is not None:
         say = None if quiet else (lambda line: print(f"configdrive: {line}", file=sys.stderr))
         progress = Progress(f"writing {image}", None, stream=progress_stream, enabled=not quiet)
         result = write_image(image, device, checksum=checksum, progress=progress,
-                             preserve_on_error=preserve_on_error, say=say, verify=verify)
+                             preserve_on_error=preserve_on_error, say=say, verify=verify,
+                             create=create, image_format=image_format,
+                             http_options=http_options)
         summary["image"] = {"source": str(image), **result}
 
     if drive is not None:

@@ -37,7 +37,7 @@ from collections import deque
 from typing import Iterator
 
 from .checksum import Expected, parse_checksum
-from .device import Target, open_target
+from .device import Target, lock_target, open_target, refuse_same_file
 from .errors import PartitionError
 from .image import Image, open_image
 from .progress import Progress, human
@@ -60,15 +60,22 @@ def gpt_sector_size(head: bytes) -> int | None:
 def write_image(image_spec: str, device: str, *, checksum: str | None = None,
                 preserve_on_error: bool = False, progress: Progress | None = None,
                 sector_size: int | None = None, spool_dir: str | None = None,
-                http_options: dict | None = None, say=None, verify: bool = False) -> dict:
+                http_options: dict | None = None, say=None, verify: bool = False,
+                create: bool = True, image_format: str = "auto") -> dict:
     """Open ``image_spec`` (path, ``-``, http(s) URL), open ``device`` (block device, or a
-    regular file: a missing one is created with the image's virtual size), copy, verify
-    the checksum and, with ``verify``, read the written image back.
-    Returns the summary of :func:`copy_image`."""
+    regular file; a missing one is made, as ``dd of=`` does, sized to the image's virtual
+    size, unless ``create`` is false; never under /dev), copy, verify the checksum and, with ``verify``, read the written image back.
+    The target is locked (flock) throughout. Returns the summary of :func:`copy_image`."""
     expected = parse_checksum(checksum, str(image_spec)) if checksum else None
-    with open_image(image_spec, hash_algorithm=expected.algorithm if expected else None,
-                    spool_dir=spool_dir, http_options=http_options, on_spool=say) as image:
+    with lock_target(device, create=create), \
+            open_image(image_spec, hash_algorithm=expected.algorithm if expected else None,
+                       spool_dir=spool_dir, http_options=http_options, on_spool=say,
+                       image_format=image_format) as image:
+        if image.detected == "iso-hybrid" and say:
+            say(f"{image.name}: a hybrid ISO (ISO 9660 that is also a partitioned disk): "
+                "written raw")
         with open_target(device, sector_size=sector_size, create_size=image.virtual_size) as target:
+            refuse_same_file(image.origin, image.name, target)
             return copy_image(image, target, expected=expected, progress=progress,
                               preserve_on_error=preserve_on_error, verify=verify)
 
@@ -87,8 +94,9 @@ def copy_image(image: Image, target: Target, *, expected: Expected | None = None
     try:
         head, pending = _collect_head(reader)
         _refuse_misfit(image, target, head, pending)
-        # A file we create has nothing to hide at its end, and no end yet.
-        limit = target.size if target.size else None
+        # A file we create has nothing to hide at its end, and no end yet; any other
+        # target is never written past its end.
+        limit = None if target.created and not target.size else target.size
         _zero_ends(target)
         touched = True
         fingerprints = Fingerprints() if verify else None
@@ -132,6 +140,7 @@ def copy_image(image: Image, target: Target, *, expected: Expected | None = None
         raise
     return {
         "format": image.format,
+        "detected": image.detected,
         "compression": image.compression,
         "virtual_size": end,
         "bytes_written": writer.data_bytes + len(head),
@@ -164,6 +173,9 @@ def _chain(first: list, rest: Iterator) -> Iterator:
 
 
 def _refuse_misfit(image: Image, target: Target, head: bytes, pending: list) -> None:
+    if not (target.created and not target.size) and len(head) > target.size:
+        raise PartitionError(f"{image.name}: the image is larger than {target.path} "
+                             f"({target.size} bytes)")
     if image.virtual_size is not None and target.size and image.virtual_size > target.size:
         raise PartitionError(f"{image.name}: virtual size {image.virtual_size} bytes "
                              f"({human(image.virtual_size)}) exceeds {target.path} "

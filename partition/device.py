@@ -11,6 +11,13 @@ The API is small on purpose::
 A block device is opened with O_EXCL so the kernel itself refuses one that is mounted or
 held (LVM, MD, dm); before that we look for the reasons in /proc/mounts, /proc/swaps and
 /sys/block/*/holders so the message can name them.
+
+A deploy holds ``lock_target`` for its whole length (image, then config drive): an
+exclusive flock on the device node or file, so a second deploy onto the same target is
+refused by name (two deploys onto one disk-image file once both exited 0, interleaved).
+A target that does not exist is refused (``--device /dev/sdz`` once became a regular file
+in devtmpfs holding the whole image) unless creating it was asked for; a regular file we
+did not create is never grown past its length.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import io
 import os
 import stat
 import struct
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -49,8 +57,9 @@ class Target:
     length); ``sector_size`` the logical sector size (512 for files unless told)."""
 
     def __init__(self, path: str, fd: int, size: int, sector_size: int, is_block: bool,
-                 sector_size_known: bool = True):
+                 sector_size_known: bool = True, created: bool = False):
         self.path, self.fd, self.size = path, fd, size
+        self.created = created       # a file this deploy made: it may grow to the image's end
         self.sector_size, self.is_block = sector_size, is_block
         # A regular file has no sector size of its own: unless told, a writer may adopt
         # the image's.
@@ -105,6 +114,9 @@ class Target:
         ``size`` to its actual length (writes past the end grow it too)."""
         actual = os.fstat(self.fd).st_size
         if actual < length:
+            if not self.created:
+                raise PartitionError(f"{self.path}: {actual} bytes long; writing up to byte "
+                                     f"{length} would grow a file we did not create: refused")
             os.ftruncate(self.fd, length)
             actual = length
         self.size = actual
@@ -155,30 +167,126 @@ class Target:
         self.close()
 
 
+_HELD: dict[tuple[int, int], bool] = {}     # (st_dev, st_ino) locked here -> created here
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+@contextmanager
+def lock_target(path: str | os.PathLike, *, create: bool = False):
+    """Hold an exclusive flock on the target ``path`` for the ``with`` block; targets
+    opened meanwhile by this process share it. A missing path is refused unless
+    ``create``: then an empty regular file is made (never under /dev), and removed again
+    if it is still empty at the end (a refused deploy leaves nothing behind)."""
+    path = os.fspath(path)
+    created = False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if not create:
+            raise PartitionError(f"{path}: no such device or file (--create makes a disk image "
+                                 "file there)") from None
+        if os.path.realpath(path).startswith("/dev/"):
+            raise PartitionError(f"{path}: no such device; a disk image file is never created "
+                                 "under /dev") from None
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise PartitionError(f"{path}: cannot create: {exc.strerror}") from None
+        created = True
+    except OSError as exc:
+        raise PartitionError(f"{path}: cannot open: {exc.strerror}") from None
+    key = _identity(os.fstat(fd))
+    if key in _HELD:                   # already ours (a nested call in this deploy)
+        os.close(fd)
+        yield
+        return
+    try:
+        _flock(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    _HELD[key] = created
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        if created and os.fstat(fd).st_size == 0:
+            os.unlink(path)
+        os.close(fd)
+
+
+def _flock(fd: int, path: str) -> None:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise PartitionError(f"{path} is locked by another deploy writing to it: "
+                             "refused") from None
+
+
 def open_target(path: str | os.PathLike, *, sector_size: int | None = None,
                 create_size: int | None = None) -> Target:
     """Open ``path`` for writing with dd semantics.
 
     A block device: opened O_EXCL after a busy check; size and logical sector size come
     from the kernel (``sector_size`` must agree when given). A regular file: its length is
-    the disk's size; a missing or empty file is created with ``create_size`` bytes (sparse)
-    when given. ``sector_size`` defaults to 512 for files."""
+    the disk's size; one made by ``lock_target(create=True)`` (still empty) is sized to
+    ``create_size`` (sparse) when given. ``sector_size`` defaults to 512 for files.
+    Unless ``lock_target`` holds it already, the target is flocked for its lifetime."""
     path = os.fspath(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        st = None
-    if st is not None and stat.S_ISBLK(st.st_mode):
-        return _open_block(path, sector_size)
-    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise PartitionError(f"{path}: no such device or file") from None
+    if stat.S_ISBLK(st.st_mode):
+        target = _open_block(path, sector_size)
+    elif not stat.S_ISREG(st.st_mode):
         raise PartitionError(f"{path}: neither a block device nor a regular file")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    size = os.fstat(fd).st_size
-    if size == 0 and create_size:
-        os.ftruncate(fd, create_size)
-        size = create_size
-    return Target(path, fd, size, sector_size or 512, is_block=False,
-                  sector_size_known=sector_size is not None)
+    else:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            raise PartitionError(f"{path}: cannot open: {exc.strerror}") from None
+        target = Target(path, fd, os.fstat(fd).st_size, sector_size or 512, is_block=False,
+                        sector_size_known=sector_size is not None)
+    key = _identity(os.fstat(target.fd))
+    if key in _HELD:
+        target.created = _HELD[key]
+    else:
+        try:
+            _flock(target.fd, path)
+        except BaseException:
+            target.close()
+            raise
+    if target.created and target.size == 0 and create_size:
+        os.ftruncate(target.fd, create_size)
+        target.size = create_size
+    return target
+
+
+def refuse_same_file(image_stat: os.stat_result | None, image_name: str, target: Target) -> None:
+    """The image must not be the target, a partition of it, or the file behind a loop
+    device target (``--image X --device X`` once zeroed its own source)."""
+    if image_stat is None:
+        return
+    target_stat = os.fstat(target.fd)
+    same = _identity(image_stat) == _identity(target_stat)
+    if target.is_block:
+        sysdir = _sys_block(target.path)
+        if stat.S_ISBLK(image_stat.st_mode) and sysdir is not None:
+            number = f"{os.major(image_stat.st_rdev)}:{os.minor(image_stat.st_rdev)}"
+            same = same or number in _dev_numbers(sysdir)
+        backing = sysdir / "loop" / "backing_file" if sysdir is not None else None
+        if backing is not None and backing.exists() and stat.S_ISREG(image_stat.st_mode):
+            try:
+                same = same or _identity(os.stat(backing.read_text().strip())) == _identity(image_stat)
+            except OSError:
+                pass
+    if same:
+        raise PartitionError(f"{image_name}: the image is {target.path} itself (or lies on "
+                             "it): refused")
 
 
 def block_geometry(fd: int) -> tuple[int, int]:

@@ -5,8 +5,14 @@ The chain, one small reader per job (coreos-installer style)::
     source (file | stdin | http)  ->  hash + count  ->  decompress (by magic)
         ->  format (raw | qcow2)  ->  extents (offset, length, data or None for zeros)
 
-Formats and compressors are told by their magic bytes, never by a name. One layer of
-compression (gzip, xz, zstd) around a raw or qcow2 image is accepted.
+Formats and compressors are told by their content, never by a name (partition/formats.py:
+containers we do not convert are refused by name). One layer of compression (gzip, xz,
+zstd) around a raw or qcow2 image is accepted.
+
+A source we cannot account for is refused before any target is touched: an empty one, one
+shorter than a sector, a raw disk shorter than its own GPT says (when the length is known
+up front). Found only at the end of a stream, the same shortfall fails the copy, which
+then wipes the target's tables (partition/copy.py).
 
 qcow2 needs random access (its metadata may lie anywhere, before or after the data), so:
 an uncompressed qcow2 in a local file is read in place with pread, and its checksum is
@@ -26,7 +32,8 @@ from typing import Callable, Iterator
 from .checksum import HashingReader
 from .compress import compression_of, decompressing_reader
 from .errors import PartitionError
-from .qcow2 import Qcow2, is_qcow2
+from .formats import HEAD_BYTES, MIN_DISK, gpt_declared_size, identify, refuse_unconvertible
+from .qcow2 import Qcow2
 from .source import Source, open_source
 
 CHUNK = 4 << 20          # raw streams are read (and handed to the writer) this much at once
@@ -48,6 +55,8 @@ class Image:
     _extents: Callable[[], Iterator[Extent]]
     _finish: Callable[[], str | None]
     _closers: list = field(default_factory=list)
+    detected: str = "raw"              # what the content is (formats.identify), or "forced"
+    origin: os.stat_result | None = None   # the local file or device read, if any
 
     def extents(self) -> Iterator[Extent]:
         """The virtual disk in order; data extents are split where they hold runs of
@@ -129,20 +138,25 @@ def read_full(reader, n: int) -> bytes:
 
 def open_image(spec: str | os.PathLike, *, hash_algorithm: str | None = None,
                spool_dir: str | None = None, http_options: dict | None = None,
-               on_spool: Callable[[str], None] | None = None) -> Image:
-    """Open ``spec`` (path, ``-`` or http(s) URL) and identify it by its magic bytes.
+               on_spool: Callable[[str], None] | None = None,
+               image_format: str = "auto") -> Image:
+    """Open ``spec`` (path, ``-`` or http(s) URL) and identify it by its content.
 
     ``hash_algorithm`` (hashlib name) hashes the source bytes; ``finish()`` returns the
-    hex digest. Raises PartitionError for anything refused (before any target is touched)."""
+    hex digest. ``image_format``: "auto", or "raw" to write the (decompressed) bytes as
+    they are whatever they hold, or "qcow2" to insist on qcow2. Raises PartitionError for
+    anything refused (before any target is touched)."""
     source = open_source(spec, **(http_options or {}))
     try:
-        return _open(source, hash_algorithm, spool_dir, on_spool)
+        image = _open(source, hash_algorithm, spool_dir, on_spool, image_format)
+        image.origin = source.stat
+        return image
     except BaseException:
         source.close()
         raise
 
 
-def _open(source: Source, hash_algorithm, spool_dir, on_spool) -> Image:
+def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="auto") -> Image:
     import hashlib
     hasher = hashlib.new(hash_algorithm) if hash_algorithm else None
     hashing = HashingReader(source, hasher)
@@ -154,8 +168,18 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool) -> Image:
         if compression_of(stream.peek(8)):
             raise PartitionError(f"{source.name}: compressed twice ({compression} around "
                                  f"{compression_of(stream.peek(8))}): refused")
-    head = stream.peek(512)
+    head = stream.peek(HEAD_BYTES)
     closers = [source.close]
+    inside = f" inside {compression}" if compression else ""
+    if not head:
+        raise PartitionError(f"{source.name}: the image is empty (0 bytes{inside}): refused")
+    detected = "forced" if image_format == "raw" else identify(head)
+    if image_format == "qcow2" and detected != "qcow2":
+        raise PartitionError(f"{source.name}: not a qcow2 image (its content is {detected}): refused")
+    refuse_unconvertible(detected, source.name)
+    if len(head) < MIN_DISK:
+        raise PartitionError(f"{source.name}: the image holds only {len(head)} bytes{inside}, "
+                             f"less than one {MIN_DISK}-byte sector: refused")
 
     def drained() -> str | None:
         """The source must have been read to its end (the digest covers every byte)."""
@@ -163,17 +187,29 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool) -> Image:
             raise PartitionError(f"{source.name}: data after the end of the image")
         return hasher.hexdigest() if hasher else None
 
-    if not is_qcow2(head):
+    if detected != "qcow2":
+        size = source.size if not compression else None
+        declared, header = (gpt_declared_size(head) if detected != "forced" else None) or (0, 0)
+        if size is not None and size < declared:
+            raise PartitionError(f"{source.name}: truncated: its GPT header (byte {header}) "
+                                 f"declares {declared} bytes, the image holds {size}: refused")
+
         def raw_extents() -> Iterator[Extent]:
             offset = 0
             while True:
                 data = read_full(stream, CHUNK)
                 if not data:
-                    return
+                    break
                 yield offset, len(data), data
                 offset += len(data)
-        size = source.size if not compression else None
-        return Image(source.name, "raw", compression, size, raw_extents, drained, closers)
+            # Found only now (a stream of unknown length): the copy fails and wipes.
+            shortfall = max(declared, size or 0)
+            if offset < shortfall:
+                what = "its GPT declares" if offset < declared else "its length was"
+                raise PartitionError(f"{source.name}: truncated: ended at byte {offset}{inside}, "
+                                     f"{what} {shortfall} bytes")
+        return Image(source.name, "raw", compression, size, raw_extents, drained, closers,
+                     detected=detected)
 
     if source.path and not compression:
         # Read in place; hash the same file in order on a thread meanwhile.
@@ -183,7 +219,8 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool) -> Image:
         closers.append(qcow.close)
         background = _HashFile(source.path, hash_algorithm) if hasher else None
         finish = background.result if background else (lambda: None)
-        return Image(source.name, "qcow2", None, qcow.virtual_size, qcow.extents, finish, closers)
+        return Image(source.name, "qcow2", None, qcow.virtual_size, qcow.extents, finish, closers,
+                     detected="qcow2")
 
     if on_spool:
         on_spool(f"{source.name}: qcow2 {'inside ' + compression if compression else 'stream'}: "
@@ -200,7 +237,7 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool) -> Image:
     qcow = Qcow2(spool.fileno(), spool.tell(), source.name)
     closers.append(qcow.close)
     return Image(source.name, "qcow2", compression, qcow.virtual_size, qcow.extents,
-                 lambda: digest, closers)
+                 lambda: digest, closers, detected="qcow2")
 
 
 class _HashFile(threading.Thread):

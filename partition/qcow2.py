@@ -10,6 +10,14 @@ limits is refused when the image is opened, before a byte reaches any target: th
 the extensions, the L1 table and every L2 table and entry are checked up front (the L2
 tables are read again while converting, one at a time, so memory stays small).
 
+Work is bounded by the file, not by what it declares: every cluster of the file has one
+owner. Two L1 entries sharing an L2 table, an L2 table lying on the header, the L1 or the
+refcount table, a data cluster that is also metadata or is mapped twice, a compressed
+cluster mapped twice: all refused (a 786 KB image whose L1 entries all named one L2 table
+once kept a deploy busy for minutes). So each L2 table is read at most twice and each
+data byte once; ``work`` counts the bytes read, and the fuzz tests hold it proportional
+to the file's size.
+
 The file must allow random access (``os.pread`` on ``fd``): qcow2 metadata may lie
 anywhere in the file, so a stream is spooled to a file first (see ``image.py``).
 """
@@ -49,6 +57,7 @@ MAX_REFCOUNT_TABLE_BYTES = 8 << 20
 MAX_SNAPSHOTS = 65536
 MAX_BACKING_NAME = 1023
 READ_RUN = 4 << 20     # the most we read (and hand on) at once
+COMPRESSED_READ_FACTOR = 8   # compressed clusters may read at most this many times the file
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,8 @@ class Qcow2:
 
     def __init__(self, fd: int, file_size: int, name: str):
         self.fd, self.file_size, self.name = fd, file_size, name
+        self.work = 0          # bytes read from the file so far
+        self._work_lock = threading.Lock()
         self.header = self._read_header()
         h = self.header
         self.cluster = h.cluster_size
@@ -93,10 +104,23 @@ class Qcow2:
         self.csize_mask = (1 << (h.cluster_bits - 8)) - 1
         self._local = threading.local()   # a zstd context per thread (they are not shared)
         self._pool: ThreadPoolExecutor | None = None
+        # Who owns each cluster of the file: 0 nobody yet, else an owner tag (below).
+        self._owner = bytearray(-(-file_size // self.cluster) + 1)
+        self._claim_metadata()
+        self._compressed_seen: set[int] = set()
+        self._compressed_bytes = 0
         self.l1 = self._read_l1()
         for index, l2_offset in enumerate(self.l1):
             if l2_offset:
                 self._check_l2(index, self._read_l2(index, l2_offset))
+        # Neighbouring compressed clusters share a sector (each read runs to the end of
+        # its last sector), so their reads may overlap by under 512 bytes each: far less
+        # than this, which holds fuzzed entries that all read the same stretch again.
+        if self._compressed_bytes > COMPRESSED_READ_FACTOR * file_size + self.cluster:
+            raise self._refuse(f"compressed clusters would read {self._compressed_bytes} bytes "
+                               f"from a file of {file_size} (overlapping compressed data)")
+        self._owner = bytearray()         # only needed for the checks
+        self._compressed_seen = set()
 
     # -- header -----------------------------------------------------------------------
     def _refuse(self, why: str) -> PartitionError:
@@ -174,6 +198,7 @@ class Qcow2:
                                f"limit of {MAX_REFCOUNT_TABLE_BYTES} bytes (byte 56)")
         self._check_table("refcount table", refcount_offset, refcount_clusters * cluster,
                           cluster, "byte 48")
+        self._refcount_offset, self._refcount_bytes = refcount_offset, refcount_clusters * cluster
         if nb_snapshots > MAX_SNAPSHOTS:
             raise self._refuse(f"{nb_snapshots} snapshots is over qemu's limit of {MAX_SNAPSHOTS}")
         if nb_snapshots:
@@ -206,12 +231,36 @@ class Qcow2:
             raise self._refuse(f"{what} at byte {offset} ({length} bytes) is beyond the end "
                                f"of the file ({self.file_size} bytes; {field})")
 
+    # -- cluster ownership ------------------------------------------------------------
+    _METADATA, _DATA = 1, 2
+
+    def _claim_metadata(self) -> None:
+        """The header cluster, the L1 table and the refcount table belong to metadata."""
+        h = self.header
+        self._owner[0] = self._METADATA
+        for offset, length in ((h.l1_table_offset, h.l1_size * 8),
+                               (self._refcount_offset, self._refcount_bytes)):
+            first, last = offset // self.cluster, (offset + max(length, 1) - 1) // self.cluster
+            self._owner[first: last + 1] = bytes([self._METADATA]) * (last + 1 - first)
+
+    def _claim(self, offset: int, owner: int, what: str) -> None:
+        index = offset // self.cluster
+        previous = self._owner[index]
+        if previous:
+            other = "qcow2 metadata" if previous == self._METADATA else "a data cluster"
+            raise self._refuse(f"{what} at byte {offset} overlaps {other} (shared or cyclic "
+                               "metadata)")
+        self._owner[index] = owner
+
     # -- tables ----------------------------------------------------------------------
     def _pread(self, offset: int, length: int, what: str) -> bytes:
         if offset >= self.file_size:
             return b""    # what pread gives there; a header field over 2**63 would overflow it
         try:
-            return os.pread(self.fd, length, offset)
+            data = os.pread(self.fd, length, offset)
+            with self._work_lock:         # inflating threads read too
+                self.work += len(data)
+            return data
         except OSError as exc:
             raise PartitionError(f"{self.name}: reading the {what} at byte {offset} failed: "
                                  f"{exc.strerror}") from None
@@ -231,6 +280,7 @@ class Qcow2:
                 if offset + self.cluster > self.file_size:
                     raise self._refuse(f"L2 table at byte {offset} is beyond the end of the file "
                                        f"({self.file_size} bytes; {where})")
+                self._claim(offset, self._METADATA, f"L2 table ({where})")
         return l1
 
     def _read_l2(self, index: int, offset: int) -> tuple[int, ...]:
@@ -253,6 +303,14 @@ class Qcow2:
                 if coffset < self.cluster or coffset >= self.file_size:
                     raise self._refuse(f"compressed cluster at byte {coffset} is outside the "
                                        f"image data ({where})")
+                if coffset in self._compressed_seen:
+                    raise self._refuse(f"compressed cluster at byte {coffset} is mapped twice "
+                                       f"({where})")
+                if self._owner[coffset // self.cluster] == self._METADATA:
+                    raise self._refuse(f"compressed cluster at byte {coffset} overlaps qcow2 "
+                                       f"metadata ({where})")
+                self._compressed_seen.add(coffset)
+                self._compressed_bytes += self._compressed_extent(entry)[1]
                 continue
             host = entry & OFFSET_MASK
             bitmap = l2[i * 2 + 1] if self.entry_words == 2 else None
@@ -273,6 +331,7 @@ class Qcow2:
             if host >= self.file_size:
                 raise self._refuse(f"data cluster at byte {host} is beyond the end of the file "
                                    f"({self.file_size} bytes; {where})")
+            self._claim(host, self._DATA, f"data cluster ({where})")
 
     # -- conversion ------------------------------------------------------------------
     def _pieces(self) -> Iterator[tuple[int, int, str, int]]:
@@ -357,10 +416,15 @@ class Qcow2:
             data += bytes(length - len(data))     # past the end of the file: zeros
         return start, length, data
 
-    def _inflate(self, entry: int, voff: int) -> bytes:
+    def _compressed_extent(self, entry: int) -> tuple[int, int]:
+        """(host offset, bytes to read) of a compressed cluster: up to the end of the last
+        512-byte sector its L2 entry counts."""
         coffset = entry & self.coffset_mask
         sectors = ((entry >> self.csize_shift) & self.csize_mask) + 1
-        csize = sectors * 512 - (coffset & 511)
+        return coffset, sectors * 512 - (coffset & 511)
+
+    def _inflate(self, entry: int, voff: int) -> bytes:
+        coffset, csize = self._compressed_extent(entry)
         data = self._pread(coffset, csize, f"compressed cluster at virtual byte {voff}")
         try:
             if self.header.compression_type == 0:

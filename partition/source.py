@@ -4,15 +4,27 @@ Every source is a plain binary reader (``read(n)``, ``readinto``) with a ``name`
 messages, a ``size`` when it is known, and ``path`` when it is a local regular file that
 can be read at random (the qcow2 reader then needs no spool).
 
-http: urllib from the standard library. A 5xx answer or a dropped connection is retried a
-bounded number of times with exponential backoff; a dropped connection resumes where it
-stopped (a Range request), so a long download does not start over. A 4xx is final.
+http: urllib from the standard library, held to limits a hostile or broken server cannot
+stretch (a server that dropped every response after a few bytes, or sent one byte a
+minute, once kept a deploy alive for hours):
+
+- an overall deadline for the whole download (``deadline``, CONFIGDRIVE_HTTP_DEADLINE,
+  default 2 hours) besides the idle timeout per read (``timeout``, 60 s);
+- one retry budget for the whole download (``retries``, CONFIGDRIVE_HTTP_RETRIES,
+  default 5), spent by 5xx answers and dropped connections alike, never renewed;
+- a dropped connection resumes only the same entity: the Range request carries the first
+  answer's strong ETag (or Last-Modified) as If-Range, and the answer's Content-Range must
+  start where we stopped. A changed file, or a server that names no validator, fails the
+  download instead of stitching two files together;
+- redirects only to http and https (urllib would follow one to ftp://);
+- a 4xx is final; a URL that does not parse is one line, not a traceback.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import sys
 import time
@@ -20,9 +32,13 @@ from typing import BinaryIO
 
 from .errors import PartitionError
 
-RETRIES = 5            # attempts after the first one
+RETRIES = 5            # retries for the whole download, after the first attempt
 BACKOFF = 1.0          # seconds before the first retry; doubles each time
 TIMEOUT = 60           # seconds without a byte before the connection counts as dropped
+DEADLINE = 2 * 3600    # seconds for the whole download, retries included
+READ_PIECE = 1 << 20   # at most this much per socket read, so the deadline is checked often
+ENV_RETRIES, ENV_DEADLINE = "CONFIGDRIVE_HTTP_RETRIES", "CONFIGDRIVE_HTTP_DEADLINE"
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
 class Source(io.RawIOBase):
@@ -31,6 +47,7 @@ class Source(io.RawIOBase):
     name: str = "?"
     size: int | None = None       # total bytes, when known in advance
     path: str | None = None       # a local regular file we may also pread
+    stat: os.stat_result | None = None   # what a local source is (never the target itself)
 
     def readable(self) -> bool:
         return True
@@ -53,70 +70,165 @@ class FileSource(Source):
 
 
 class HttpSource(Source):
-    """GET ``url``, retrying 5xx answers and dropped connections (resuming with Range)."""
+    """GET ``url`` within a deadline and a retry budget, resuming only the same entity."""
 
-    def __init__(self, url: str, *, retries: int = RETRIES, backoff: float = BACKOFF,
-                 timeout: float = TIMEOUT):
+    def __init__(self, url: str, *, retries: int | None = None, backoff: float = BACKOFF,
+                 timeout: float = TIMEOUT, deadline: float | None = None):
+        check_url(url)
         self.name, self.url = url, url
-        self._retries, self._backoff, self._timeout = retries, backoff, timeout
+        self._retries = _setting(retries, ENV_RETRIES, RETRIES, int)
+        self._deadline = _setting(deadline, ENV_DEADLINE, DEADLINE, float)
+        self._backoff, self._timeout, self._delay = backoff, timeout, backoff
+        self._ends_at = time.monotonic() + self._deadline
         self._pos = 0
+        self._validator: tuple[str, str] | None = None     # ("ETag" | "Last-Modified", value)
         self._resp = self._open()
         length = self._resp.headers.get("Content-Length")
         self.size = int(length) if length and length.isdigit() else None
+        etag = self._resp.headers.get("ETag")
+        modified = self._resp.headers.get("Last-Modified")
+        if etag and not etag.startswith("W/"):       # a weak ETag may not go in If-Range
+            self._validator = ("ETag", etag)
+        elif modified:
+            self._validator = ("Last-Modified", modified)
+
+    def _left(self, at: str) -> float:
+        left = self._ends_at - time.monotonic()
+        if left <= 0:
+            raise PartitionError(f"{self.url}: no complete download within the deadline of "
+                                 f"{self._deadline:g} s ({at}; {ENV_DEADLINE} sets it)")
+        return left
+
+    def _spend_retry(self, why: str) -> None:
+        """One retry from the download's budget, after a backoff that the deadline cuts."""
+        if self._retries <= 0:
+            raise PartitionError(f"{self.url}: {why} (no retries left; {ENV_RETRIES} sets them)")
+        self._retries -= 1
+        delay = min(self._delay, self._left(f"at byte {self._pos}"))
+        print(f"configdrive: {self.url}: {why}; retrying in {delay:g}s", file=sys.stderr)
+        time.sleep(delay)
+        self._delay *= 2
 
     def _open(self):
         import http.client
         import urllib.error
         import urllib.request
-        delay = self._backoff
-        for attempt in range(self._retries + 1):
+        opener = urllib.request.build_opener(_redirect_handler())
+        while True:
+            timeout = min(self._timeout, self._left(f"connecting at byte {self._pos}"))
             request = urllib.request.Request(self.url, headers={"User-Agent": "configdrive"})
             if self._pos:
                 request.add_header("Range", f"bytes={self._pos}-")
+                request.add_header("If-Range", self._validator[1])
             try:
-                resp = urllib.request.urlopen(request, timeout=self._timeout)
+                resp = opener.open(request, timeout=timeout)
             except urllib.error.HTTPError as exc:
                 exc.close()
-                if exc.code < 500 or attempt == self._retries:
+                if exc.code < 500:
                     raise PartitionError(f"{self.url}: HTTP {exc.code} {exc.reason}") from None
                 why = f"HTTP {exc.code}"
-            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-                if attempt == self._retries:
-                    raise PartitionError(f"{self.url}: {getattr(exc, 'reason', exc)}") from None
+            except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
+                if isinstance(exc, PartitionError):
+                    raise
                 why = str(getattr(exc, "reason", exc))
             else:
-                if self._pos and resp.status != 206:
-                    # The server ignored Range: skip what we already have.
-                    _discard(resp, self._pos, self.url)
+                if self._pos:
+                    self._same_entity(resp)
                 return resp
-            print(f"configdrive: {self.url}: {why}; retrying in {delay:g}s", file=sys.stderr)
-            time.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
+            self._spend_retry(why)
+
+    def _same_entity(self, resp) -> None:
+        """A resumed answer must continue the file we were reading, where we stopped."""
+        kind, value = self._validator
+        if resp.status == 206:
+            m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            start = int(m.group(1)) if m else None
+            total = m.group(3) if m else None
+            if start != self._pos or (self.size is not None and total != str(self.size)):
+                resp.close()
+                raise PartitionError(f"{self.url}: resumed at byte {self._pos}, but the server "
+                                     f"sent Content-Range {resp.headers.get('Content-Range')!r}")
+            return
+        # 200: the server ignored Range (same validator: skip what we have) or the file
+        # changed (If-Range did not match): never stitch two files together.
+        if resp.headers.get(kind) != value:
+            resp.close()
+            raise PartitionError(f"{self.url}: the file changed while downloading ({kind} "
+                                 f"{value!r} became {resp.headers.get(kind)!r} at byte "
+                                 f"{self._pos}): refused")
+        _discard(resp, self._pos, self.url)
 
     def readinto(self, buf) -> int:
         import http.client
-        for attempt in range(self._retries + 1):
+        while True:
+            self._left(f"at byte {self._pos}")
             try:
-                n = self._resp.readinto(buf)
+                data = self._resp.read1(min(len(buf), READ_PIECE))
             except (OSError, http.client.HTTPException) as exc:
-                n, error = None, exc
+                error = f"{exc.__class__.__name__} at byte {self._pos}: {exc}"
             else:
-                if n or self.size is None or self._pos >= self.size:
-                    self._pos += n
-                    return n
+                if data or self.size is None or self._pos >= self.size:
+                    buf[: len(data)] = data
+                    self._pos += len(data)
+                    return len(data)
                 error = f"connection closed at byte {self._pos} of {self.size}"
-            if attempt == self._retries:
-                raise PartitionError(f"{self.url}: {error}")
             self._resp.close()
-            time.sleep(self._backoff * (2 ** attempt))
+            if self._validator is None:
+                raise PartitionError(f"{self.url}: {error}; cannot resume: the server names no "
+                                     "ETag or Last-Modified that would prove it is the same file")
+            self._spend_retry(error)
             self._resp = self._open()
-        raise AssertionError("unreachable")
 
     def close(self) -> None:
         if not self.closed:
             self._resp.close()
         super().close()
+
+
+def _setting(given, env: str, default, kind):
+    """An explicit value, else the environment's, else the default; positive numbers only."""
+    if given is not None:
+        return given
+    text = os.environ.get(env)
+    if text is None:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = -1
+    if not value >= 0 or value == float("inf"):
+        raise PartitionError(f"{env}={text!r}: not a non-negative finite number")
+    return value
+
+
+def _redirect_handler():
+    import urllib.request
+
+    class HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+        """Follow redirects to http and https only (urllib would follow one to ftp://)."""
+
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            import urllib.parse
+            scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+            if scheme not in ("http", "https"):
+                raise PartitionError(f"{req.full_url}: redirected to {newurl!r}: only http and "
+                                     "https are followed")
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+    return HttpOnlyRedirects
+
+
+def check_url(url: str) -> None:
+    """Refuse, in one line, a URL that urllib would choke on later with a traceback."""
+    import urllib.parse
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise PartitionError(f"{url!r}: not a valid URL (white space or control characters)")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port     # parsing the port raises for a bad one
+    except ValueError as exc:
+        raise PartitionError(f"{url}: not a valid URL ({exc})") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise PartitionError(f"{url}: not a valid http(s) URL (no host)")
 
 
 def _discard(resp, count: int, url: str) -> None:
@@ -135,7 +247,9 @@ def open_source(spec: str | os.PathLike, **http_options) -> Source:
     """A reader for ``spec``: ``-`` (stdin), an http(s) URL, or a local path."""
     spec = os.fspath(spec)
     if spec == "-":
-        return FileSource(open(sys.stdin.fileno(), "rb", buffering=0, closefd=False), "stdin")
+        source = FileSource(open(sys.stdin.fileno(), "rb", buffering=0, closefd=False), "stdin")
+        source.stat = os.fstat(sys.stdin.fileno())
+        return source
     if is_url(spec):
         return HttpSource(spec, **http_options)
     try:
@@ -144,6 +258,8 @@ def open_source(spec: str | os.PathLike, **http_options) -> Source:
         raise PartitionError(f"{spec}: cannot open: {exc.strerror}") from None
     st = os.fstat(fp.fileno())
     if stat.S_ISREG(st.st_mode):
-        return FileSource(fp, spec, path=spec, size=st.st_size)
-    # A pipe, FIFO or character device: sequential only, size unknown.
-    return FileSource(fp, spec)
+        source = FileSource(fp, spec, path=spec, size=st.st_size)
+    else:   # a pipe, FIFO or device: sequential only, size unknown
+        source = FileSource(fp, spec)
+    source.stat = st
+    return source

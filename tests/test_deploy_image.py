@@ -64,13 +64,13 @@ def test_cli_refusal_is_one_line_and_quiet_is_quiet(image, tmp_path):
     err = proc.stderr.decode()
     assert err.count("\n") == 1 and err.startswith("configdrive: error: ") and "exceeds" in err
     assert target.read_bytes() == bytes(4 * MiB)
-    proc = configdrive("deploy", "--quiet", "--device", tmp_path / "new.img", "--image", raw)
+    proc = configdrive("deploy", "--quiet", "--create", "--device", tmp_path / "new.img", "--image", raw)
     assert proc.stdout == b"" and proc.stderr == b""
     assert (tmp_path / "new.img").read_bytes() == raw.read_bytes()
 
 
 def test_python_api(image, tmp_path):
     raw, packed = image
-    summary = deploy(str(tmp_path / "api.img"), str(packed))
+    summary = deploy(str(tmp_path / "api.img"), str(packed), create=True)
     assert summary["image"]["format"] == "qcow2" and summary["image"]["bytes_written"] > 0
     assert (tmp_path / "api.img").read_bytes() == raw.read_bytes()

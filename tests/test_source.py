@@ -3,6 +3,7 @@ tools) around raw and qcow2, stdin, and http from a local server that fails firs
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import random
 import subprocess
@@ -119,7 +120,7 @@ def test_double_compression_refused(disk, tmp_path):
 def test_stdin(kind, disk, tmp_path):
     image = disk if kind == "raw" else compress(as_qcow2(disk, "-c"), "zstd")
     target = tmp_path / "out.raw"
-    proc = configdrive("deploy", "--device", target, "--image", "-", "--json",
+    proc = configdrive("deploy", "--create", "--device", target, "--image", "-", "--json",
                        input=image.read_bytes())
     assert same(target, disk)
     assert b'"format": "%s"' % (b"raw" if kind == "raw" else b"qcow2") in proc.stdout
@@ -154,6 +155,8 @@ class Flaky(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         self.send_header("Content-Length", str(len(data) - start))
+        # What every real server sends, and what a resume needs to prove the same file.
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()[:16]}"')
         self.end_headers()
         body = data[start:]
         if action == "drop":

@@ -80,10 +80,10 @@ def test_cli_verify_on_loop_device(image, disk):
 
 def test_verify_to_a_new_file_and_without_verify(image, tmp_path):
     qcow2, reference = image
-    summary = deploy(str(tmp_path / "verified.img"), str(qcow2), verify=True)
+    summary = deploy(str(tmp_path / "verified.img"), str(qcow2), verify=True, create=True)
     assert summary["image"]["verified"] is True
     assert first_difference(tmp_path / "verified.img", reference) is None
-    proc = configdrive("deploy", "--device", tmp_path / "plain.img", "--image", qcow2, "--json")
+    proc = configdrive("deploy", "--create", "--device", tmp_path / "plain.img", "--image", qcow2, "--json")
     assert json.loads(proc.stdout)["image"]["verified"] is False
     assert "read back" not in proc.stderr.decode()
 
