@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 
 PEERS=(
   # name   packages (exact versions: the facts in ../shared/spec/integrations.md are theirs)
+  # ipa: the real agent our hardware manager plugs into (tests/test_ironic.py), plus our
+  # own dependencies; the tests install configdrive itself there with --no-deps.
+  "ipa     ironic-python-agent==13.0.0 pycdlib>=1.14 pyfatfs>=1.0.5 jsonschema>=4.18 sh>=2.0 zstandard>=0.21"
 )
 
 PY=${PYTHON:-python3}
