@@ -6,7 +6,7 @@ versions and calls ``hardware.dispatch_to_managers('write_image', ...)``).
 
     .peers/ipa/bin/python tests/ipa_agent.py CONFIG_FILE < request.json
 
-request.json: {"device", "node", "image_info", "configdrive"}. Prints one JSON line on
+request.json: {"device", "node", "image_info", "configdrive", "kernel_params"}. Prints one JSON line on
 stdout: the command's status, result or error (IPA's serialization), which manager's
 write_image returned, and the standby extension's recorded partition UUIDs. The agent's
 log goes to stderr.
@@ -17,6 +17,9 @@ Stubbed, because this sandbox lacks it (each only where the agent asks the machi
   The loop device is offered as the one disk; root device hints then pick it the real way
   (``get_os_install_device`` -> ``match_root_device_hints``).
 - ``udevadm settle``: there is no udev daemon to wait for (IPA calls it between steps).
+- the kernel command line: /proc/cmdline here is the sandbox's, not a ramdisk's; the
+  request's ``kernel_params`` are added to IPA's own cache of it (``_set_cached_params``)
+  before the hardware managers load.
 - ``fuser DEVICE`` (IPA's "is the disk free yet" wait): here it cannot read other
   processes' descriptors ("Cannot stat file /proc/1/fd/0: Permission denied") and so
   never reports the disk free.
@@ -41,6 +44,7 @@ def main() -> None:
     CONF(args=["--config-file", sys.argv[1]], project="ironic-python-agent")
     log.setup(CONF, "ironic-python-agent")
     device = request["device"]
+    utils._set_cached_params({**utils.get_agent_params(), **request.get("kernel_params", {})})
 
     def loop_as_disk(self, include_partitions=False, all_serial_and_wwn=False):
         size = int(utils.execute("blockdev", "--getsize64", device)[0])

@@ -87,7 +87,7 @@ def image_info(served, name: str, **extra) -> dict:
 
 
 def deploy_step(python: Path, dev: str, info: dict, configdrive=None, tmp_path=None,
-                conf: str = "") -> dict:
+                conf: str = "", kernel_params: dict | None = None) -> dict:
     """One write_image deploy step in a fresh agent process; the loop device is the node's
     root device by hint (node.properties.root_device.name)."""
     conf_file = tmp_path / "ipa.conf"
@@ -97,7 +97,8 @@ def deploy_step(python: Path, dev: str, info: dict, configdrive=None, tmp_path=N
                          "disk_wait_attempts = 1\ndisk_wait_delay = 0\n" + conf)
     node = {"uuid": "1be26c0b-03f2-4d2e-ae87-c02d7f33c123", "instance_info": {},
             "properties": {"root_device": {"name": dev}}, "driver_internal_info": {}}
-    request = {"device": dev, "node": node, "image_info": info, "configdrive": configdrive}
+    request = {"device": dev, "node": node, "image_info": info, "configdrive": configdrive,
+               "kernel_params": kernel_params or {}}
     proc = subprocess.run([python, DRIVER, conf_file], input=json.dumps(request).encode(),
                           capture_output=True, timeout=300)
     log = proc.stderr.decode(errors="replace")
@@ -327,13 +328,25 @@ def test_turned_off_or_declined_means_ipa_writes(agent_python, served, images, t
             assert outcome["status"] == "SUCCEEDED", outcome["log"]
 
 
-def test_fallback_off_fails_the_step_with_the_reason(agent_python, served, images, tmp_path):
-    root, _ = served
+def test_turned_off_on_the_kernel_command_line(agent_python, served, images, tmp_path):
+    with loop_device(target(tmp_path)) as dev:
+        outcome = deploy_step(agent_python, dev, image_info(served, "disk.raw"), tmp_path=tmp_path,
+                              kernel_params={"ipa-configdrive-write-image": "0"})
+        assert OURS not in outcome["managers"]
+        assert outcome["written_by"] == [GENERIC], outcome["log"]
+
+
+@pytest.mark.parametrize("where", ["config", "kernel"])
+def test_fallback_off_fails_the_step_with_the_reason(agent_python, served, images, tmp_path, where):
     info = image_info(served, "disk.raw", disk_format="vhd")
     with loop_device(target(tmp_path)) as dev:
         before = digest(dev)
-        outcome = deploy_step(agent_python, dev, info, tmp_path=tmp_path,
-                              conf="[configdrive]\nfallback = false\n")
+        if where == "config":
+            outcome = deploy_step(agent_python, dev, info, tmp_path=tmp_path,
+                                  conf="[configdrive]\nfallback = false\n")
+        else:
+            outcome = deploy_step(agent_python, dev, info, tmp_path=tmp_path,
+                                  kernel_params={"ipa-configdrive-fallback": "false"})
         assert outcome["status"] == "FAILED"
         assert "disk_format 'vhd'" in outcome["error"]["details"]
         assert "[configdrive] fallback" in outcome["error"]["details"]
@@ -379,4 +392,57 @@ def test_redeploy_refused_when_an_old_partition_is_held(agent_python, served, im
         assert outcome["status"] == "FAILED"
         assert outcome["error"]["type"] == "ImageWriteError"
         assert f"{dev}p2 is open in process {holder.pid} (sleep)" in outcome["error"]["details"]
+        assert digest(dev) == before
+
+
+class _Proxy(_QuietHandler):
+    """An HTTP proxy that serves its directory whatever host the absolute URL names."""
+
+    requests: list = []
+
+    def translate_path(self, path):
+        from urllib.parse import urlsplit
+        _Proxy.requests.append(path)
+        return super().translate_path(urlsplit(path).path)
+
+
+def test_image_info_proxies_are_used(agent_python, served, images, tmp_path):
+    """The image server's name only resolves through the proxy image_info names."""
+    root, _ = served
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Proxy, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        info = image_info(served, "disk.qcow2", urls=["http://images.invalid/disk.qcow2"],
+                          proxies={"http": f"http://127.0.0.1:{server.server_address[1]}"})
+        with loop_device(target(tmp_path)) as dev:
+            outcome = deploy_step(agent_python, dev, info, tmp_path=tmp_path)
+            assert outcome["status"] == "SUCCEEDED", outcome["log"]
+            assert outcome["written_by"] == [OURS]
+            assert_image_on_disk(dev, images)
+        assert "http://images.invalid/disk.qcow2" in _Proxy.requests
+    finally:
+        server.shutdown()
+
+
+def test_unreachable_url_passes_to_the_next(agent_python, served, images, tmp_path):
+    _, base = served
+    info = image_info(served, "disk.raw", urls=[f"{base}/missing.raw", f"{base}/disk.raw"])
+    with loop_device(target(tmp_path)) as dev:
+        outcome = deploy_step(agent_python, dev, info, tmp_path=tmp_path)
+        assert outcome["status"] == "SUCCEEDED", outcome["log"]
+        assert "missing.raw: HTTP 404" in outcome["log"]
+        assert_image_on_disk(dev, images)
+
+
+def test_no_url_reachable_is_ipas_download_error(agent_python, served, images, tmp_path):
+    _, base = served
+    info = image_info(served, "disk.raw", urls=[f"{base}/a.raw", f"{base}/b.raw"])
+    with loop_device(target(tmp_path)) as dev:
+        before = digest(dev)
+        outcome = deploy_step(agent_python, dev, info, tmp_path=tmp_path)
+        assert outcome["status"] == "FAILED"
+        assert outcome["error"]["type"] == "ImageDownloadError"
+        assert "a.raw: HTTP 404" in outcome["error"]["details"]
+        assert "b.raw: HTTP 404" in outcome["error"]["details"]
         assert digest(dev) == before
