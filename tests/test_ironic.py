@@ -280,7 +280,8 @@ def test_bad_config_drive_refuses_before_the_image_is_written(agent_python, serv
         before = digest(dev)
         outcome = deploy_step(agent_python, dev, info, "not base64 at all!", tmp_path)
         assert outcome["status"] == "FAILED"
-        assert "configdrive: configdrive: not base64" in outcome["error"]["details"]
+        assert outcome["error"]["type"] == "DeploymentError"
+        assert outcome["error"]["details"].startswith("configdrive: the configdrive argument: not base64")
         assert digest(dev) == before
 
 
@@ -446,3 +447,34 @@ def test_no_url_reachable_is_ipas_download_error(agent_python, served, images, t
         assert "a.raw: HTTP 404" in outcome["error"]["details"]
         assert "b.raw: HTTP 404" in outcome["error"]["details"]
         assert digest(dev) == before
+
+
+def test_4kn_disk_gets_a_vfat_config_drive(agent_python, served, packed_drive, tmp_path):
+    """On a disk with 4096-byte sectors an ISO config drive cannot be mounted: the packed
+    ISO ironic sent is rebuilt as vfat with 4096-byte sectors, label config-2."""
+    need_tool("sgdisk", "sfdisk", "blkid", "mcopy")
+    root, _ = served
+    image = root / "disk-4k.raw"
+    image.write_bytes(bytes(24 * MiB))
+    with loop_device(image, sector_size=4096) as dev:
+        run("sgdisk", "-U", DISK_GUID, "-n", "1:256:+6M", "-c", "1:root", dev)
+    info = image_info(served, "disk-4k.raw")
+    with loop_device(target(tmp_path), sector_size=4096) as dev:
+        outcome = deploy_step(agent_python, dev, info, packed_drive, tmp_path)
+        assert outcome["status"] == "SUCCEEDED", outcome["log"]
+        assert outcome["written_by"] == [OURS]
+        assert "No problems found" in out("sgdisk", "-v", dev)
+        table = json.loads(out("sfdisk", "--json", dev))["partitiontable"]
+        assert table["sectorsize"] == 4096
+        found = {}
+        for part in table["partitions"]:
+            probe = run("blkid", "-p", "-o", "export", "-O", part["start"] * 4096, dev, check=False)
+            found = dict(line.split("=", 1) for line in probe.stdout.decode().splitlines() if "=" in line)
+            if found.get("TYPE") == "vfat":
+                break
+        assert found["TYPE"] == "vfat" and found["LABEL"].lower() == "config-2", table
+        dest = tmp_path / "extracted"
+        dest.mkdir()
+        run("mcopy", "-s", "-i", f"{dev}@@{part['start'] * 4096}", "::/openstack", dest)
+        seen = cloud_init_read(dest)
+        assert seen["metadata"]["uuid"] == sample_content().meta_data["uuid"]

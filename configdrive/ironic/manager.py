@@ -139,9 +139,9 @@ def _load_config_drive(configdrive) -> bytes:
     started = time.monotonic()
     try:
         if not isinstance(configdrive, str):
-            raise ConfigDriveError("configdrive: neither a URL nor a gzip+base64 string")
+            raise ConfigDriveError("the configdrive argument: neither a URL nor a gzip+base64 string")
         image = load_drive(configdrive) if configdrive.startswith(("http://", "https://")) \
-            else unpack(configdrive, source="configdrive")
+            else unpack(configdrive, source="the configdrive argument")
     except (ConfigDriveError, PartitionError) as exc:
         raise _ipa_error(errors.DeploymentError, exc, str(exc))
     LOG.info("configdrive: config drive loaded: %s", _figures(len(image), time.monotonic() - started))
@@ -266,10 +266,11 @@ def _finish_disk(device: str, drive: bytes | None) -> None:
         if drive is not None:
             summary = place_config_drive(device, drive)
             part = summary["partition"]
-            LOG.info("configdrive: config drive (%s, %s bytes) in partition %s of %s (%s)%s",
-                     summary["drive"]["format"], summary["drive"]["bytes"], part["number"], device,
-                     "created" if part["created"] else "found", f"; {'; '.join(summary['notes'])}"
-                     if summary["notes"] else "")
+            LOG.info("configdrive: config drive (%s) written to partition %s of %s (%s): %s%s",
+                     summary["drive"]["format"], part["number"], device,
+                     "created" if part["created"] else "found",
+                     _figures(summary["drive"]["bytes"], time.monotonic() - started),
+                     f"; {'; '.join(summary['notes'])}" if summary["notes"] else "")
         else:
             summary = refresh_disk(device)
             for note in summary["notes"]:
@@ -279,7 +280,7 @@ def _finish_disk(device: str, drive: bytes | None) -> None:
     if not summary["table"]:
         raise errors.DeploymentError(f"configdrive: no partition table on {device} after "
                                      "writing the image")
-    LOG.info("configdrive: partition table done in %.2f s", time.monotonic() - started)
+    LOG.info("configdrive: partition table and kernel view done in %.2f s", time.monotonic() - started)
 
 
 def _disk_identifier(device: str) -> str:
