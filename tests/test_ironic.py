@@ -478,3 +478,46 @@ def test_4kn_disk_gets_a_vfat_config_drive(agent_python, served, packed_drive, t
         run("mcopy", "-s", "-i", f"{dev}@@{part['start'] * 4096}", "::/openstack", dest)
         seen = cloud_init_read(dest)
         assert seen["metadata"]["uuid"] == sample_content().meta_data["uuid"]
+
+
+@pytest.fixture(scope="module")
+def served_tls(served, tmp_path_factory):
+    """The same directory over HTTPS on 127.0.0.1, with a self-signed certificate."""
+    import ssl
+    need_tool("openssl")
+    root, _ = served
+    keys = tmp_path_factory.mktemp("tls")
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", keys / "key.pem",
+        "-out", keys / "cert.pem", "-days", "2", "-subj", "/CN=127.0.0.1",
+        "-addext", "subjectAltName=IP:127.0.0.1")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(keys / "cert.pem", keys / "key.pem")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", keys / "cert.pem"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("conf,ok", [
+    ("cafile = {cert}\n", True),        # the agent's CA file is trusted
+    ("insecure = true\n", True),        # ipa-insecure
+    ("", False),                        # an unknown certificate is refused
+])
+def test_agent_tls_settings_apply(agent_python, served, served_tls, images, tmp_path, conf, ok):
+    base, cert = served_tls
+    info = image_info(served, "disk.qcow2", urls=[f"{base}/disk.qcow2"])
+    with loop_device(target(tmp_path)) as dev:
+        before = digest(dev)
+        outcome = deploy_step(agent_python, dev, info, tmp_path=tmp_path,
+                              conf="[DEFAULT]\n" + conf.format(cert=cert))
+        if ok:
+            assert outcome["status"] == "SUCCEEDED", outcome["log"]
+            assert outcome["written_by"] == [OURS]
+            assert_image_on_disk(dev, images)
+        else:
+            assert outcome["status"] == "FAILED"
+            assert outcome["error"]["type"] == "ImageDownloadError"
+            assert "CERTIFICATE_VERIFY_FAILED" in outcome["error"]["details"]
+            assert digest(dev) == before

@@ -120,7 +120,10 @@ def _url_settings(request: Request):
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     else:
-        context.load_verify_locations(cafile=CONF.cafile) if CONF.cafile else context.load_default_certs()
+        if CONF.cafile:
+            context.load_verify_locations(cafile=CONF.cafile)
+        else:
+            context.load_default_certs()
         if CONF.certfile and CONF.keyfile:
             context.load_cert_chain(CONF.certfile, CONF.keyfile)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler(request.proxies or None),
