@@ -274,14 +274,35 @@ def test_hostile_image_fails_the_step_with_the_disk_untouched(agent_python, serv
         assert digest(dev) == before
 
 
-def test_bad_config_drive_refuses_before_the_image_is_written(agent_python, served, images, tmp_path):
+def _hostile_drive(kind: str, root: Path, base: str) -> tuple[str, str]:
+    """(the configdrive argument, what the error must say)."""
+    import base64
+    import gzip
+    if kind == "not-base64":
+        return "not base64 at all!", "the configdrive argument: not base64"
+    if kind == "gzip-bomb":       # 100 MiB of zeros in about 100 KiB
+        bomb = base64.b64encode(gzip.compress(bytes(100 * MiB), compresslevel=9)).decode()
+        return bomb, "inflates past the 67108864-byte limit"
+    big = root / "huge-drive.iso"
+    with open(big, "wb") as fp:
+        fp.truncate(65 * MiB)
+    return f"{base}/huge-drive.iso", "larger than the 67108864-byte limit"
+
+
+@pytest.mark.parametrize("kind", ["not-base64", "gzip-bomb", "url-over-64MiB"])
+def test_bad_config_drive_refuses_before_the_image_is_written(agent_python, served, images,
+                                                              tmp_path, kind):
+    root, base = served
+    argument, says = _hostile_drive(kind, root, base)
     info = image_info(served, "disk.raw")
     with loop_device(target(tmp_path)) as dev:
         before = digest(dev)
-        outcome = deploy_step(agent_python, dev, info, "not base64 at all!", tmp_path)
+        outcome = deploy_step(agent_python, dev, info, argument, tmp_path)
         assert outcome["status"] == "FAILED"
         assert outcome["error"]["type"] == "DeploymentError"
-        assert outcome["error"]["details"].startswith("configdrive: the configdrive argument: not base64")
+        assert outcome["error"]["details"].startswith("configdrive: ")
+        assert says in outcome["error"]["details"]
+        assert "\n" not in outcome["error"]["details"]
         assert digest(dev) == before
 
 
