@@ -9,6 +9,7 @@ import functools
 import hashlib
 import http.server
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -99,12 +100,16 @@ def deploy_step(python: Path, dev: str, info: dict, configdrive=None, tmp_path=N
             "properties": {"root_device": {"name": dev}}, "driver_internal_info": {}}
     request = {"device": dev, "node": node, "image_info": info, "configdrive": configdrive,
                "kernel_params": kernel_params or {}}
+    agent_tmp = tmp_path / "agent-tmp"      # the ramdisk's /tmp, where caches go
+    agent_tmp.mkdir(exist_ok=True)
     proc = subprocess.run([python, DRIVER, conf_file], input=json.dumps(request).encode(),
-                          capture_output=True, timeout=300)
+                          capture_output=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(agent_tmp)})
     log = proc.stderr.decode(errors="replace")
     assert proc.returncode == 0, log
     outcome = json.loads(proc.stdout.decode().strip().splitlines()[-1])
     outcome["log"] = log
+    outcome["tmp_left"] = sorted(p.name for p in agent_tmp.iterdir())
     return outcome
 
 
@@ -186,6 +191,7 @@ def test_whole_disk_image_through_ipa_dispatch(agent_python, served, images, pac
         assert outcome["cached_image_id"] == info["id"]
         assert_image_on_disk(dev, images)
         assert "MiB/s" in outcome["log"]       # our figures, in IPA's log
+        assert outcome["tmp_left"] == []       # no cached image left in the ramdisk's RAM
         if with_drive:
             cloud_init_reads_config_partition(tmp_path, dev)
         else:
@@ -222,8 +228,8 @@ def test_legacy_checksum_typed_by_length(agent_python, served, images, tmp_path,
 
 
 def test_qcow2_checksum_mismatch_leaves_the_disk_untouched(agent_python, served, images, tmp_path):
-    """A qcow2 download is spooled and hashed before conversion: a mismatch fails the step
-    with IPA's ImageChecksumError before the disk is opened."""
+    """A qcow2 is downloaded whole (it needs random access) and verified before it is
+    converted: a mismatch fails the step with IPA's ImageChecksumError, disk unopened."""
     info = image_info(served, "disk.qcow2", os_hash_value="ab" * 32)
     backing = target(tmp_path)
     with loop_device(backing) as dev:
@@ -234,6 +240,25 @@ def test_qcow2_checksum_mismatch_leaves_the_disk_untouched(agent_python, served,
         assert outcome["error"]["details"].startswith("configdrive: ")
         assert "ab" * 32 in outcome["error"]["details"]
         assert digest(dev) == before
+
+
+def test_raw_not_streamed_is_verified_before_writing(agent_python, served, images, tmp_path):
+    """Without stream_raw_images IPA downloads a raw image whole and verifies it before
+    writing; so do we: a mismatch leaves the disk as it was, a match writes it."""
+    bad = image_info(served, "disk.raw", stream_raw_images=False, os_hash_value="ef" * 32)
+    with loop_device(target(tmp_path)) as dev:
+        before = digest(dev)
+        outcome = deploy_step(agent_python, dev, bad, tmp_path=tmp_path)
+        assert outcome["status"] == "FAILED"
+        assert outcome["error"]["type"] == "ImageChecksumError"
+        assert digest(dev) == before
+        assert outcome["tmp_left"] == []
+        good = image_info(served, "disk.raw", stream_raw_images=False)
+        outcome = deploy_step(agent_python, dev, good, tmp_path=tmp_path)
+        assert outcome["status"] == "SUCCEEDED", outcome["log"]
+        assert "and verified its sha256" in outcome["log"]
+        assert_image_on_disk(dev, images)
+        assert outcome["tmp_left"] == []
 
 
 def test_raw_checksum_mismatch_leaves_no_bootable_disk(agent_python, served, images, tmp_path):

@@ -80,3 +80,13 @@ def test_proxies_and_no_proxy_are_carried():
     assert request.proxies == {"http": "http://proxy:3128"}
     assert request.no_proxy == "10.0.0.0/8"
     assert request.urls == [URL] and request.disk_format == "qcow2"
+
+
+@pytest.mark.parametrize("fields,streamed", [
+    ({"disk_format": "raw", "stream_raw_images": True}, True),
+    ({"disk_format": "raw"}, False),                 # IPA's default when ironic leaves it out
+    ({"disk_format": "qcow2", "stream_raw_images": True}, False),
+    ({"disk_format": None, "stream_raw_images": True}, False),
+])
+def test_streamed_only_where_ipa_streams(fields, streamed):
+    assert read_image_info(info(checksum=SHA256, **fields)).streamed is streamed

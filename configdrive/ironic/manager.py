@@ -6,11 +6,13 @@ when it raises ``IncompatibleHardwareMethodError``; so this manager takes whole-
 images it can write and declines the rest (request.py says which), and everything else
 (install device, root device hints, later deploy steps) stays IPA's.
 
-Order of work: every refusal (request, config drive, held partitions, format, and for
-qcow2 the checksum, since a qcow2 download is spooled and hashed before conversion) comes
-before the target is opened; then partition/copy.py writes (its first MiB last, wiped to
-an empty table on failure); then configdrive/placement.py puts the config drive in or
-fits the table to the disk. Failures use IPA's own error types with our one-line message.
+Order of work: every refusal (request, config drive, held partitions, format, and the
+checksum of whatever IPA would not stream: it is downloaded whole and verified first, as
+IPA does) comes before the target is opened; then partition/copy.py writes (its first
+MiB last; a streamed raw image is verified before that MiB goes down, and the disk wiped
+to an empty table on a mismatch); then configdrive/placement.py puts the config drive in
+or fits the table to the disk. Failures use IPA's own error types with our one-line
+message.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
+import tempfile
 import time
 import urllib.request
 
@@ -34,6 +37,7 @@ from partition.errors import PartitionError
 from partition.image import Image, open_image
 from partition.progress import Progress
 from partition.rescan import refuse_held_partitions
+from partition.source import open_source
 
 from ..errors import ConfigDriveError
 from ..pack import unpack
@@ -45,6 +49,7 @@ CONF = cfg.CONF
 # Under IPA's own logger tree, so the agent's log configuration applies to our lines.
 LOG = log.getLogger("ironic_python_agent.hardware_managers.configdrive")
 MiB = 1 << 20
+CACHE_CHUNK = 4 * MiB
 
 
 class ConfigDriveHardwareManager(hardware.HardwareManager):
@@ -191,42 +196,65 @@ def _write(request: Request, expected: _Expected, device: str) -> dict:
     for url in request.urls:
         started = time.monotonic()
         LOG.info("configdrive: fetching %s", url)
-        try:
-            image = open_image(url, hash_algorithm=expected.algorithm, http_options=http_options,
-                               on_spool=lambda line: LOG.info("configdrive: %s", line))
-        except PartitionError as exc:
-            if not _from_download(exc):
-                raise _ipa_error(errors.InvalidImage, exc, str(exc))
-            LOG.warning("configdrive: %s", exc)
-            failures.append(str(exc))
-            continue
-        with image:
+        with contextlib.ExitStack() as stack:
+            try:
+                if request.streamed:
+                    spec, verify = url, expected
+                else:
+                    spec = stack.enter_context(_cached(url, expected, http_options)).name
+                    verify = None         # verified whole already
+                image = stack.enter_context(open_image(
+                    spec, hash_algorithm=verify.algorithm if verify else None,
+                    http_options=http_options, on_spool=lambda line: LOG.info("configdrive: %s", line)))
+            except _Mismatch as exc:
+                raise _checksum_error(exc, request)
+            except PartitionError as exc:
+                if not _from_download(exc):
+                    raise _ipa_error(errors.InvalidImage, exc, str(exc))
+                LOG.warning("configdrive: %s", exc)
+                failures.append(str(exc))
+                continue
             LOG.info("configdrive: %s is %s%s, virtual size %s bytes; opened in %.2f s", url,
                      image.format, f" inside {image.compression}" if image.compression else "",
                      image.virtual_size, time.monotonic() - started)
-            _check_before_writing(image, request, expected)
-            return _copy(image, request, expected, device)
+            _check_format(image, request)
+            return _copy(image, request, verify, device)
     raise _ipa_error(errors.ImageDownloadError, "; ".join(failures), request.image_id,
                      "; ".join(failures))
 
 
-def _check_before_writing(image: Image, request: Request, expected: _Expected) -> None:
+@contextlib.contextmanager
+def _cached(url: str, expected: _Expected, http_options: dict):
+    """IPA's cache path, for what it does not stream: the whole download into a temporary
+    file (the ramdisk's tmpfs), hashed on the way and checked before anything is written,
+    so that a mismatch leaves the disk as it was. Removed afterwards."""
+    started = time.monotonic()
+    hasher = expected.new()
+    with tempfile.NamedTemporaryFile(prefix="configdrive-image-") as cache:
+        with open_source(url, **http_options) as source:
+            while chunk := source.read(CACHE_CHUNK):
+                hasher.update(chunk)
+                try:
+                    cache.write(chunk)
+                except OSError as exc:
+                    raise PartitionError(f"{cache.name}: caching {url} failed: {exc.strerror}") from None
+        cache.flush()
+        expected.check(hasher.hexdigest(), url)
+        LOG.info("configdrive: downloaded %s to %s and verified its %s: %s", url, cache.name,
+                 expected.algorithm, _figures(cache.tell(), time.monotonic() - started))
+        yield cache
+
+
+def _check_format(image: Image, request: Request) -> None:
     if request.disk_format and image.format != request.disk_format:
         # IPA's inspector refuses the same (a "raw" image that is really qcow2 would have
         # qemu-img follow its header: CVE-2024-32498's family).
         raise _ipa_error(errors.InvalidImage, f"{image.name}: declared disk_format "
                          f"{request.disk_format} but the content is {image.format}",
                          f"declared {request.disk_format}, content {image.format}")
-    if image.format == "qcow2":
-        # qcow2 over http is spooled (it needs random access) and hashed on the way, so
-        # its digest is known now: a mismatch leaves the disk as it was.
-        try:
-            expected.check(image.finish(), image.name)
-        except _Mismatch as exc:
-            raise _checksum_error(exc, request)
 
 
-def _copy(image: Image, request: Request, expected: _Expected, device: str) -> dict:
+def _copy(image: Image, request: Request, expected: "_Expected | None", device: str) -> dict:
     progress = Progress(f"configdrive: writing {image.name} to {device}", None, stream=_LogStream())
     try:
         with open_target(device) as target:
@@ -238,8 +266,9 @@ def _copy(image: Image, request: Request, expected: _Expected, device: str) -> d
         if _from_download(exc):
             raise _ipa_error(errors.ImageDownloadError, exc, request.image_id, str(exc))
         raise _ipa_error(errors.ImageWriteError, exc, device, 1, "", str(exc))
-    LOG.info("configdrive: wrote %s to %s: %s, %s checksum verified", image.name, device,
-             _figures(result["bytes_written"], result["seconds"]), expected.algorithm)
+    LOG.info("configdrive: wrote %s to %s: %s%s", image.name, device,
+             _figures(result["bytes_written"], result["seconds"]),
+             f", {expected.algorithm} checksum verified" if expected else "")
     return result
 
 

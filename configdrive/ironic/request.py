@@ -41,6 +41,7 @@ class Request:
     urls: list[str]
     checksum: str               # "ALGO:HEX", or the URL of a checksum file
     disk_format: str | None     # as declared; checked against the content before writing
+    streamed: bool = True       # False: fetched whole and verified before writing (IPA's cache)
     proxies: dict = field(default_factory=dict)
     no_proxy: str | None = None
 
@@ -72,7 +73,10 @@ def read_image_info(image_info: dict, *, md5_enabled: bool = False,
     proxies = image_info.get("proxies") or {}
     if not isinstance(proxies, dict):
         raise BadRequest("image_info/proxies: not an object")
-    return Request(image_id, urls, _checksum(image_info, md5_enabled), disk_format,
+    # IPA streams only a raw image with stream_raw_images (ironic's default); anything
+    # else it downloads whole and verifies before writing, and so do we.
+    streamed = bool(image_info.get("stream_raw_images")) and disk_format == "raw"
+    return Request(image_id, urls, _checksum(image_info, md5_enabled), disk_format, streamed,
                    {str(k): str(v) for k, v in proxies.items()}, image_info.get("no_proxy"))
 
 
