@@ -90,3 +90,16 @@ def test_proxies_and_no_proxy_are_carried():
 ])
 def test_streamed_only_where_ipa_streams(fields, streamed):
     assert read_image_info(info(checksum=SHA256, **fields)).streamed is streamed
+
+
+def test_core_package_never_imports_the_agent():
+    """Only the agent loads configdrive.ironic's manager; everything else imports without
+    ironic-python-agent (this venv does not have it)."""
+    import subprocess
+    import sys
+    code = ("import sys, configdrive.cli, configdrive.deploy, configdrive.placement, "
+            "configdrive.ironic, configdrive.ironic.request; "
+            "assert 'ironic_python_agent' not in sys.modules; "
+            "import importlib.util; print(importlib.util.find_spec('ironic_python_agent'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

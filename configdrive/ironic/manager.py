@@ -91,7 +91,7 @@ class ConfigDriveHardwareManager(hardware.HardwareManager):
         _finish_disk(device, drive)
         root_uuid = _disk_identifier(device)
         _record(image_info, root_uuid)
-        # prepare_image's message, word for word: ironic parses root_uuid= out of it.
+        # prepare_image's result, word for word: whatever read IPA's message reads ours.
         return "image ({}) written to device {} root_uuid={}".format(
             image_info.get("id"), device, root_uuid)
 
