@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["build_drives.py", "stream_images.py"]
+BENCHES = ["build_drives.py", "stream_images.py", "ipa_write_image.py"]
 
 if __name__ == "__main__":
     failed = 0

@@ -5,6 +5,13 @@ BLKRRPART asks the kernel to re-read the table; it fails with EBUSY while a part
 in use (retried a few times: udev and blkid open new partitions briefly) and does nothing
 on devices whose table the kernel does not scan (loop devices without partscan, some
 virtual disks). There we add the partitions ourselves with BLKPG, as ``partx -a`` does.
+
+Redeploys: the disk still shows the old OS's partitions in the kernel's view. A stale
+partition that nothing holds is deleted and the new table's added in its place (BLKPG
+delete, then add; before, a stale one was left and the new config partition got no node:
+"BLKPG could not add partition 2: Device or resource busy"). One that something holds
+(mounted, swap, a dm/md holder, a process with it open) the kernel refuses to delete:
+:func:`refuse_held_partitions` names them before anything is written.
 When udev runs we wait for it (``udevadm settle``) so that /dev/disk/by-* links exist.
 Nothing here is needed to write the drive (that goes through the whole-disk device at
 the partition's offset); it is what lets the OS and the operator see the result.
@@ -23,12 +30,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .device import busy_reasons
+from .errors import PartitionError
 from .tables import Partition
 
 # <linux/fs.h>, <linux/blkpg.h>
 BLKRRPART = 0x125F
 BLKPG = 0x1269
 BLKPG_ADD_PARTITION = 1
+BLKPG_DEL_PARTITION = 2
 SYSFS_SECTOR = 512            # sysfs start/size are always in 512-byte units
 
 
@@ -109,20 +119,93 @@ def _kernel_agrees(disk: str, partitions: list[Partition]) -> bool:
 
 
 def _blkpg_add_missing(disk: str, fd: int, partitions: list[Partition], notes: list[str]) -> None:
+    """Make the kernel's partitions those of ``partitions``: stale ones (another start or
+    size, or no longer in the table) deleted, missing ones added."""
     known = kernel_partitions(disk)
-    for part in partitions:
-        if part.number in known:
-            if known[part.number][:2] != (part.start, part.size):
-                notes.append(f"{disk}: the kernel's partition {part.number} differs from the table "
-                             f"and is in use or stale; left as it is")
+    wanted = {part.number: part for part in partitions}
+    for number, (start, size, name) in sorted(known.items()):
+        part = wanted.get(number)
+        if part is not None and (start, size) == (part.start, part.size):
             continue
-        spec = _BlkpgPartition(part.start, part.size, part.number, b"", b"")
-        arg = _BlkpgIoctlArg(BLKPG_ADD_PARTITION, 0, ctypes.sizeof(spec),
-                             ctypes.cast(ctypes.pointer(spec), ctypes.c_void_p))
+        error = _blkpg(fd, BLKPG_DEL_PARTITION, number, 0, 0)
+        if error is not None:
+            notes.append(f"{disk}: stale partition /dev/{name} could not be removed "
+                         f"({error.strerror}); {_holders_of(disk, name)}")
+            wanted.pop(number, None)
+    known = kernel_partitions(disk)
+    for number, part in sorted(wanted.items()):
+        if number in known:
+            continue
+        error = _blkpg(fd, BLKPG_ADD_PARTITION, number, part.start, part.size)
+        if error is not None:
+            notes.append(f"{disk}: BLKPG could not add partition {number}: {error.strerror}")
+
+
+def _blkpg(fd: int, op: int, number: int, start: int, size: int) -> OSError | None:
+    spec = _BlkpgPartition(start, size, number, b"", b"")
+    arg = _BlkpgIoctlArg(op, 0, ctypes.sizeof(spec), ctypes.cast(ctypes.pointer(spec), ctypes.c_void_p))
+    try:
+        fcntl.ioctl(fd, BLKPG, arg)
+    except OSError as exc:
+        return exc
+    return None
+
+
+def held_partitions(disk: str) -> list[str]:
+    """Why each of the kernel's partitions of ``disk`` cannot be deleted: mounted, swap,
+    held by dm/md (device.busy_reasons), or open in a process (the kernel refuses to
+    delete a partition with any opener). Empty when all can be replaced."""
+    partitions = {name for _, _, name in kernel_partitions(disk).values()}
+    if not partitions:
+        return []
+    reasons = [r for r in busy_reasons(disk) if r.split()[0].removeprefix("/dev/") in partitions]
+    reasons.extend(_openers(disk, partitions))
+    return reasons
+
+
+def refuse_held_partitions(disk: str) -> None:
+    """Before a new image goes onto ``disk``: refuse, naming them, when old partitions are
+    held, since the kernel would go on showing them in place of the new table's."""
+    reasons = held_partitions(disk)
+    if reasons:
+        raise PartitionError(f"{disk}: old partitions are in use and cannot be replaced by the "
+                             f"new image's: {'; '.join(reasons)}")
+
+
+def _holders_of(disk: str, name: str) -> str:
+    reasons = [r for r in held_partitions(disk) if r.startswith(f"/dev/{name} ")]
+    return "; ".join(reasons) or "something holds it"
+
+
+def _openers(disk: str, partitions: set[str]) -> list[str]:
+    """Processes with a partition's node open (by device number, whatever its path)."""
+    numbers = {}
+    sysdir = _sysdir(disk)
+    for name in partitions:
         try:
-            fcntl.ioctl(fd, BLKPG, arg)
-        except OSError as exc:
-            notes.append(f"{disk}: BLKPG could not add partition {part.number}: {exc.strerror}")
+            numbers[(sysdir / name / "dev").read_text().strip()] = name
+        except (OSError, TypeError):
+            continue
+    found = []
+    for fd_link in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            st = os.stat(fd_link)
+        except OSError:
+            continue
+        if not stat.S_ISBLK(st.st_mode):
+            continue
+        name = numbers.get(f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+        if name is None:
+            continue
+        pid = fd_link.parent.parent.name
+        try:
+            command = (fd_link.parent.parent / "comm").read_text().strip()
+        except OSError:
+            command = "?"
+        reason = f"/dev/{name} is open in process {pid} ({command})"
+        if reason not in found:
+            found.append(reason)
+    return found
 
 
 def _settle(notes: list[str]) -> None:

@@ -11,6 +11,9 @@ PEERS=(
   "nova nova==34.0.0"
   "sdk openstacksdk==4.22.0"
   "glean glean==1.25.1"
+  # ipa: the real agent our hardware manager plugs into (tests/test_ironic.py), plus our
+  # own dependencies; the tests install configdrive itself there with --no-deps.
+  "ipa     ironic-python-agent==13.0.0 pycdlib>=1.14 pyfatfs>=1.0.5 jsonschema>=4.18 sh>=2.0 zstandard>=0.21"
 )
 
 PY=${PYTHON:-python3}
