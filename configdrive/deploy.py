@@ -50,6 +50,10 @@ def _deploy(device, image, checksum, drive, preserve_on_error, verify, quiet, pr
     summary: dict[str, Any] = {"device": str(device), "image": None, "config_drive": None}
 
     if image is not None:
+        # A held old partition would outlive the new table in the kernel's view (and the
+        # config partition would get no node): refuse before the first byte goes down.
+        from partition.rescan import refuse_held_partitions
+        refuse_held_partitions(str(device))
         say = None if quiet else (lambda line: print(f"configdrive: {line}", file=sys.stderr))
         progress = Progress(f"writing {image}", None, stream=progress_stream, enabled=not quiet)
         result = write_image(image, device, checksum=checksum, progress=progress,

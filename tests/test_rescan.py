@@ -87,3 +87,26 @@ def test_held_partition_is_named_before_anything_is_written(tmp_path):
             holder.kill()
             holder.wait()
         assert held_partitions(dev) == []
+
+
+def test_deploy_onto_a_disk_with_a_held_partition_is_refused_untouched(tmp_path):
+    """The same refusal through the command, before the image's first byte: the disk is
+    byte-identical afterwards."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent / "hostile"))
+    from harness import digest, refused
+    image = make_gpt_disk(tmp_path / "image.raw", "1B2C3D4E-0000-4000-8000-00000000000A", seed=5)
+    with loop_device(old_disk(tmp_path / "disk", ["1:2048:+8M", "2:0:+8M"])) as dev:
+        add_partitions(dev)
+        holder = subprocess.Popen(["sh", "-c", f"exec 3<{dev}p1; echo ready; exec sleep 60"],
+                                  stdout=subprocess.PIPE)
+        try:
+            assert holder.stdout.readline() == b"ready\n"
+            before = digest(dev)
+            line = refused("deploy", "--device", dev, "--image", image, watch=[dev],
+                           names=f"{dev}p1 is open in process {holder.pid}")
+            assert "old partitions are in use" in line
+            assert digest(dev) == before
+        finally:
+            holder.kill()
+            holder.wait()

@@ -44,16 +44,46 @@ def digest(path) -> str:
     return h.hexdigest()
 
 
+# Why a launcher: the kernel carries a process's peak RSS across fork and exec, so a
+# child forked straight from this test process reports this process's own peak once it
+# has held a big file. The launcher is a bare interpreter (a few MiB): it forks and execs
+# the command, reports the command's ru_maxrss through a pipe, and ends as the command
+# ended (the same exit status, or the same signal).
+LAUNCHER = """
+import os, signal, sys
+report = int(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    os.close(report)
+    try:
+        os.execv(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+os.write(report, str(usage.ru_maxrss * 1024).encode())
+os.close(report)
+if os.WIFSIGNALED(status):
+    signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+    os.kill(os.getpid(), os.WTERMSIG(status))
+os._exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_measured(*args, input: bytes | None = None, env: dict | None = None,
                  hang_guard: float = HANG_GUARD, exe: str = EXE) -> Outcome:
-    """Run the installed command; kill it at the hang guard (which fails the case). The
-    peak RSS is this child's own, from os.wait4 (RUSAGE_CHILDREN would give the maximum
-    over every child this test process ever had)."""
+    """Run the installed command through the launcher; kill it at the hang guard (which
+    fails the case). The peak RSS is the command's own (see LAUNCHER)."""
     import selectors
     start = time.monotonic()
-    proc = subprocess.Popen([exe, *map(str, args)], stdin=subprocess.PIPE if input is not None
-                            else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=env, start_new_session=True)
+    report_r, report_w = os.pipe()
+    try:
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", LAUNCHER, str(report_w), exe,
+                                 *map(str, args)],
+                                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                start_new_session=True, pass_fds=(report_w,))
+    finally:
+        os.close(report_w)
     if input is not None:
         try:
             proc.stdin.write(input)
@@ -70,7 +100,8 @@ def run_measured(*args, input: bytes | None = None, env: dict | None = None,
         events = sel.select(timeout=max(left, 0))
         if not events:
             os.killpg(proc.pid, signal.SIGKILL)
-            os.wait4(proc.pid, 0)
+            proc.wait()
+            os.close(report_r)
             raise AssertionError(f"configdrive {' '.join(map(str, args))}: still running after "
                                  f"{hang_guard:.0f} s (work bounded by a declared size?)")
         for key, _ in events:
@@ -80,11 +111,12 @@ def run_measured(*args, input: bytes | None = None, env: dict | None = None,
             else:
                 sel.unregister(key.fileobj)
                 open_streams -= 1
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.wait()
+    with os.fdopen(report_r, "rb") as fp:
+        peak = int(fp.read() or 0)
     return Outcome(proc.returncode, b"".join(chunks[proc.stdout]),
                    b"".join(chunks[proc.stderr]).decode(errors="replace"),
-                   time.monotonic() - start, usage.ru_maxrss * 1024)
+                   time.monotonic() - start, peak)
 
 
 def assert_refused(outcome: Outcome, *, names: str | None = None,

@@ -220,21 +220,6 @@ HEADERS = {
 
 # Starts the command from a small process: the child's peak RSS as wait4 reports it is
 # then its own, not this test process's (see ``mapped``).
-LAUNCHER = """
-import os, sys
-pid = os.fork()
-if pid == 0:
-    os.execv(sys.argv[1], sys.argv[1:])
-_, status, usage = os.wait4(pid, 0)
-print(usage.ru_maxrss * 1024)
-"""
-
-
-def own_peak_rss(*args) -> int:
-    done = subprocess.run([sys.executable, "-c", LAUNCHER, EXE, *map(str, args)], capture_output=True)
-    return int(done.stdout.split()[-1])
-
-
 @pytest.mark.parametrize("case", HEADERS)
 def test_gpt_header_announcing_an_absurd_array_is_refused_before_reading_it(tmp_path, drive, case):
     size, fields, names = HEADERS[case]
@@ -246,7 +231,7 @@ def test_gpt_header_announcing_an_absurd_array_is_refused_before_reading_it(tmp_
         line = refused(*COMMANDS[command](disk.path, drive), watch=[disk.path], names=names)
         assert "primary header at LBA 1" in line and f"backup header at LBA {disk.sectors - 1}" in line
     # A refusal costs what starting the command costs (about 40 MiB), whatever was announced.
-    assert own_peak_rss(*COMMANDS["inspect"](disk.path, drive)) < 100 << 20
+    assert run_measured(*COMMANDS["inspect"](disk.path, drive)).peak_rss < 100 << 20
 
 
 def test_a_damaged_primary_header_alone_falls_back_to_the_backup(tmp_path, drive):
