@@ -185,16 +185,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from .content import read_bytes
-    from .pack import pack
-    print(pack(read_bytes(args.drive, "drive")))
+    from .pack import pack_file
+    pack_file(args.drive, sys.stdout.write)
+    print()
     return 0
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
-    from .content import read_bytes
-    from .pack import unpack
-    image = unpack(read_bytes(args.text_file, "packed drive"), source=args.text_file)
+    from .pack import unpack_file
+    image = unpack_file(args.text_file)
     if args.output == "-":
         sys.stdout.buffer.write(image)
     else:
