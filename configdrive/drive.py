@@ -208,6 +208,10 @@ def _locate(fp: BinaryIO, path: str) -> Located:
     fs = probe_filesystem(fp, 0)
     if fs is not None:
         return Located(fp, fs.type, fs.label, path)
+    from .vfat import has_boot_signature
+    fp.seek(0)
+    if has_boot_signature(fp.read(512)):   # a FAT whose geometry blkid would not take
+        return Located(fp, "vfat", "", path)
     from .disk import locate_drive_in_disk
     return locate_drive_in_disk(fp, path)
 

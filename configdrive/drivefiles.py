@@ -15,6 +15,7 @@ their own directory, once took ``inspect`` to 1.6 GB of memory on an 8.8 MB imag
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
@@ -62,32 +63,42 @@ class FileRef:
 
 @dataclass
 class Listing:
-    """What a reader found: {relative path: FileRef} and the checks every file passes."""
+    """What a reader found: {relative path: FileRef}, and which bytes of the image each
+    file or directory took."""
 
     source: str
     image_size: int
     budget: Budget
     files: dict[str, FileRef] = field(default_factory=dict)
-    _owners: list[tuple[int, int, str]] = field(default_factory=list)
+    _claims: list[tuple[int, int, str]] = field(default_factory=list)   # sorted (start, end, what)
+
+    def claim(self, start: int, length: int, what: str) -> None:
+        """Take the image bytes [start, start + length) for one file or directory.
+        Refuses bytes taken already: cross-linked records (a directory pointing at itself
+        or a parent, many files on one extent) would otherwise let a small image declare
+        any amount of work. Every byte is then read at most once."""
+        if length <= 0:
+            return
+        end = start + length
+        if end > self.image_size:
+            raise ConfigDriveError(f"{self.source}: {what} at byte {start} ({length} bytes) lies "
+                                   f"past the end of the {self.image_size}-byte image")
+        at = bisect.bisect_left(self._claims, (start,))
+        for other in self._claims[max(at - 1, 0):at + 1]:
+            if other[0] < end and start < other[1]:
+                raise ConfigDriveError(
+                    f"{self.source}: {what} at byte {start} overlaps {other[2]} at byte "
+                    f"{other[0]} (cross-linked records)")
+        self._claims.insert(at, (start, end, what))
 
     def add(self, path: str, ref: FileRef) -> None:
-        """Take a file whose runs the reader has checked to lie inside the image; its
-        size is charged now, so the data can be read later without surprises."""
-        self.budget.charge(ref.size, f"file {printable(path)} ({ref.size} bytes)")
+        """Take a file: its runs are claimed and its size charged now, so the data can be
+        read later without surprises."""
+        what = f"file {printable(path)}"
         for start, length in ref.runs:
-            if length:
-                self._owners.append((start, start + length, path))
+            self.claim(start, length, what)
+        self.budget.charge(ref.size, f"{what} ({ref.size} bytes)")
         self.files[path] = ref
-
-    def check_no_shared_data(self) -> None:
-        """Refuse two files whose data overlap: a cross-link lets a small image declare
-        any number of large files (each record pointing at the same extent)."""
-        self._owners.sort()
-        for (s1, e1, p1), (s2, e2, p2) in zip(self._owners, self._owners[1:]):
-            if s2 < e1:
-                raise ConfigDriveError(
-                    f"{self.source}: files {printable(p1)} and {printable(p2)} share the bytes "
-                    f"from {s2} (cross-linked records)")
 
 
 def check_name(source: str, directory: str, name: str) -> str:

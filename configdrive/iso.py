@@ -267,7 +267,6 @@ def scan(fp: BinaryIO, source: str = "ISO image", budget: Budget | None = None) 
         walker.walk(_root_record(joliet, source), names="joliet", su_skip=0)
     else:
         walker.walk(root, names="primary", su_skip=0)
-    listing.check_no_shared_data()
     return listing
 
 
@@ -315,7 +314,6 @@ class _Walker:
     def __init__(self, fp: BinaryIO, listing: Listing, size: int):
         self.fp, self.listing, self.size = fp, listing, size
         self.source = listing.source
-        self.seen_dirs: set[int] = set()
         self.blocks: dict[int, bytes] = {}     # continuation areas, read once per block
 
     def _read(self, start: int, length: int, what: str) -> bytes:
@@ -350,10 +348,7 @@ class _Walker:
             record, path = stack.pop()
             extent, length = _extent(record)
             where = f"directory {printable(path or '/')}"
-            if extent in self.seen_dirs:
-                raise ConfigDriveError(f"{self.source}: {where} at byte {extent * BLOCK} is listed "
-                                       f"twice (a record points back into the tree)")
-            self.seen_dirs.add(extent)
+            self.listing.claim(extent * BLOCK, length, where)
             data = self._read(extent * BLOCK, length, where)
             children = []
             for name, child, offset in self._entries(data, extent, path, names, su_skip):
@@ -414,11 +409,6 @@ class _Walker:
                 continue
             runs = tuple(pending) + ((extent_no * BLOCK, length),)
             pending = []
-            for start, run in runs:
-                if start + run > self.size:
-                    raise ConfigDriveError(f"{self.source}: file {printable(rel)} (record at byte {at}): "
-                                           f"its data at byte {start} ({run} bytes) lies past the "
-                                           f"end of the {self.size}-byte image")
             self.listing.add(rel if names != "primary" else _from_primary(rel),
                              FileRef(sum(run for _, run in runs), runs))
             yield name, None, at

@@ -61,20 +61,21 @@ def pack_file(path: str, write: Callable[[str], object], limit: int = MAX_DRIVE_
 
 def _pack_stream(fp: BinaryIO, write: Callable[[str], object], source: str = "drive",
                  limit: int = MAX_DRIVE_BYTES) -> None:
+    """The gzip stream is kept (at most about the drive's size) and written only once the
+    whole input is read: a refusal never leaves half a packed drive on stdout."""
     deflate = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    crc, total, pending = 0, 0, bytearray(_GZIP_HEADER)
+    crc, total, packed = 0, 0, bytearray(_GZIP_HEADER)
     while piece := fp.read(CHUNK):
         total += len(piece)
         if total > limit:   # a pipe or a file that grew: counted as it is read
             raise ConfigDriveError(f"{source}: more than {limit} bytes, over the limit for a "
                                    f"config drive (64 MiB, ironic's)")
         crc = zlib.crc32(piece, crc)
-        pending += deflate.compress(piece)
-        whole = len(pending) - len(pending) % 3     # base64 needs whole 3-byte groups
-        write(base64.b64encode(pending[:whole]).decode("ascii"))
-        del pending[:whole]
-    pending += deflate.flush() + struct.pack("<II", crc, total & 0xFFFFFFFF)
-    write(base64.b64encode(pending).decode("ascii"))
+        packed += deflate.compress(piece)
+    packed += deflate.flush() + struct.pack("<II", crc, total & 0xFFFFFFFF)
+    step = 3 * CHUNK      # whole 3-byte groups: the pieces join into one base64 text
+    for at in range(0, len(packed), step):
+        write(base64.b64encode(packed[at:at + step]).decode("ascii"))
 
 
 def unpack(text: str | bytes, source: str = "input", limit: int = MAX_DRIVE_BYTES) -> bytes:

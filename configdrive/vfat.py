@@ -600,6 +600,14 @@ class _Volume:
         return self.data_offset + (cluster - 2) * self.cluster_bytes
 
 
+def has_boot_signature(boot: bytes) -> bool:
+    """A boot sector that says it is FAT (x86 jump, "FAT" in a file-system type field)
+    even where its numbers are wrong, so that ``inspect`` names the wrong field instead of
+    calling the image an empty disk."""
+    return (len(boot) >= 90 and boot[0] in (0xEB, 0xE9)
+            and (boot[54:57] == b"FAT" or boot[82:87] == b"FAT32"))
+
+
 def read(fp: BinaryIO, source: str = "vfat image", *, offset: int = 0) -> dict[str, bytes]:
     """The files of the FAT12/16/32 filesystem at byte ``offset`` of ``fp``, as
     {relative posix path: bytes}, with their long names."""
@@ -655,7 +663,8 @@ def _volume(boot: bytes, size: int, source: str, offset: int) -> _Volume:
     fat32 = fat_field == "BPB_FATSz32"
     root_sectors = 0 if fat32 else -(-bpb["BPB_RootEntCnt"] * DIR_ENTRY // sector)
     if fat32 and bpb["BPB_RootEntCnt"]:
-        raise refuse("BPB_RootEntCnt", "FATSz16 is 0 (FAT32), whose root is a cluster chain")
+        raise refuse("BPB_FATSz16", f"FAT32, yet BPB_RootEntCnt (byte {offset + 17}) = "
+                                    f"{bpb['BPB_RootEntCnt']} asks for a FAT12/16 fixed root")
     data_sector = bpb["BPB_RsvdSecCnt"] + bpb["BPB_NumFATs"] * fat_sectors + root_sectors
     if fat_sectors == 0 or data_sector >= total:
         raise refuse(fat_field, f"the FATs and the root directory ({data_sector} sectors) do not "
