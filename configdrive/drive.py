@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, Iterator, Mapping
 from partition.probe import probe_filesystem
 
 from .content import Content
-from .drivefiles import MAX_DRIVE_BYTES, Budget, Listing, read_all, read_file
+from .drivefiles import MAX_DRIVE_BYTES, Budget, Listing, read_all, read_file  # noqa: F401 (MAX_DRIVE_BYTES: imported from here by others)
 from .errors import ConfigDriveError
 from .layout import build_tree
 

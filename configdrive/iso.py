@@ -238,6 +238,7 @@ _JOLIET_ESCAPES = (b"%/@", b"%/C", b"%/E")     # UCS-2 levels 1-3
 _SUPPLEMENTARY = 2
 _FLAG_DIRECTORY, _FLAG_ASSOCIATED, _FLAG_MULTI_EXTENT = 0x02, 0x04, 0x80
 _MAX_CE_HOPS = 16          # continuation areas chained from one record
+_VERSION = re.compile(r";\d*$")
 
 
 def read(fp: BinaryIO, source: str = "ISO image") -> dict[str, bytes]:
@@ -492,7 +493,7 @@ def _decode_name(raw: bytes, joliet: bool, source: str, at: int) -> str:
     except UnicodeDecodeError:
         raise ConfigDriveError(f"{source}: record at byte {at}: its name {printable(repr(raw))} is "
                                f"not {'UCS-2' if joliet else 'ASCII'}") from None
-    return name.split(";", 1)[0]     # the version, ";1"
+    return _VERSION.sub("", name)     # the file version, ";1"
 
 
 def _from_primary(path: str) -> str:

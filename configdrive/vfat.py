@@ -24,7 +24,7 @@ import struct
 import sys
 from array import array
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator, Mapping
+from typing import BinaryIO, Mapping
 
 from pyfatfs import FAT_OEM_ENCODING, FAT_LFN_ENCODING
 from pyfatfs.BootSectorHeader import FAT12BootSectorHeader, FAT32BootSectorHeader

@@ -12,8 +12,6 @@ and peak-RSS guards).
 
 from __future__ import annotations
 
-import base64
-import gzip
 import json
 import os
 import struct
