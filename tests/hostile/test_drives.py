@@ -552,7 +552,7 @@ def test_pack_refuses_a_file_over_the_cap_by_its_size(tmp_path, size):
     big = tmp_path / "big.img"
     with open(big, "wb") as fp:
         fp.truncate(size)     # sparse: refusing by size reads none of it
-    refused("pack", big, watch=[big] if size < 1 << 30 else [], names=str(size), rss_guard=100 << 20)
+    refused("pack", big, watch=[big] if size < 1 << 30 else [], names=str(size))
 
 
 def test_pack_refuses_a_stream_past_the_cap_as_it_reads(tmp_path):
@@ -566,7 +566,7 @@ def test_pack_refuses_a_stream_past_the_cap_as_it_reads(tmp_path):
     finally:
         writer.kill()
         writer.wait()
-    assert_refused(outcome, names="67108864", rss_guard=200 << 20)
+    assert_refused(outcome, names="67108864")
     assert outcome.stdout == b""
 
 
@@ -585,7 +585,7 @@ def test_unpack_stops_at_the_cap(tmp_path, kind):
     text = tmp_path / "packed.txt"
     run("sh", "-c", f"({UNPACK_PAYLOADS[kind]}) | base64 > {text}")
     dest = tmp_path / "drive.img"
-    refused("unpack", text, "-o", dest, watch=[text], rss_guard=300 << 20)
+    refused("unpack", text, "-o", dest, watch=[text])
     assert not dest.exists()
 
 
