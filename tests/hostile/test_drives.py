@@ -650,3 +650,35 @@ def test_deploy_refuses_a_hostile_config_drive_and_leaves_the_disk(tmp_path, kin
     before = digest(target)
     refused("deploy", "--quiet", "--device", target, "--config-drive", drive, watch=[target, drive])
     assert digest(target) == before
+
+
+@pytest.mark.parametrize("maker", ["xorriso", "mcopy"])
+def test_more_entries_than_the_cap_are_refused(tmp_path, maker):
+    """10 000 files and directories at most: an image of empty files costs nothing to
+    make and, listed, one object each."""
+    tree = drive_tree(tmp_path / "tree")
+    many = tree / "openstack" / "content"
+    many.mkdir()
+    for n in range(10_050):
+        (many / f"{n:05d}").touch()
+    if maker == "xorriso":
+        image = tmp_path / "many.iso"
+        run("xorriso", "-as", "mkisofs", "-quiet", "-R", "-J", "-V", "config-2", "-o", image, tree)
+    else:
+        image = vfat_image(tmp_path, tree=tree)
+    refused("inspect", image, watch=[image], names="more than 10000 files")
+
+
+@pytest.mark.parametrize("link_at", ["openstack", "openstack/latest", "openstack/latest/meta_data.json"])
+def test_extract_never_follows_a_link_already_in_dir(tmp_path, link_at):
+    """DIR may hold a link planted by someone else: extract refuses to write through it."""
+    image = iso_image(tmp_path, "xorriso")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "meta_data.json"
+    victim.write_bytes(b"keep me")
+    dest = tmp_path / "dest"
+    (dest / link_at).parent.mkdir(parents=True, exist_ok=True)
+    (dest / link_at).symlink_to(victim if link_at.endswith(".json") else outside)
+    refused("extract", image, dest, watch=[victim, image])
+    assert sorted(p.name for p in outside.iterdir()) == ["meta_data.json"]
