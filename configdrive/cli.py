@@ -262,36 +262,43 @@ def _report_validation(problems, strict: bool) -> None:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .drive import open_drive
+    from .errors import one_line
     summary = open_drive(args.drive).summary()
-    if args.json:
+    if args.json:   # json.dumps escapes control characters itself
         print(json.dumps(summary, indent=2))
         return 0
+
+    def show(value) -> str:
+        """A value read from the drive, one line whatever it holds (a name or hostname
+        with a newline would otherwise forge lines of this output)."""
+        return one_line(str(value))
+
     part = summary["partition"]
-    print(f"source:    {summary['source']}")
+    print(f"source:    {show(summary['source'])}")
     if part:
         print(f"partition: #{part.get('number')} at byte {part.get('start')} "
-              f"({part.get('size')} bytes), found by {part.get('identity')}")
+              f"({part.get('size')} bytes), found by {show(part.get('identity'))}")
     print(f"format:    {summary['format']}")
-    print(f"label:     {summary['label']}")
-    print(f"versions:  {', '.join(summary['versions']) or '-'}")
-    print(f"ec2:       {', '.join(summary['ec2_versions']) or '-'}")
-    print(f"uuid:      {summary['uuid']}")
-    print(f"hostname:  {summary['hostname']}")
-    print(f"keys:      {', '.join(summary['public_keys']) or '-'}")
+    print(f"label:     {show(summary['label'])}")
+    print(f"versions:  {show(', '.join(summary['versions']) or '-')}")
+    print(f"ec2:       {show(', '.join(summary['ec2_versions']) or '-')}")
+    print(f"uuid:      {show(summary['uuid'])}")
+    print(f"hostname:  {show(summary['hostname'])}")
+    print(f"keys:      {show(', '.join(map(str, summary['public_keys'])) or '-')}")
     print(f"network:   {summary['links']} links, {summary['networks']} networks, {summary['services']} services")
     print(f"files:     {len(summary['files'])}")
     for f in summary["files"]:
-        print(f"  {f['size']:>10}  {f['path']}")
+        print(f"  {f['size']:>10}  {show(f['path'])}")
     for note in summary["notes"]:
-        print(f"note: {note}")
+        print(f"note: {show(note)}")
     return 0
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .drive import extract, open_drive
-    drive = open_drive(args.drive)
-    extract(drive.tree, args.dir)
-    _say(args, f"extracted {len(drive.tree)} files from {args.drive} ({drive.format}) to {args.dir}")
+    from .drive import extract_drive
+    from .errors import one_line
+    drive = extract_drive(args.drive, args.dir)
+    _say(args, one_line(f"extracted {len(drive.tree)} files from {args.drive} ({drive.format}) to {args.dir}"))
     return 0
 
 
@@ -309,16 +316,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from .content import read_bytes
-    from .pack import pack
-    print(pack(read_bytes(args.drive, "drive")))
+    from .pack import pack_file
+    pack_file(args.drive, sys.stdout.write)
+    print()
     return 0
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
-    from .content import read_bytes
-    from .pack import unpack
-    image = unpack(read_bytes(args.text_file, "packed drive"), source=args.text_file)
+    from .pack import unpack_file
+    image = unpack_file(args.text_file)
     if args.output == "-":
         write_stdout(image)
     else:

@@ -13,7 +13,7 @@ from partition.device import block_geometry
 from partition.errors import PartitionError
 from partition.tables import read_table
 
-from .drive import Drive, read_image
+from .drive import Located
 from .errors import ConfigDriveError
 
 
@@ -62,7 +62,7 @@ def _geometry(fp: BinaryIO) -> tuple[int, int | None]:
     return st.st_size, None
 
 
-def find_drive_in_disk(fp: BinaryIO, path: str) -> Drive:
+def locate_drive_in_disk(fp: BinaryIO, path: str) -> Located:
     """The drive in the config partition of the disk open as ``fp``."""
     try:
         table = read_table(fp, *_geometry(fp), source=path)
@@ -83,9 +83,9 @@ def find_drive_in_disk(fp: BinaryIO, path: str) -> Drive:
         raise ConfigDriveError(f"{path}: config {part.describe()} (by {found.identity}) holds no "
                                f"ISO 9660 or vfat filesystem")
     fs = found.filesystem
-    tree = read_image(_Window(fp, part.start, part.size), fs.type, f"{path} partition {part.number}")
     info = {"number": part.number, "start": part.start, "size": part.size,
             "identity": found.identity, "table": table.kind, "uuid": part.uuid}
     notes = [f"read from {part.describe()} of a {table.kind} disk, found by {found.identity}",
              *table.notes]
-    return Drive(path, fs.type, fs.label, tree, partition=info, notes=notes)
+    return Located(_Window(fp, part.start, part.size), fs.type, fs.label,
+                   f"{path} partition {part.number}", partition=info, notes=notes)

@@ -17,14 +17,13 @@ from typing import Any, BinaryIO, Iterator, Mapping
 from partition.probe import probe_filesystem
 
 from .content import Content
+from .drivefiles import MAX_DRIVE_BYTES, Budget, Listing, read_all, read_file  # noqa: F401 (MAX_DRIVE_BYTES: imported from here by others)
 from .errors import ConfigDriveError
 from .layout import build_tree
 from .nocloud import FORMATS as NOCLOUD_FORMATS, LABEL as NOCLOUD_LABEL, is_seed, summary_fields as seed_summary
 
 FORMATS = ("iso", "vfat", *NOCLOUD_FORMATS)
 DEFAULT_LABEL = "config-2"
-# The largest drive ironic accepts, and the default vfat size nova uses.
-MAX_DRIVE_BYTES = 64 * 1024 * 1024
 
 
 def source_date_epoch() -> int | None:
@@ -187,52 +186,121 @@ class Drive:
         return summary
 
 
+@dataclass
+class Located:
+    """Where a drive's filesystem starts: ``fp`` reads it from byte 0, ``source`` names
+    it in errors; ``partition`` and ``notes`` say where it was found inside a disk."""
+
+    fp: BinaryIO
+    format: str                 # "iso9660" or "vfat"
+    label: str
+    source: str
+    partition: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
 def open_drive(path: str) -> Drive:
     """Read the config drive held by ``path``: a directory tree, an ISO 9660 or vfat
-    image, or a whole disk (image file or block device) with a config partition."""
-    p = Path(path)
-    if p.is_dir():
-        return Drive(path, "directory", "", read_directory(p))
+    image, or a whole disk (image file or block device) with a config partition.
+    Reading is capped at 64 MiB and 10 000 entries (configdrive.drivefiles)."""
+    if Path(path).is_dir():
+        return Drive(path, "directory", "", read_directory(Path(path)))
+    with _open(path) as fp:
+        found = _locate(fp, path)
+        tree = read_all(found.fp, scan_image(found.fp, found.format, found.source))
+    return Drive(path, found.format, found.label, tree, partition=found.partition, notes=found.notes)
+
+
+def extract_drive(path: str, dest: str | os.PathLike) -> Drive:
+    """Copy the drive at ``path`` into ``dest`` file by file, each streamed from the image
+    in pieces (never a whole file in memory). Returns the drive with an empty tree."""
+    if Path(path).is_dir():
+        drive = open_drive(path)
+        extract(drive.tree, dest)
+        return drive
+    with _open(path) as fp:
+        found = _locate(fp, path)
+        listing = scan_image(found.fp, found.format, found.source)
+        for rel, ref in listing.files.items():
+            _write_under(dest, rel, read_file(found.fp, ref, found.source, rel))
+    return Drive(path, found.format, found.label, dict.fromkeys(listing.files, b""),
+                 partition=found.partition, notes=found.notes)
+
+
+@contextlib.contextmanager
+def _open(path: str) -> Iterator[BinaryIO]:
     try:
-        fp = open(p, "rb")
+        fp = open(path, "rb")
     except OSError as exc:
         raise ConfigDriveError(f"{path}: cannot open ({exc.strerror or exc})") from None
     with fp:
-        fs = probe_filesystem(fp, 0)
-        if fs is not None:
-            return Drive(path, fs.type, fs.label, read_image(fp, fs.type, path))
-        from .disk import find_drive_in_disk
-        return find_drive_in_disk(fp, path)
+        yield fp
+
+
+def _locate(fp: BinaryIO, path: str) -> Located:
+    fs = probe_filesystem(fp, 0)
+    if fs is not None:
+        return Located(fp, fs.type, fs.label, path)
+    from .vfat import has_boot_signature
+    fp.seek(0)
+    if has_boot_signature(fp.read(512)):   # a FAT whose geometry blkid would not take
+        return Located(fp, "vfat", "", path)
+    from .disk import locate_drive_in_disk
+    return locate_drive_in_disk(fp, path)
+
+
+def scan_image(fp: BinaryIO, fs_type: str, source: str) -> Listing:
+    """Where every file of an ISO 9660 or vfat image at byte 0 of ``fp`` lies."""
+    if fs_type == "iso9660":
+        from . import iso
+        return iso.scan(fp, source=source)
+    from . import vfat
+    return vfat.scan(fp, source=source)
 
 
 def read_image(fp: BinaryIO, fs_type: str, source: str) -> dict[str, bytes]:
     """The tree of an ISO 9660 or vfat image that starts at byte 0 of ``fp``."""
-    if fs_type == "iso9660":
-        from . import iso
-        return iso.read(fp, source=source)
-    from . import vfat
-    return vfat.read(fp, source=source)
+    return read_all(fp, scan_image(fp, fs_type, source))
 
 
 def read_directory(root: Path) -> dict[str, bytes]:
-    """A drive's tree from an extracted directory (regular files only, links not followed)."""
+    """A drive's tree from an extracted directory (regular files only, links not
+    followed), under the same caps as an image."""
+    budget = Budget(str(root))
     tree = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(filenames):
             full = Path(dirpath, name)
+            rel = full.relative_to(root).as_posix()
+            budget.count_entry(rel)
             if full.is_file() and not full.is_symlink():
-                tree[full.relative_to(root).as_posix()] = full.read_bytes()
+                with open(full, "rb") as fp:   # never more than the cap, whatever its size
+                    data = fp.read(budget.limit - budget.bytes_read + 1)
+                budget.charge(len(data), f"file {rel}")
+                tree[rel] = data
     return tree
 
 
 def extract(tree: Mapping[str, bytes], dest: str | os.PathLike) -> None:
     """Write a drive's tree under ``dest``; refuses paths that would leave it."""
-    root = Path(dest).resolve()
     for rel, data in tree.items():
-        target = (root / rel).resolve()
-        if root != target and root not in target.parents:
-            raise ConfigDriveError(f"{rel}: path leaves the extraction directory {dest}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        _write_under(dest, rel, [data])
+
+
+def _write_under(dest: str | os.PathLike, rel: str, pieces) -> None:
+    """Write one file of a drive at ``dest/rel``, refusing a path that would leave
+    ``dest`` (``..``, an absolute path, or a link already inside it)."""
+    root = Path(dest).resolve()
+    target = (root / rel).resolve()
+    if root != target and root not in target.parents:
+        raise ConfigDriveError(f"{rel}: path leaves the extraction directory {dest}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise ConfigDriveError(f"{target}: cannot write ({exc.strerror or exc})") from None
+    with open(fd, "wb") as out:
+        for piece in pieces:
+            out.write(piece)
 

@@ -7,7 +7,11 @@ byte offset; the command prints it as ``configdrive: error: MESSAGE`` and exits 
 
 
 class ConfigDriveError(Exception):
-    """Bad input or a failed step; ``str()`` is the one line a user sees."""
+    """Bad input or a failed step; ``str()`` is the one line a user sees (unprintable
+    characters escaped by :func:`one_line`, whatever the message was built from)."""
+
+    def __init__(self, message: str = "", *args):
+        super().__init__(one_line(str(message)), *args)
 
 
 def one_line(text: str) -> str:

@@ -9,8 +9,8 @@ API (PyFatFS, and FatIO) is not used: it imports PyFilesystem2, whose namespace 
 needs pkg_resources, which setuptools 81 removed; and its mkfs writes an uppercase label
 entry that disagrees with the boot sector and fills the image cluster by cluster.
 
-Reading uses pyfatfs' low-level PyFat on a read-only view of the stream, so neither a
-writable handle nor the caller's file object is ever changed or closed.
+Reading is our own (see the reading section for why): it only reads the stream, at the
+offsets the checked boot sector gives.
 """
 
 from __future__ import annotations
@@ -22,20 +22,18 @@ import os
 import stat
 import struct
 import sys
-import warnings
 from array import array
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator, Mapping
+from typing import BinaryIO, Mapping
 
 from pyfatfs import FAT_OEM_ENCODING, FAT_LFN_ENCODING
-from pyfatfs._exceptions import PyFATException
 from pyfatfs.BootSectorHeader import FAT12BootSectorHeader, FAT32BootSectorHeader
 from pyfatfs.EightDotThree import EightDotThree
 from pyfatfs.FATDirectoryEntry import FATDirectoryEntry, FATLongDirectoryEntry
 from pyfatfs.FSInfo import FSInfo
-from pyfatfs.PyFat import PyFat
 
-from .errors import ConfigDriveError
+from .drivefiles import Budget, FileRef, Listing, check_name, check_unique, read_all
+from .errors import ConfigDriveError, one_line
 
 SECTOR = 512                             # the usual logical sector, and the boot record's size
 SECTOR_SIZES = (512, 1024, 2048, 4096)   # the logical sector sizes disks have and FAT allows
@@ -564,132 +562,288 @@ def _zero_beyond_end(out: BinaryIO) -> bool:
 
 
 # -- reading ----------------------------------------------------------------------------
+#
+# Our own reader rather than pyfatfs' PyFat: PyFat trusted the boot sector's geometry
+# (FATSz16 = 0 on a FAT16 volume raised ZeroDivisionError), walked the tree by recursion
+# (a 1200-deep tree raised RecursionError) and followed cross-linked chains as often as
+# records pointed at them. Here the boot sector is checked against the image, every
+# cluster belongs to one chain at most, the tree is walked with a stack, and every read
+# is charged to a Budget (configdrive.drivefiles).
 
-class _ReadOnlyView(io.RawIOBase):
-    """The caller's stream as PyFat sees it: read-only (so PyFat never marks the volume
-    dirty in place) and never closed by PyFat."""
-
-    def __init__(self, fp: BinaryIO):
-        super().__init__()
-        self._fp = fp
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._fp.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._fp.tell()
-
-    def read(self, size: int = -1) -> bytes:
-        return self._fp.read(size)
-
-    def readinto(self, buffer) -> int:
-        data = self._fp.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        pass   # the caller owns the stream
+_ATTR_LONG_NAME = 0x0F
+_DELETED, _END_OF_DIRECTORY, _KANJI_E5 = 0xE5, 0x00, 0x05
+_LFN_LAST = 0x40
+_BAD_CLUSTER = {12: 0xFF7, 16: 0xFFF7, 32: 0x0FFFFFF7}
+_OEM = "cp437"     # the code page the Linux driver and mtools assume for short names
+_BPB_FIELDS = {   # name: (byte offset, struct format)
+    "BPB_BytsPerSec": (11, "<H"), "BPB_SecPerClus": (13, "<B"), "BPB_RsvdSecCnt": (14, "<H"),
+    "BPB_NumFATs": (16, "<B"), "BPB_RootEntCnt": (17, "<H"), "BPB_TotSec16": (19, "<H"),
+    "BPB_FATSz16": (22, "<H"), "BPB_TotSec32": (32, "<I"), "BPB_FATSz32": (36, "<I"),
+    "BPB_RootClus": (44, "<I"),
+}
 
 
-class _CheckedFat(PyFat):
-    """PyFat that tells FAT12 from FAT16 right, and whose cluster chains stop at a loop
-    or a cluster outside the FAT instead of running forever."""
+@dataclass(frozen=True)
+class _Volume:
+    """A boot sector's geometry, checked against the image, in bytes from the volume's start."""
 
-    def parse_header(self) -> None:
-        super().parse_header()
-        # pyfatfs 1.1 counts the clusters before it knows the root directory's size, so
-        # an image just under the FAT12 limit (mkfs.fat's 8 MiB: 4081 clusters) passes
-        # for FAT16. The type follows from the cluster count alone (FATSz16 = 0: FAT32).
-        clusters = (self._get_total_sectors() - self.first_data_sector) // self.bpb_header["BPB_SecPerClus"]
-        if self.bpb_header["BPB_FATSz16"]:
-            self.fat_type = self.FAT_TYPE_FAT12 if clusters < 4085 else self.FAT_TYPE_FAT16
+    fat_bits: int
+    cluster_bytes: int
+    fat_offset: int
+    clusters: int
+    root_offset: int        # FAT12/16: the fixed root directory
+    root_bytes: int
+    root_cluster: int       # FAT32
+    data_offset: int
 
-    def get_cluster_chain(self, first_cluster: int) -> Iterator[int]:
-        if not 2 <= first_cluster < len(self.fat):
-            raise PyFATException(f"cluster {first_cluster} is outside the data area")
-        for count, cluster in enumerate(super().get_cluster_chain(first_cluster)):
-            if count >= len(self.fat):
-                raise PyFATException(f"the cluster chain from {first_cluster} loops")
-            if not 2 <= cluster < len(self.fat):
-                raise PyFATException(f"the cluster chain from {first_cluster} leaves the data area")
-            yield cluster
+    def cluster_offset(self, cluster: int) -> int:
+        return self.data_offset + (cluster - 2) * self.cluster_bytes
+
+
+def has_boot_signature(boot: bytes) -> bool:
+    """A boot sector that says it is FAT (x86 jump, "FAT" in a file-system type field)
+    even where its numbers are wrong, so that ``inspect`` names the wrong field instead of
+    calling the image an empty disk."""
+    return (len(boot) >= 90 and boot[0] in (0xEB, 0xE9)
+            and (boot[54:57] == b"FAT" or boot[82:87] == b"FAT32"))
 
 
 def read(fp: BinaryIO, source: str = "vfat image", *, offset: int = 0) -> dict[str, bytes]:
-    """The files of the FAT12/16/32 filesystem at byte ``offset`` of ``fp`` (wherever
-    ``fp`` is positioned), as {relative posix path: bytes}, with their long names."""
-    fat = _CheckedFat(offset=offset, lazy_load=True)
-    tree: dict[str, bytes] = {}
-    with warnings.catch_warnings():
-        # pyfatfs warns about a volume not cleanly unmounted or FAT copies that differ;
-        # neither stops us from reading the files.
-        warnings.simplefilter("ignore")
-        try:
-            fat.set_fp(_ReadOnlyView(fp))
-            _read_directory(fat, fat.root_dir, "", tree, set())
-        except ConfigDriveError as exc:
-            raise ConfigDriveError(f"{source}: {exc}") from None
-        except (PyFATException, OSError, ValueError, IndexError, KeyError, struct.error) as exc:
-            raise ConfigDriveError(f"{source}: not a readable FAT filesystem ({exc})") from None
-        finally:
-            fat.initialized = False   # nothing for PyFat.__del__ to close
-    return tree
+    """The files of the FAT12/16/32 filesystem at byte ``offset`` of ``fp``, as
+    {relative posix path: bytes}, with their long names."""
+    listing = scan(fp, source, offset=offset)
+    return read_all(fp, listing)
 
 
-def _read_directory(fat: PyFat, directory: FATDirectoryEntry, prefix: str,
-                    tree: dict[str, bytes], seen: set[int]) -> None:
-    dirs, files, _ = directory.get_entries()
-    for entry in files:
-        path = prefix + _entry_name(entry, prefix)
-        tree[path] = _file_data(fat, entry, path)
-    for entry in dirs:
-        path = prefix + _entry_name(entry, prefix)
-        cluster = entry.get_cluster()
-        if cluster in seen:
-            raise ConfigDriveError(f"directory {path} loops back to cluster {cluster}")
-        seen.add(cluster)
-        list(fat.get_cluster_chain(cluster))   # refuse a looping chain before PyFat walks it
-        _read_directory(fat, entry, path + "/", tree, seen)
+def scan(fp: BinaryIO, source: str = "vfat image", budget: Budget | None = None, *,
+         offset: int = 0) -> Listing:
+    """Where every file of the FAT filesystem lies (byte runs of ``fp``), data unread."""
+    size = fp.seek(0, io.SEEK_END)
+    budget = budget or Budget(source)
+    listing = Listing(source, size, budget)
+    fp.seek(offset)
+    budget.charge(SECTOR, "the boot sector")
+    boot = fp.read(SECTOR)
+    if len(boot) < SECTOR:
+        raise ConfigDriveError(f"{source}: not a readable FAT filesystem (the boot sector at "
+                               f"byte {offset} is cut short)")
+    volume = _volume(boot, size - offset, source, offset)
+    fat = _read_fat(fp, volume, offset, budget, source)
+    _FatWalk(fp, listing, volume, fat, offset).walk()
+    return listing
 
 
-def _entry_name(entry: FATDirectoryEntry, prefix: str) -> str:
-    if entry.lfn_entry is not None:
-        name = entry.get_long_name()
-    else:
-        # No long name: Windows NT and Linux keep an all-lowercase base or extension as
-        # flags in the reserved byte ("latest" is stored as LATEST plus a flag).
-        base, dot, ext = entry.get_short_name().partition(".")
-        if entry.ntres & NTRES_LOWER_BASE:
-            base = base.lower()
-        if entry.ntres & NTRES_LOWER_EXT:
-            ext = ext.lower()
-        name = base + dot + ext
-    if name in ("", ".", "..") or "/" in name or "\0" in name:
-        raise ConfigDriveError(f"directory {prefix or '/'} holds an entry named {name!r}")
-    return name
+def _volume(boot: bytes, size: int, source: str, offset: int) -> _Volume:
+    """The geometry the boot sector declares, refused (naming the field and its byte)
+    where it cannot describe this image."""
+    bpb = {name: struct.unpack_from(fmt, boot, at)[0] for name, (at, fmt) in _BPB_FIELDS.items()}
+
+    def refuse(field_name: str, why: str):
+        at = offset + _BPB_FIELDS[field_name][0]
+        return ConfigDriveError(f"{source}: FAT boot sector field {field_name} (byte {at}) = "
+                                f"{bpb[field_name]}: {why}")
+
+    sector = bpb["BPB_BytsPerSec"]
+    if sector not in SECTOR_SIZES:
+        raise refuse("BPB_BytsPerSec", f"not one of {', '.join(map(str, SECTOR_SIZES))}")
+    per_cluster = bpb["BPB_SecPerClus"]
+    if per_cluster == 0 or per_cluster & (per_cluster - 1):
+        raise refuse("BPB_SecPerClus", "not a power of two")
+    if bpb["BPB_RsvdSecCnt"] == 0:
+        raise refuse("BPB_RsvdSecCnt", "the boot sector itself is reserved")
+    if bpb["BPB_NumFATs"] == 0:
+        raise refuse("BPB_NumFATs", "a FAT volume has at least one FAT")
+    total_field = "BPB_TotSec16" if bpb["BPB_TotSec16"] else "BPB_TotSec32"
+    total = bpb[total_field]
+    if total * sector > size:
+        raise refuse(total_field, f"{total * sector} bytes of volume, the image has {size}")
+    # The Linux driver takes a volume whose FATSz16 is 0 for FAT32 (fat_fill_super).
+    fat_field = "BPB_FATSz16" if bpb["BPB_FATSz16"] else "BPB_FATSz32"
+    fat_sectors = bpb[fat_field]
+    fat32 = fat_field == "BPB_FATSz32"
+    root_sectors = 0 if fat32 else -(-bpb["BPB_RootEntCnt"] * DIR_ENTRY // sector)
+    if fat32 and bpb["BPB_RootEntCnt"]:
+        raise refuse("BPB_FATSz16", f"FAT32, yet BPB_RootEntCnt (byte {offset + 17}) = "
+                                    f"{bpb['BPB_RootEntCnt']} asks for a FAT12/16 fixed root")
+    data_sector = bpb["BPB_RsvdSecCnt"] + bpb["BPB_NumFATs"] * fat_sectors + root_sectors
+    if fat_sectors == 0 or data_sector >= total:
+        raise refuse(fat_field, f"the FATs and the root directory ({data_sector} sectors) do not "
+                                f"fit the {total}-sector volume")
+    clusters = (total - data_sector) // per_cluster
+    bits = 32 if fat32 else 12 if clusters < 4085 else 16
+    if clusters < 1:
+        raise refuse("BPB_SecPerClus", f"the {total}-sector volume holds no cluster")
+    if (clusters + 2) * bits > fat_sectors * sector * 8:
+        raise refuse(fat_field, f"a FAT of {fat_sectors} sectors cannot map {clusters} clusters")
+    root_cluster = bpb["BPB_RootClus"] if fat32 else 0
+    if fat32 and not 2 <= root_cluster < clusters + 2:
+        raise refuse("BPB_RootClus", "outside the data area")
+    return _Volume(bits, per_cluster * sector, bpb["BPB_RsvdSecCnt"] * sector, clusters,
+                   (data_sector - root_sectors) * sector, root_sectors * sector, root_cluster,
+                   data_sector * sector)
 
 
-def _file_data(fat: PyFat, entry: FATDirectoryEntry, path: str) -> bytes:
-    size = entry.filesize
-    if size == 0:
-        return b""
-    chunks, have = [], 0
-    for cluster in fat.get_cluster_chain(entry.get_cluster()):
-        chunk = fat.read_cluster_contents(cluster)
-        chunks.append(chunk)
-        have += len(chunk)
-        if have >= size or len(chunk) < fat.bytes_per_cluster:
-            break
-    if have < size:
-        raise ConfigDriveError(f"{path}: {size} bytes listed but only {have} stored "
-                               f"(cluster chain too short or image truncated)")
-    return b"".join(chunks)[:size]
+def _read_fat(fp: BinaryIO, volume: _Volume, offset: int, budget: Budget, source: str) -> array:
+    """The first FAT's entries for every cluster of the volume (only as many bytes as the
+    clusters need, whatever the FAT's declared size)."""
+    nbytes = -(-(volume.clusters + 2) * volume.fat_bits // 8)
+    budget.charge(nbytes, "the FAT")
+    fp.seek(offset + volume.fat_offset)
+    raw = fp.read(nbytes)
+    if len(raw) < nbytes:
+        raise ConfigDriveError(f"{source}: the FAT at byte {offset + volume.fat_offset} is cut short")
+    if volume.fat_bits == 12:     # two 12-bit entries in every three bytes
+        raw += b"\0"
+        entries = array("I", bytes(4 * (volume.clusters + 2)))
+        for n in range(volume.clusters + 2):
+            pair = int.from_bytes(raw[n * 3 // 2:n * 3 // 2 + 2], "little")
+            entries[n] = pair >> 4 if n % 2 else pair & 0xFFF
+        return entries
+    entries = array("H" if volume.fat_bits == 16 else "I", raw)
+    if sys.byteorder != "little":
+        entries.byteswap()
+    if volume.fat_bits == 32:
+        entries = array("I", (e & 0x0FFFFFFF for e in entries))
+    return entries
+
+
+class _FatWalk:
+    """One walk over the tree; every cluster may belong to one chain only, so cyclic and
+    cross-linked chains are refused and no cluster is read twice."""
+
+    def __init__(self, fp: BinaryIO, listing: Listing, volume: _Volume, fat: array, offset: int):
+        self.fp, self.listing, self.volume, self.fat, self.offset = fp, listing, volume, fat, offset
+        self.source = listing.source
+        self.owner: dict[int, str] = {}
+
+    def _chain(self, first: int, what: str, limit: int | None = None) -> list[int]:
+        """The clusters of a chain (its first ``limit`` only, when given), each claimed."""
+        v, chain, cluster = self.volume, [], first
+        end, bad = END_OF_CHAIN[v.fat_bits] & ~7, _BAD_CLUSTER[v.fat_bits]
+        while limit is None or len(chain) < limit:
+            where = f"{what}: cluster {cluster}"
+            if not 2 <= cluster < v.clusters + 2:
+                raise ConfigDriveError(f"{self.source}: {where} lies outside the data area "
+                                       f"(clusters 2 to {v.clusters + 1})")
+            if cluster in self.owner:
+                raise ConfigDriveError(f"{self.source}: {where} is also in the chain of "
+                                       f"{one_line(self.owner[cluster])} (cyclic or cross-linked FAT)")
+            self.owner[cluster] = what
+            chain.append(cluster)
+            entry = self.fat[cluster]
+            if entry >= end:
+                break
+            if entry == bad or entry < 2:
+                if limit is not None and len(chain) == limit:
+                    break
+                raise ConfigDriveError(f"{self.source}: {where}: its FAT entry ({entry:#x}) ends "
+                                       f"the chain as {'a bad cluster' if entry == bad else 'free'}")
+            cluster = entry
+        return chain
+
+    def _runs(self, chain: list[int]) -> tuple[tuple[int, int], ...]:
+        runs: list[list[int]] = []
+        size = self.volume.cluster_bytes
+        for cluster in chain:
+            start = self.offset + self.volume.cluster_offset(cluster)
+            if runs and runs[-1][0] + runs[-1][1] == start:
+                runs[-1][1] += size
+            else:
+                runs.append([start, size])
+        return tuple((s, n) for s, n in runs)
+
+    def _directory_bytes(self, cluster: int, path: str) -> bytes:
+        v = self.volume
+        what = f"directory {path or '/'}"
+        if cluster == 0:
+            start, length = self.offset + v.root_offset, v.root_bytes
+            self.listing.budget.charge(length, what)
+            self.fp.seek(start)
+            return self.fp.read(length)
+        pieces = []
+        for start, length in self._runs(self._chain(cluster, what)):
+            self.listing.budget.charge(length, one_line(what))
+            self.fp.seek(start)
+            pieces.append(self.fp.read(length))
+        return b"".join(pieces)
+
+    def walk(self) -> None:
+        stack = [(self.volume.root_cluster, "")]
+        while stack:
+            cluster, path = stack.pop()
+            data = self._directory_bytes(cluster, path)
+            subdirs = []
+            for name, attr, first, size in self._entries(data, path):
+                rel = f"{path}/{name}" if path else name
+                self.listing.budget.count_entry(one_line(rel))
+                if attr & ATTR_DIRECTORY:
+                    if first == 0:
+                        raise ConfigDriveError(f"{self.source}: directory {one_line(rel)} has no "
+                                               f"cluster (it would be the root)")
+                    subdirs.append((first, rel))
+                    continue
+                if size and not first:
+                    raise ConfigDriveError(f"{self.source}: file {one_line(rel)}: {size} bytes "
+                                           f"listed and no cluster")
+                needed = -(-size // self.volume.cluster_bytes)
+                chain = self._chain(first, rel, needed) if size else []
+                if len(chain) < needed:
+                    raise ConfigDriveError(f"{self.source}: file {one_line(rel)}: {size} bytes "
+                                           f"listed but only {len(chain)} clusters in its chain")
+                self.listing.add(rel, FileRef(size, self._runs(chain)))
+            stack.extend(reversed(subdirs))
+
+    def _entries(self, data: bytes, path: str):
+        """(name, attributes, first cluster, size) of each entry of one directory,
+        with the long name where its slots are whole and match the short name."""
+        seen: dict[str, str] = {}
+        slots: dict[int, bytes] = {}
+        checksum = None
+        for pos in range(0, len(data) - DIR_ENTRY + 1, DIR_ENTRY):
+            entry = data[pos:pos + DIR_ENTRY]
+            first_byte, attr = entry[0], entry[11]
+            if first_byte == _END_OF_DIRECTORY:
+                break
+            if first_byte == _DELETED:
+                slots, checksum = {}, None
+                continue
+            if attr & 0x3F == _ATTR_LONG_NAME:
+                order = first_byte & 0x1F
+                if first_byte & _LFN_LAST:
+                    slots, checksum = {}, entry[13]
+                if order and entry[13] == checksum:
+                    slots[order] = entry[1:11] + entry[14:26] + entry[28:32]
+                continue
+            long_slots, long_checksum = slots, checksum
+            slots, checksum = {}, None
+            if attr & ATTR_VOLUME_ID or entry[:11] in (b".          ", b"..         "):
+                continue
+            short = _short_name(entry)
+            name = short
+            if long_slots and long_checksum == _sfn_checksum(entry[:11]) \
+                    and sorted(long_slots) == list(range(1, len(long_slots) + 1)):
+                units = b"".join(long_slots[i] for i in sorted(long_slots))
+                name = units.decode("utf-16-le", "surrogatepass").split("\0", 1)[0]
+            check_name(self.source, path, name)
+            # A lookup matches the long name or the short one, without regard to case.
+            check_unique(self.source, path, seen, {name.upper(), short.upper()}, name)
+            first = struct.unpack_from("<H", entry, 26)[0] | struct.unpack_from("<H", entry, 20)[0] << 16
+            yield name, attr, first, struct.unpack_from("<I", entry, 28)[0]
+
+
+def _short_name(entry: bytes) -> str:
+    """An 8.3 entry's name as Linux shows it: lowercase where the NT flags say so."""
+    raw = bytes([_DELETED]) + entry[1:11] if entry[0] == _KANJI_E5 else entry[:11]
+    base, ext = raw[:8].decode(_OEM).rstrip(" "), raw[8:11].decode(_OEM).rstrip(" ")
+    if entry[12] & NTRES_LOWER_BASE:
+        base = base.lower()
+    if entry[12] & NTRES_LOWER_EXT:
+        ext = ext.lower()
+    return f"{base}.{ext}" if ext else base
+
+
+def _sfn_checksum(name: bytes) -> int:
+    total = 0
+    for byte in name:
+        total = (((total & 1) << 7) + (total >> 1) + byte) & 0xFF
+    return total

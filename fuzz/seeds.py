@@ -169,19 +169,29 @@ def vfat_seeds(work: Path) -> list[bytes]:
 
 
 def disk_with_drive_seeds(work: Path) -> list[bytes]:
-    """A GPT disk (sgdisk) whose config-v2 partition holds a small FAT drive (mkfs.vfat)."""
+    """GPT disks (sgdisk) whose config-v2 partition holds a small FAT drive (mkfs.vfat)
+    or an ISO 9660 one (xorriso)."""
     if not _have("sgdisk", "mkfs.vfat", "mcopy"):
         return []
     fs = work / "part.img"
     fs.unlink(missing_ok=True)
     _run("mkfs.vfat", "--invariant", "-C", "-F", "12", "-n", "config-2", fs, 128)
     _run("mcopy", "-s", "-m", "-i", fs, *sorted(_tree_dir(work).iterdir()), "::")
-    disk = work / "disk.img"
-    disk.write_bytes(bytes(256 * KiB))
-    _run("sgdisk", "--set-alignment=1", "-n", "1:40:+256", "-c", "1:config-v2", *_FIXED_GUIDS[:4], disk)
-    image = bytearray(disk.read_bytes())
-    image[40 * 512: 40 * 512 + 128 * KiB] = fs.read_bytes()
-    return [bytes(image)]
+    drives = [fs.read_bytes()]
+    if _have("xorriso"):
+        iso = work / "part.iso"
+        _run("xorriso", "-as", "mkisofs", "-quiet", "-V", "config-2", "-R", "-J", "-o", iso, _tree_dir(work))
+        drives.append(iso.read_bytes())
+    seeds = []
+    for drive in drives:
+        disk = work / "disk.img"
+        disk.write_bytes(bytes(40 * 512 + len(drive) + 64 * KiB))
+        sectors = -(-len(drive) // 512)
+        _run("sgdisk", "--set-alignment=1", "-n", f"1:40:+{sectors}", "-c", "1:config-v2", *_FIXED_GUIDS[:4], disk)
+        image = bytearray(disk.read_bytes())
+        image[40 * 512: 40 * 512 + len(drive)] = drive
+        seeds.append(bytes(image))
+    return seeds
 
 
 def json_seeds() -> list[bytes]:
@@ -224,7 +234,7 @@ def build(work: Path) -> dict[str, list[bytes]]:
     return {
         "qcow2": qcow2, "gpt": gpt, "mbr": mbr, "tables": tables,
         "probe": [*isos, *fats], "iso": isos, "vfat": fats, "drive": [*isos, *fats, *disks],
-        "unpack": packed, "json": json_seeds(), "compress": compressed, "image": image_seeds,
+        "disk": disks, "pack": [isos[0], fats[0]] if fats else isos[:1], "unpack": packed, "json": json_seeds(), "compress": compressed, "image": image_seeds,
     }
 
 

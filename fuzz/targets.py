@@ -114,14 +114,38 @@ def probe(data: bytes) -> None:
     probe_filesystem(io.BytesIO(data), 0)
 
 
+# A drive reader may read the volume descriptors (at most 32 blocks), the boot sector and
+# FAT, then every byte of the image once at most (directories, continuation areas, file
+# data: each claimed once). Work beyond this is work a declared size or a cross-link bought.
+WORK_PER_INPUT_BYTE = 2
+WORK_SLACK = 128 << 10
+
+
+def check_work(name: str, budget, size: int) -> None:
+    """The reader's work counter (bytes it read) stays proportional to the input."""
+    if budget.bytes_read > WORK_PER_INPUT_BYTE * size + WORK_SLACK:
+        raise FuzzBug(f"{name}: read {budget.bytes_read} bytes of a {size}-byte input")
+
+
+def _read_drive(name: str, scan, data: bytes) -> dict[str, bytes]:
+    from configdrive.drivefiles import Budget, read_all
+    fp = io.BytesIO(data)
+    budget = Budget(f"fuzz.{name}")
+    try:
+        listing = scan(fp, f"fuzz.{name}", budget)
+        return read_all(fp, listing)
+    finally:
+        check_work(name, budget, len(data))
+
+
 def iso(data: bytes) -> None:
     from configdrive import iso as isomod
-    isomod.read(io.BytesIO(data), source="fuzz.iso")
+    _read_drive("iso", isomod.scan, data)
 
 
 def vfat(data: bytes) -> None:
     from configdrive import vfat as vfatmod
-    vfatmod.read(io.BytesIO(data), source="fuzz.img")
+    _read_drive("vfat", vfatmod.scan, data)
 
 
 def drive(data: bytes) -> None:
@@ -133,6 +157,32 @@ def drive(data: bytes) -> None:
         found = open_drive(path)
         found.summary()
         validate_drive(found)
+
+
+def disk(data: bytes) -> None:
+    """A whole disk: its table, its config partition, the drive in it (through the window
+    ``inspect DISK`` reads it by), work proportional to the disk's bytes."""
+    from configdrive.disk import locate_drive_in_disk
+    from configdrive.drive import scan_image
+    from configdrive.drivefiles import read_all
+    with memfile(data) as (fd, path):
+        with open(path, "rb") as fp:
+            found = locate_drive_in_disk(fp, path)
+            listing = scan_image(found.fp, found.format, found.source)
+            try:
+                read_all(found.fp, listing)
+            finally:
+                check_work("disk", listing.budget, len(data))
+
+
+def pack(data: bytes) -> None:
+    """pack then unpack gives the bytes back, and gzip (not ours) reads what pack wrote."""
+    import base64
+    import gzip
+    from configdrive.pack import pack as pack_, unpack as unpack_
+    text = pack_(data)
+    if unpack_(text, source="fuzz.packed") != data or gzip.decompress(base64.b64decode(text)) != data:
+        raise FuzzBug(f"pack: a {len(data)}-byte input does not come back")
 
 
 def unpack(data: bytes) -> None:
@@ -177,7 +227,7 @@ def image(data: bytes) -> None:
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "qcow2": qcow2, "gpt": gpt, "mbr": mbr, "tables": tables, "probe": probe, "iso": iso,
-    "vfat": vfat, "drive": drive, "unpack": unpack, "json": json_input, "compress": compress,
+    "vfat": vfat, "drive": drive, "disk": disk, "pack": pack, "unpack": unpack, "json": json_input, "compress": compress,
     "image": image,
 }
 
