@@ -15,6 +15,7 @@ DEBS=(
   zstd xz-utils gzip                        # compressed image fixtures
   cloud-init                                # cloud-init's own config drive reader
   debootstrap qemu-system-x86               # the end-to-end guest (make e2e): build, boot
+  ovmf grub-efi-amd64-bin                   # e2e UEFI boots: firmware, grub-mkstandalone
   python3 python3-venv
 )
 
