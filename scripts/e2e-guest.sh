@@ -134,9 +134,11 @@ chmod 755 "$ROOTFS/var/lib/cloud/scripts/per-boot/90-e2e-report"
 echo "LABEL=$ROOT_LABEL / ext4 defaults 0 0" >"$ROOTFS/etc/fstab"
 echo "e2e-unconfigured" >"$ROOTFS/etc/hostname"
 printf '127.0.0.1 localhost\n' >"$ROOTFS/etc/hosts"
-# Nothing that is not needed for the test runs at boot (each second counts under TCG).
+# Nothing that is not needed for the test runs at boot (each second counts under TCG); and
+# no login prompt on the serial console, where trixie's getty would cut into report lines.
 for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
-            fstrim.timer dpkg-db-backup.timer systemd-tmpfiles-clean.timer getty@tty1.service; do
+            fstrim.timer dpkg-db-backup.timer systemd-tmpfiles-clean.timer getty@tty1.service \
+            serial-getty@ttyS0.service; do
   chroot "$ROOTFS" systemctl mask "$unit" >/dev/null 2>&1 || true
 done
 # A fixed machine id: an empty one makes systemd treat the boot as a first boot and

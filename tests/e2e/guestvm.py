@@ -37,6 +37,9 @@ GUEST_MAC = "52:54:00:12:34:56"
 BOOT_TIMEOUT = int(os.environ.get("E2E_BOOT_TIMEOUT", 480))
 KERNEL_CMDLINE = ("root=LABEL=e2e-root rw console=ttyS0 net.ifnames=0 panic=1 quiet "
                   "systemd.show_status=error")
+# Each boot's whole serial console, kept past the test's temporary directory (which other
+# pytest runs on this machine prune) so that a failed boot can be read afterwards.
+KEPT_LOGS = CACHE / "e2e-logs"
 # What the run built and what each boot proved, printed at the end (tests/conftest.py).
 BUILDS: list[str] = []
 PROVEN: list["Boot"] = []
@@ -44,7 +47,8 @@ PROVEN: list["Boot"] = []
 
 @dataclass(frozen=True)
 class Guest:
-    """The built guest's files (never modified: boots work on copies)."""
+    """The built guest's files (never modified: boots work on copies); ``suite`` is its
+    Debian release."""
 
     dir: Path
     suite: str
@@ -105,7 +109,8 @@ OUTPUT = object()
 
 def _cached(final: Path, files: tuple[str, ...], command: list, what: str) -> Path:
     """``final`` when it holds ``files``; otherwise run ``command`` (OUTPUT standing for a
-    fresh output directory) and move its output there once it succeeded (a failed build leaves no cache)."""
+    fresh output directory) and move its output there once it succeeded: a failed or
+    interrupted build leaves no cache."""
     if all((final / f).exists() for f in files):
         return final
     partial = final.with_name(final.name + ".partial")
@@ -161,7 +166,6 @@ class Boot:
         return [line.strip() for line in self.console.splitlines()]
 
     def tail(self, lines: int = 60) -> str:
-        # The whole console stays in the test's directory, which pytest keeps after a run.
         return (f"--- serial console (last lines; all of it in {self.log}) ---\n"
                 + "\n".join(self.console.splitlines()[-lines:]))
 
@@ -172,10 +176,10 @@ class Boot:
         self.facts.extend(facts)
 
     def summary(self) -> str:
-        # The guest prints "/usr/bin/cloud-init 22.4.2"; a guest without one, nothing.
-        version = self.reports.get("cloud-init-version", [""])[0].split()
-        cloud_init = f"cloud-init {version[-1]}" if version else "no cloud-init"
-        return f"{self.name} ({self.how}, {cloud_init}) {self.seconds:.0f} s: " + ", ".join(self.facts)
+        # The guest prints "/usr/bin/cloud-init 22.4.2".
+        version = " ".join(self.reports.get("cloud-init-version", ["?"])).split()[-1]
+        return (f"{self.name} ({self.how}, cloud-init {version}) {self.seconds:.0f} s: "
+                + ", ".join(self.facts))
 
 
 REPORT_LINE = re.compile(r"^E2E ([\w-]+)(?:=(.*))?$")
@@ -225,17 +229,21 @@ def boot(guest: Guest, root_disk: Path, log: Path, *, extra: list[str] = (), uef
     ]
     name = log.stem.removeprefix("console-")
     how = f"{guest.suite}, {'OVMF' if uefi else 'direct kernel'}, {sector_size}-byte sectors"
+    kept = KEPT_LOGS / f"{name}.log"
+    kept.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
         proc = subprocess.run([str(c) for c in cmd], stdin=subprocess.DEVNULL,
                               capture_output=True, timeout=BOOT_TIMEOUT)
     except subprocess.TimeoutExpired:
         console = log.read_text(errors="replace") if log.exists() else ""
+        kept.write_text(console)
         raise AssertionError(f"guest did not power off within {BOOT_TIMEOUT} s\n"
-                             + Boot(name, how, console, BOOT_TIMEOUT, log).tail()) from None
+                             + Boot(name, how, console, BOOT_TIMEOUT, kept).tail()) from None
     seconds = time.monotonic() - started
     console = log.read_text(errors="replace").replace("\r", "")
-    result = Boot(name, how, console, seconds, log, parse_reports(console))
+    kept.write_text(console)
+    result = Boot(name, how, console, seconds, kept, parse_reports(console))
     assert proc.returncode == 0, (f"qemu exited {proc.returncode}: "
                                   f"{proc.stderr.decode(errors='replace')}\n{result.tail()}")
     assert "report-done" in result.reports, ("the guest powered off without its report "

@@ -15,6 +15,7 @@ with ``make e2e`` or ``make test``; a plain ``pytest`` leaves these out.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -40,6 +41,7 @@ def need_tools(*tools: str) -> None:
             pytest.skip(f"{tool} is not installed (scripts/install.sh installs it)")
 
 
+@functools.cache
 def built_guest(suite: str) -> Guest:
     if not is_root():
         pytest.skip("building the guest needs root (debootstrap, chroot)")
@@ -52,11 +54,12 @@ def guest() -> Guest:
     return built_guest("bookworm")
 
 
-@pytest.fixture(scope="session")
-def trixie_guest() -> Guest:
-    return built_guest("trixie")
+# The Debian releases every guest-side scenario below runs on, and the prefix of their
+# boots' names (bookworm's boots keep their plain names).
+SUITES = {"bookworm": "", "trixie": "trixie-"}
 
 
+@functools.cache
 def uefi_disks_of(guest: Guest, sector_size: int) -> UefiDisks:
     need_tools("grub-mkstandalone", "mkfs.fat", "mcopy", "sgdisk", "losetup")
     if not OVMF_CODE.exists():
@@ -143,6 +146,7 @@ def blank_disk_larger_than(image: Path, path: Path, extra_bytes: int = 256 << 20
 def assert_cloud_init_applied(result: Boot, sc: Scenario, root_image: Path, root_offset: int,
                               source: str) -> None:
     """What a user checks after first boot, on the console and on the disk."""
+    assert re.fullmatch(r"\S*cloud-init \d+\.\d+(\.\d+)?", result.one("cloud-init-version"))
     datasource = result.one("datasource")
     assert datasource.startswith("DataSourceConfigDrive"), datasource + "\n" + result.tail()
     assert f"[source={source}]" in datasource, datasource
@@ -172,12 +176,14 @@ def fresh_root_fs(guest: Guest, tmp_path: Path) -> Path:
     return copy
 
 
-def test_iso_drive_as_cdrom(guest, tmp_path):
-    sc = Scenario.make(tmp_path, "iso", "10.0.2.41")
+@pytest.mark.parametrize("suite, address", [("bookworm", "10.0.2.41"), ("trixie", "10.0.2.51")])
+def test_iso_drive_as_cdrom(suite, address, tmp_path):
+    guest = built_guest(suite)
+    sc = Scenario.make(tmp_path, SUITES[suite] + "iso", address)
     drive = build_drive(sc, "iso")
     root = fresh_root_fs(guest, tmp_path)
     # An IDE CD-ROM, as nova attaches a config drive on x86 by default.
-    result = boot(guest, root, tmp_path / "console-iso.log",
+    result = boot(guest, root, tmp_path / f"console-{sc.name}.log",
                   extra=["-drive", f"file={drive},format=raw,if=ide,media=cdrom,readonly=on"])
     assert_cloud_init_applied(result, sc, root, 0, source="/dev/sr0")
 
@@ -241,21 +247,6 @@ def test_legacy_injection(guest, tmp_path):
 
 # --- Booted as bare metal boots: UEFI firmware, whole-disk GPT images, 4Kn disks ---------
 
-@pytest.fixture(scope="session")
-def uefi_disks(guest) -> UefiDisks:
-    return uefi_disks_of(guest, 512)
-
-
-@pytest.fixture(scope="session")
-def uefi_disks_4kn(guest) -> UefiDisks:
-    return uefi_disks_of(guest, 4096)
-
-
-@pytest.fixture(scope="session")
-def trixie_uefi_disks(trixie_guest) -> UefiDisks:
-    return uefi_disks_of(trixie_guest, 512)
-
-
 @contextlib.contextmanager
 def attached(disk: Path, sector_size: int):
     """``disk`` as a loop device with ``sector_size``-byte logical sectors: what the kernel
@@ -308,23 +299,27 @@ def boot_uefi(guest: Guest, disks: UefiDisks, sc: Scenario, target: Path, number
     return result
 
 
-def test_uefi_deploy_fills_the_config_v2_partition(guest, uefi_disks, tmp_path):
-    sc = Scenario.make(tmp_path, "uefi", "10.0.2.45")
-    image = uefi_disks.with_config_partition
+@pytest.mark.parametrize("suite, address", [("bookworm", "10.0.2.45"), ("trixie", "10.0.2.52")])
+def test_uefi_deploy_fills_the_config_v2_partition(suite, address, tmp_path):
+    guest = built_guest(suite)
+    disks = uefi_disks_of(guest, 512)
+    sc = Scenario.make(tmp_path, SUITES[suite] + "uefi", address)
+    image = disks.with_config_partition
     target = blank_disk_larger_than(image, tmp_path / "target.raw")
-    number, _, root = deploy_uefi(uefi_disks, sc, image, target)
+    number, _, root = deploy_uefi(disks, sc, image, target)
     assert number == 3, "deploy must use the image's own config-v2 partition"
-    boot_uefi(guest, uefi_disks, sc, target, number, root).proved(
+    boot_uefi(guest, disks, sc, target, number, root).proved(
         "OVMF booted GRUB from the image's EFI system partition")
 
 
-def test_uefi_firmware_accepts_the_moved_backup_gpt(guest, uefi_disks, tmp_path):
+def test_uefi_firmware_accepts_the_moved_backup_gpt(guest, tmp_path):
     """A target 1 GiB and 1.5 MiB larger than the image (not a whole number of MiB): deploy
     moves the backup GPT to the target's end and makes config-v2 before it. OVMF checks the
     backup header and entries against the primary at every boot and rewrites them when they
     are wrong (edk2 PartitionDxe), so a tail the boot left byte-identical, sgdisk finding
     no problem, is a tail the firmware accepted."""
     sc = Scenario.make(tmp_path, "uefi-resized", "10.0.2.46")
+    uefi_disks = uefi_disks_of(guest, 512)
     image = uefi_disks.without_config_partition
     target = blank_disk_larger_than(image, tmp_path / "target.raw", (1 << 30) + (3 << 19))
     number, config, root = deploy_uefi(uefi_disks, sc, image, target)
@@ -340,13 +335,14 @@ def test_uefi_firmware_accepts_the_moved_backup_gpt(guest, uefi_disks, tmp_path)
                   "backup GPT at its last LBA, left as written by the firmware")
 
 
-def test_4kn_uefi_deploy_makes_a_vfat_config_partition(guest, uefi_disks_4kn, tmp_path):
+def test_4kn_uefi_deploy_makes_a_vfat_config_partition(guest, tmp_path):
     """The image built for 4096-byte sectors, deployed onto a 4Kn disk: deploy makes the
     config partition and writes a vfat drive with 4096-byte sectors (ISO 9660 cannot be
     mounted there); the guest sees the disk as 4Kn, firmware and kernel alike. The GPT
     header is at byte 4096 only: a reader assuming 512-byte sectors finds no partition, so
     GRUB finding the root partition and the kernel mounting it show both read 4Kn."""
     sc = Scenario.make(tmp_path, "uefi-4kn", "10.0.2.47")
+    uefi_disks_4kn = uefi_disks_of(guest, 4096)
     image = uefi_disks_4kn.without_config_partition
     target = blank_disk_larger_than(image, tmp_path / "target.raw")
     number, config, root = deploy_uefi(uefi_disks_4kn, sc, image, target)
@@ -360,23 +356,3 @@ def test_4kn_uefi_deploy_makes_a_vfat_config_partition(guest, uefi_disks_4kn, tm
     assert "META_DATA.JSON" in out("mdir", "-i", drive, "::/openstack/latest").upper()
     result = boot_uefi(guest, uefi_disks_4kn, sc, target, number, root)
     result.proved("4Kn disk (firmware, GRUB, kernel)", "vfat drive with 4096-byte sectors")
-
-
-# --- A newer cloud-init: the trixie guest reads the same drives --------------------------
-
-def test_trixie_iso_drive_as_cdrom(trixie_guest, tmp_path):
-    sc = Scenario.make(tmp_path, "trixie-iso", "10.0.2.51")
-    drive = build_drive(sc, "iso")
-    root = fresh_root_fs(trixie_guest, tmp_path)
-    result = boot(trixie_guest, root, tmp_path / "console-trixie-iso.log",
-                  extra=["-drive", f"file={drive},format=raw,if=ide,media=cdrom,readonly=on"])
-    assert_cloud_init_applied(result, sc, root, 0, source="/dev/sr0")
-
-
-def test_trixie_uefi_deploy_fills_the_config_v2_partition(trixie_guest, trixie_uefi_disks, tmp_path):
-    sc = Scenario.make(tmp_path, "trixie-uefi", "10.0.2.52")
-    image = trixie_uefi_disks.with_config_partition
-    target = blank_disk_larger_than(image, tmp_path / "target.raw")
-    number, _, root = deploy_uefi(trixie_uefi_disks, sc, image, target)
-    assert number == 3
-    boot_uefi(trixie_guest, trixie_uefi_disks, sc, target, number, root)
