@@ -54,8 +54,8 @@ def guest() -> Guest:
     return built_guest("bookworm")
 
 
-# The Debian releases every guest-side scenario below runs on, and the prefix of their
-# boots' names (bookworm's boots keep their plain names).
+# The Debian releases a scenario may run on, and the prefix of their boots' names
+# (bookworm's boots keep their plain names).
 SUITES = {"bookworm": "", "trixie": "trixie-"}
 
 
@@ -176,10 +176,8 @@ def fresh_root_fs(guest: Guest, tmp_path: Path) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("suite, address", [("bookworm", "10.0.2.41"), ("trixie", "10.0.2.51")])
-def test_iso_drive_as_cdrom(suite, address, tmp_path):
-    guest = built_guest(suite)
-    sc = Scenario.make(tmp_path, SUITES[suite] + "iso", address)
+def test_iso_drive_as_cdrom(guest, tmp_path):
+    sc = Scenario.make(tmp_path, "iso", "10.0.2.41")
     drive = build_drive(sc, "iso")
     root = fresh_root_fs(guest, tmp_path)
     # An IDE CD-ROM, as nova attaches a config drive on x86 by default.
@@ -299,6 +297,8 @@ def boot_uefi(guest: Guest, disks: UefiDisks, sc: Scenario, target: Path, number
     return result
 
 
+# trixie boots this one only: its ISO 9660 drive in a partition is the drive deploy writes,
+# and one more boot of it (~2 minutes under load) would take make test past 30 minutes.
 @pytest.mark.parametrize("suite, address", [("bookworm", "10.0.2.45"), ("trixie", "10.0.2.52")])
 def test_uefi_deploy_fills_the_config_v2_partition(suite, address, tmp_path):
     guest = built_guest(suite)
@@ -306,8 +306,10 @@ def test_uefi_deploy_fills_the_config_v2_partition(suite, address, tmp_path):
     sc = Scenario.make(tmp_path, SUITES[suite] + "uefi", address)
     image = disks.with_config_partition
     target = blank_disk_larger_than(image, tmp_path / "target.raw")
-    number, _, root = deploy_uefi(disks, sc, image, target)
+    number, config, root = deploy_uefi(disks, sc, image, target)
     assert number == 3, "deploy must use the image's own config-v2 partition"
+    fs = out("blkid", "-p", "-O", str(config["start"] * 512), "-o", "value", "-s", "TYPE", target)
+    assert fs.strip() == "iso9660", fs
     boot_uefi(guest, disks, sc, target, number, root).proved(
         "OVMF booted GRUB from the image's EFI system partition")
 
