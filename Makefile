@@ -19,8 +19,8 @@ quick: install
 	.venv/bin/pytest -q -ra tests
 
 # Only the boots: a real Debian guest under QEMU with our drives, checked for what
-# cloud-init did. The guest is built on the first run (~2 min, needs root and the Debian
-# mirror) and cached in tests/.cache/; each boot then takes about a minute.
+# cloud-init did. The guests (bookworm, trixie) are built on the first run (~5 min, need
+# root and the Debian mirror) and cached in tests/.cache/; each boot then takes 1-2 minutes.
 e2e: install
 	.venv/bin/pytest -q -ra -m e2e tests/e2e
 

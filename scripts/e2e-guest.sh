@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Build the Linux guest the end-to-end tests boot under QEMU (tests/e2e/).
 #
-#   bash scripts/e2e-guest.sh OUTDIR
+#   bash scripts/e2e-guest.sh OUTDIR [SUITE]
+#
+# SUITE is the Debian release: bookworm (default, cloud-init 22.4) or trixie (a newer
+# cloud-init); both guests are configured alike and read the same drives.
 #
 # OUTDIR gets:
 #   vmlinuz, initrd.img      the guest's own kernel and initramfs (direct kernel boot)
@@ -10,7 +13,7 @@
 #                            partition named config-v2 (what deploy fills)
 #   disk-plain.qcow2         GPT disk: partition 1 = root.ext4 only (deploy must make one)
 #
-# The guest: Debian bookworm (debootstrap minbase) with cloud-init, the cloud kernel,
+# The guest: Debian SUITE (debootstrap minbase) with cloud-init, the cloud kernel,
 # systemd and ifupdown (cloud-init's first network renderer on Debian, "eni"), set to look
 # only for a config drive, and to power off once cloud-init's final stage is done. It
 # needs root (chroot, mounts), network access to the Debian mirror, and takes ~10 minutes.
@@ -18,9 +21,9 @@
 # next run rebuilds.
 set -euo pipefail
 
-OUT=${1:?usage: e2e-guest.sh OUTDIR}
+OUT=${1:?usage: e2e-guest.sh OUTDIR [SUITE]}
 MIRROR=${E2E_MIRROR:-http://deb.debian.org/debian}
-SUITE=bookworm
+SUITE=${2:-bookworm}
 ROOT_MIB=1024          # root filesystem size; the installed guest takes ~500 MiB
 CONFIG_MIB=64          # the empty config-v2 partition of disk-config (ironic's size)
 ROOT_LABEL=e2e-root
@@ -115,6 +118,7 @@ cat >"$ROOTFS/var/lib/cloud/scripts/per-boot/90-e2e-report" <<'EOF'
 # What cloud-init made of the config drive, for the end-to-end test on the serial console.
 {
   echo "E2E hostname=$(hostname)"
+  echo "E2E cloud-init-version=$(cloud-init --version 2>&1)"
   python3 -c 'import json; print("E2E datasource=" + json.load(open("/run/cloud-init/status.json"))["v1"]["datasource"])' \
     || echo "E2E datasource=unknown"
   echo "E2E subplatform=$(cloud-init query subplatform 2>/dev/null)"
@@ -130,9 +134,11 @@ chmod 755 "$ROOTFS/var/lib/cloud/scripts/per-boot/90-e2e-report"
 echo "LABEL=$ROOT_LABEL / ext4 defaults 0 0" >"$ROOTFS/etc/fstab"
 echo "e2e-unconfigured" >"$ROOTFS/etc/hostname"
 printf '127.0.0.1 localhost\n' >"$ROOTFS/etc/hosts"
-# Nothing that is not needed for the test runs at boot (each second counts under TCG).
+# Nothing that is not needed for the test runs at boot (each second counts under TCG); and
+# no login prompt on the serial console, where trixie's getty would cut into report lines.
 for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
-            fstrim.timer dpkg-db-backup.timer systemd-tmpfiles-clean.timer getty@tty1.service; do
+            fstrim.timer dpkg-db-backup.timer systemd-tmpfiles-clean.timer getty@tty1.service \
+            serial-getty@ttyS0.service; do
   chroot "$ROOTFS" systemctl mask "$unit" >/dev/null 2>&1 || true
 done
 # A fixed machine id: an empty one makes systemd treat the boot as a first boot and
@@ -157,7 +163,9 @@ for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount "${mounted[i]}"; done
 mounted=()
 
 step "making root.ext4 and the GPT disks"
-mkfs.ext4 -q -F -L "$ROOT_LABEL" -U "$ROOT_UUID" -E "hash_seed=$HASH_SEED" \
+# 4096-byte blocks, written out: ext4 cannot be mounted from a disk whose logical sectors
+# are larger than its blocks, and the 4Kn boot uses this same filesystem.
+mkfs.ext4 -q -F -b 4096 -L "$ROOT_LABEL" -U "$ROOT_UUID" -E "hash_seed=$HASH_SEED" \
   -d "$ROOTFS" "$WORK/root.ext4" "${ROOT_MIB}M" >/dev/null
 
 # A GPT disk holding root.ext4 as partition 1 (and optionally an empty config-v2).

@@ -16,6 +16,7 @@ DEBS=(
   cloud-init                                # cloud-init's own config drive reader
   cloud-image-utils                         # cloud-localds: the NoCloud seeds we are compared with
   debootstrap qemu-system-x86               # the end-to-end guest (make e2e): build, boot
+  ovmf grub-efi-amd64-bin                   # e2e UEFI boots: firmware, grub-mkstandalone
   python3 python3-venv
 )
 

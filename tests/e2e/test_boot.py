@@ -1,14 +1,21 @@
 """End to end: a real Debian guest boots under QEMU with what configdrive wrote, and
 cloud-init applies it: hostname, root's SSH key, a user-data runcmd, a static address
 from network_data.json. Evidence comes from the guest's serial console and from its disk
-read back with debugfs after it powered off; disks are laid out and checked with sfdisk.
+read back with debugfs after it powered off; disks are laid out and checked with sfdisk
+and sgdisk.
 
-Each boot takes about a minute under TCG (the guest is built once and cached, see
-scripts/e2e-guest.sh). Run with ``make e2e``; ``make test`` leaves these out.
+Boots come two ways: QEMU's direct kernel boot, and as a bare-metal node boots, through
+UEFI firmware (OVMF) from a whole-disk GPT image that `configdrive deploy` wrote, on
+512-byte and on 4096-byte-sector (4Kn) disks. Guests: Debian bookworm (cloud-init 22.4)
+and trixie (a newer cloud-init). Each boot takes one to two minutes under TCG (guests are
+built once and cached, see scripts/e2e-guest.sh and scripts/e2e-guest-uefi.sh). Run
+with ``make e2e`` or ``make test``; a plain ``pytest`` leaves these out.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import re
@@ -20,21 +27,44 @@ from pathlib import Path
 import pytest
 
 from conftest import configdrive, is_root, out, run
-from guestvm import GUEST_MAC, Boot, Guest, boot, build_guest, read_guest_file
+from guestvm import (GUEST_MAC, OVMF_CODE, Boot, Guest, UefiDisks, boot, build_guest,
+                     build_uefi_disks, read_guest_file)
 
 pytestmark = pytest.mark.e2e
 
 EXAMPLE_KEY = (Path(__file__).resolve().parents[2] / "configdrive" / "examples" / "example.pub")
 
 
-@pytest.fixture(scope="session")
-def guest() -> Guest:
-    if not is_root():
-        pytest.skip("building the guest needs root (debootstrap, chroot)")
-    for tool in ("qemu-system-x86_64", "debootstrap", "debugfs", "sfdisk", "qemu-img"):
+def need_tools(*tools: str) -> None:
+    for tool in tools:
         if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
             pytest.skip(f"{tool} is not installed (scripts/install.sh installs it)")
-    return build_guest()
+
+
+@functools.cache
+def built_guest(suite: str) -> Guest:
+    if not is_root():
+        pytest.skip("building the guest needs root (debootstrap, chroot)")
+    need_tools("qemu-system-x86_64", "debootstrap", "debugfs", "sfdisk", "qemu-img")
+    return build_guest(suite)
+
+
+@pytest.fixture(scope="session")
+def guest() -> Guest:
+    return built_guest("bookworm")
+
+
+# The Debian releases a scenario may run on, and the prefix of their boots' names
+# (bookworm's boots keep their plain names).
+SUITES = {"bookworm": "", "trixie": "trixie-"}
+
+
+@functools.cache
+def uefi_disks_of(guest: Guest, sector_size: int) -> UefiDisks:
+    need_tools("grub-mkstandalone", "mkfs.fat", "mcopy", "sgdisk", "losetup")
+    if not OVMF_CODE.exists():
+        pytest.skip(f"{OVMF_CODE} is missing (scripts/install.sh installs ovmf)")
+    return build_uefi_disks(guest, sector_size)
 
 
 @dataclass
@@ -103,16 +133,20 @@ def partition_named(disk: Path, name: str) -> tuple[int, dict]:
     raise AssertionError(f"{disk} has no partition named {name}: {partitions(disk)}")
 
 
-def blank_disk_larger_than(image: Path, path: Path, extra_mib: int = 256) -> Path:
-    size = json.loads(out("qemu-img", "info", "--output=json", image))["virtual-size"]
+def virtual_size(image: Path) -> int:
+    return json.loads(out("qemu-img", "info", "--output=json", image))["virtual-size"]
+
+
+def blank_disk_larger_than(image: Path, path: Path, extra_bytes: int = 256 << 20) -> Path:
     with open(path, "wb") as f:
-        f.truncate(size + extra_mib * 1024 * 1024)
+        f.truncate(virtual_size(image) + extra_bytes)
     return path
 
 
 def assert_cloud_init_applied(result: Boot, sc: Scenario, root_image: Path, root_offset: int,
                               source: str) -> None:
     """What a user checks after first boot, on the console and on the disk."""
+    assert re.fullmatch(r"\S*cloud-init \d+\.\d+(\.\d+)?", result.one("cloud-init-version"))
     datasource = result.one("datasource")
     assert datasource.startswith("DataSourceConfigDrive"), datasource + "\n" + result.tail()
     assert f"[source={source}]" in datasource, datasource
@@ -131,6 +165,8 @@ def assert_cloud_init_applied(result: Boot, sc: Scenario, root_image: Path, root
     assert net is not None, "cloud-init rendered no network configuration"
     assert re.search(r"^iface eth0 inet static$", net, re.M), net
     assert re.search(rf"^\s*address {re.escape(sc.address)}(/24)?$", net, re.M), net
+    result.proved(f"drive at {source}", "hostname", "root key", "runcmd",
+                  f"static {sc.address} (console and ifupdown file)")
 
 
 def fresh_root_fs(guest: Guest, tmp_path: Path) -> Path:
@@ -145,7 +181,7 @@ def test_iso_drive_as_cdrom(guest, tmp_path):
     drive = build_drive(sc, "iso")
     root = fresh_root_fs(guest, tmp_path)
     # An IDE CD-ROM, as nova attaches a config drive on x86 by default.
-    result = boot(guest, root, tmp_path / "console-iso.log",
+    result = boot(guest, root, tmp_path / f"console-{sc.name}.log",
                   extra=["-drive", f"file={drive},format=raw,if=ide,media=cdrom,readonly=on"])
     assert_cloud_init_applied(result, sc, root, 0, source="/dev/sr0")
 
@@ -204,3 +240,121 @@ def test_legacy_injection(guest, tmp_path):
     root_offset = partitions(image)[0]["start"] * 512
     keys = read_guest_file(image, "/root/.ssh/authorized_keys", root_offset)
     assert keys is not None and key in keys.splitlines()
+    result.proved("no drive: DataSourceNone", "injected root key (console and disk)", "injected file")
+
+
+# --- Booted as bare metal boots: UEFI firmware, whole-disk GPT images, 4Kn disks ---------
+
+@contextlib.contextmanager
+def attached(disk: Path, sector_size: int):
+    """``disk`` as a loop device with ``sector_size``-byte logical sectors: what the kernel
+    (and so deploy, sfdisk and sgdisk) sees of a disk with such sectors."""
+    loop = out("losetup", "--show", "-f", "--sector-size", str(sector_size), disk).strip()
+    try:
+        yield loop
+    finally:
+        run("losetup", "-d", loop)
+
+
+def gpt_tail(disk: Path, sector_size: int) -> bytes:
+    """The backup GPT: the partition entries (32 sectors' worth at 512, 4 at 4096) and the
+    header in the disk's last sector."""
+    size = disk.stat().st_size
+    with open(disk, "rb") as f:
+        f.seek(size - 16384 - sector_size)
+        return f.read()
+
+
+def assert_booted_by_firmware(result: Boot) -> None:
+    """The line our GRUB prints: the firmware found the EFI system partition in the GPT and
+    ran \\EFI\\BOOT\\BOOTX64.EFI from it, and GRUB found the root ext4 by its UUID."""
+    # (GRUB's console output comes wrapped in terminal colour codes: search, not match.)
+    roots = re.findall(r"E2E-GRUB root=(\S+)", result.console)
+    assert roots == ["hd0,gpt2"], f"GRUB from the EFI system partition did not run\n{result.tail()}"
+
+
+def deploy_uefi(disks: UefiDisks, sc: Scenario, image: Path, target: Path) -> tuple[int, dict, dict]:
+    """Deploy ``image`` onto ``target`` through a loop device with the disks' sector size
+    (deploy takes the sector size from the kernel, as on a real disk). Returns the config
+    partition's number and sfdisk's entries for it and for root (in those sectors)."""
+    with attached(target, disks.sector_size) as device:
+        configdrive("deploy", "--device", device, "--image", image, *sc.content_options)
+        verify = out("sgdisk", "-v", device)
+        assert "No problems found" in verify, verify
+        number, config = partition_named(Path(device), "config-v2")
+        _, root = partition_named(Path(device), "root")
+    return number, config, root
+
+
+def boot_uefi(guest: Guest, disks: UefiDisks, sc: Scenario, target: Path, number: int,
+              root: dict) -> Boot:
+    """Boot ``target`` alone through OVMF and check what cloud-init did."""
+    result = boot(guest, target, sc.dir / f"console-{sc.name}.log", uefi=True,
+                  sector_size=disks.sector_size)
+    assert_booted_by_firmware(result)
+    assert_cloud_init_applied(result, sc, target, root["start"] * disks.sector_size,
+                              source=f"/dev/vda{number}")
+    return result
+
+
+# trixie boots this one only: its ISO 9660 drive in a partition is the drive deploy writes,
+# and one more boot of it (~2 minutes under load) would take make test past 30 minutes.
+@pytest.mark.parametrize("suite, address", [("bookworm", "10.0.2.45"), ("trixie", "10.0.2.52")])
+def test_uefi_deploy_fills_the_config_v2_partition(suite, address, tmp_path):
+    guest = built_guest(suite)
+    disks = uefi_disks_of(guest, 512)
+    sc = Scenario.make(tmp_path, SUITES[suite] + "uefi", address)
+    image = disks.with_config_partition
+    target = blank_disk_larger_than(image, tmp_path / "target.raw")
+    number, config, root = deploy_uefi(disks, sc, image, target)
+    assert number == 3, "deploy must use the image's own config-v2 partition"
+    fs = out("blkid", "-p", "-O", str(config["start"] * 512), "-o", "value", "-s", "TYPE", target)
+    assert fs.strip() == "iso9660", fs
+    boot_uefi(guest, disks, sc, target, number, root).proved(
+        "OVMF booted GRUB from the image's EFI system partition")
+
+
+def test_uefi_firmware_accepts_the_moved_backup_gpt(guest, tmp_path):
+    """A target 1 GiB and 1.5 MiB larger than the image (not a whole number of MiB): deploy
+    moves the backup GPT to the target's end and makes config-v2 before it. OVMF checks the
+    backup header and entries against the primary at every boot and rewrites them when they
+    are wrong (edk2 PartitionDxe), so a tail the boot left byte-identical, sgdisk finding
+    no problem, is a tail the firmware accepted."""
+    sc = Scenario.make(tmp_path, "uefi-resized", "10.0.2.46")
+    uefi_disks = uefi_disks_of(guest, 512)
+    image = uefi_disks.without_config_partition
+    target = blank_disk_larger_than(image, tmp_path / "target.raw", (1 << 30) + (3 << 19))
+    number, config, root = deploy_uefi(uefi_disks, sc, image, target)
+    last_lba = target.stat().st_size // 512 - 1
+    assert config["start"] + config["size"] - 1 <= last_lba - 33, (config, last_lba)
+    assert config["start"] + config["size"] > last_lba - 33 - 2048, "config-v2 is not at the end"
+    tail = gpt_tail(target, 512)
+    result = boot_uefi(guest, uefi_disks, sc, target, number, root)
+    assert gpt_tail(target, 512) == tail, "the firmware rewrote the backup GPT deploy wrote"
+    verify = out("sgdisk", "-v", target)
+    assert "No problems found" in verify, verify
+    result.proved(f"config-v2 made at the end of a {target.stat().st_size}-byte disk",
+                  "backup GPT at its last LBA, left as written by the firmware")
+
+
+def test_4kn_uefi_deploy_makes_a_vfat_config_partition(guest, tmp_path):
+    """The image built for 4096-byte sectors, deployed onto a 4Kn disk: deploy makes the
+    config partition and writes a vfat drive with 4096-byte sectors (ISO 9660 cannot be
+    mounted there); the guest sees the disk as 4Kn, firmware and kernel alike. The GPT
+    header is at byte 4096 only: a reader assuming 512-byte sectors finds no partition, so
+    GRUB finding the root partition and the kernel mounting it show both read 4Kn."""
+    sc = Scenario.make(tmp_path, "uefi-4kn", "10.0.2.47")
+    uefi_disks_4kn = uefi_disks_of(guest, 4096)
+    image = uefi_disks_4kn.without_config_partition
+    target = blank_disk_larger_than(image, tmp_path / "target.raw")
+    number, config, root = deploy_uefi(uefi_disks_4kn, sc, image, target)
+    # What deploy wrote, read by dosfstools and mtools: a clean FAT with 4096-byte sectors.
+    drive = tmp_path / "config-partition.img"
+    with open(target, "rb") as src, open(drive, "wb") as dst:
+        src.seek(config["start"] * 4096)
+        dst.write(src.read(config["size"] * 4096))
+    fsck = out("fsck.fat", "-n", "-v", drive)
+    assert re.search(r"^\s*4096 bytes per logical sector$", fsck, re.M), fsck
+    assert "META_DATA.JSON" in out("mdir", "-i", drive, "::/openstack/latest").upper()
+    result = boot_uefi(guest, uefi_disks_4kn, sc, target, number, root)
+    result.proved("4Kn disk (firmware, GRUB, kernel)", "vfat drive with 4096-byte sectors")
