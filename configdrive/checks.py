@@ -71,6 +71,11 @@ def meta_data_findings(doc: Any) -> list[Finding]:
     seed = doc.get("random_seed")
     if isinstance(seed, str):
         found.extend(_random_seed_findings(seed))
+    name, hostname = doc.get("name"), doc.get("hostname")
+    if isinstance(name, str) and isinstance(hostname, str) and name != hostname.split(".")[0]:
+        # glean sets the hostname from `name`, cloud-init from `hostname`
+        found.append(Finding("/name", f"{name!r} is not the host part of hostname {hostname!r}: glean names "
+                             "the host from name, cloud-init from hostname", "warning"))
     files = doc.get("files")
     if isinstance(files, list):
         for i, entry in enumerate(files):

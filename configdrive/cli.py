@@ -26,6 +26,9 @@ def add_content_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vendor-data", metavar="F", help="vendor_data.json")
     g.add_argument("--vendor-data2", metavar="F", help="vendor_data2.json")
     g.add_argument("--ironic", metavar="F", help="the ironic API's configdrive object (JSON)")
+    g.add_argument("--ec2-meta-data", metavar="F",
+                   help="ec2 meta-data.json keys to write as given (instance-id, instance-type, ami-id, "
+                        "public-ipv4, reservation-id, security-groups, ...)")
     g.add_argument("--file", metavar="GUEST_PATH=LOCAL", action="append", default=[],
                    help="inject a file (openstack/content/NNNN and a meta_data files entry); repeatable")
     g.add_argument("--uuid", help="meta_data uuid (cloud-init's instance-id)")
@@ -58,7 +61,7 @@ def add_format_options(p: argparse.ArgumentParser, sector_size: bool = False) ->
 
 def has_content_options(args: argparse.Namespace) -> bool:
     return bool(args.example or args.meta_data or args.user_data or args.network_data
-                or args.vendor_data or args.vendor_data2 or args.ironic or args.file
+                or args.vendor_data or args.vendor_data2 or args.ironic or args.ec2_meta_data or args.file
                 or args.uuid or args.hostname or args.name or args.ssh_key or args.admin_pass)
 
 
@@ -72,7 +75,7 @@ def content_from_args(args: argparse.Namespace):
         user_data=args.user_data or ex.get("user_data"),
         network_data=args.network_data or ex.get("network_data"),
         vendor_data=args.vendor_data or ex.get("vendor_data"),
-        vendor_data2=args.vendor_data2 or ex.get("vendor_data2"),
+        vendor_data2=args.vendor_data2 or ex.get("vendor_data2"), ec2=args.ec2_meta_data,
         files=args.file,
         ssh_keys=args.ssh_key or ex.get("ssh_keys", []),
         uuid=args.uuid, name=args.name, hostname=args.hostname,
@@ -109,17 +112,15 @@ def _count(text: str) -> int:
 # -- handlers ----------------------------------------------------------------------
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .drive import build
+    from .drive import write_drive
     from .errors import ConfigDriveError
+    tree, problems = _remastered(args) if args.source_drive else _built(args)
     if args.sector_size and args.format != "vfat":
         raise ConfigDriveError("--sector-size applies to --format vfat only (ISO 9660 has 2048-byte blocks)")
-    content = content_from_args(args)
-    if args.validate:
-        _report_validation(content, args.strict, versions=args.versions, ec2=args.ec2)
+    _report_validation(problems, args.strict)
     to_stdout = args.output == "-"
-    build(content, sys.stdout.buffer if to_stdout else args.output, format=args.format or "iso",
-          label=args.label, size=args.size, versions=args.versions, ec2=args.ec2, validate=False,
-          sector_size=args.sector_size)
+    write_drive(tree, sys.stdout.buffer if to_stdout else args.output, format=args.format or "iso",
+                label=args.label, size=args.size, sector_size=args.sector_size)
     if to_stdout:
         sys.stdout.buffer.flush()
     else:
@@ -129,12 +130,44 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_validation(content, strict: bool, versions=None, ec2: bool = True) -> None:
-    """Validate before building; warnings are printed, errors (and, with --strict,
-    warnings) stop the build with every problem listed."""
+def _built(args: argparse.Namespace):
+    """The tree of a new drive from the content options, and what validation says of it."""
+    from .layout import build_tree
+    from .validate import validate_build
+    content = content_from_args(args)
+    tree = build_tree(content, versions=args.versions, ec2=args.ec2)
+    problems = validate_build(content, tree, label=args.label, versions=args.versions, ec2=args.ec2,
+                              source=args.output) if args.validate else []
+    return tree, problems
+
+
+def _remastered(args: argparse.Namespace):
+    """``--from``: the drive's tree with what the options name replaced, and what
+    validation says of the result."""
+    from .drive import Drive, open_drive
     from .errors import ConfigDriveError
-    from .validate import validate_content
-    problems = validate_content(content, versions=versions, ec2=ec2)
+    from .remaster import changes_from_options, remaster
+    from .validate import validate_drive
+    for given, option in ((args.example, "--example"), (args.versions, "--versions"), (not args.ec2, "--no-ec2")):
+        if given:
+            raise ConfigDriveError(f"--from keeps the drive's own layout: {option} cannot be used with it")
+    changes = changes_from_options(
+        ironic=args.ironic, meta_data=args.meta_data, user_data=args.user_data,
+        network_data=args.network_data, vendor_data=args.vendor_data, vendor_data2=args.vendor_data2,
+        ec2=args.ec2_meta_data, files=args.file, ssh_keys=args.ssh_key, random_seed=args.random_seed,
+        uuid=args.uuid, name=args.name, hostname=args.hostname, admin_pass=args.admin_pass)
+    source = open_drive(args.source_drive)
+    if args.format is None:   # a re-master keeps the drive's filesystem unless told otherwise
+        args.format = "vfat" if source.format == "vfat" else "iso"
+    tree = remaster(source.tree, changes, args.source_drive)
+    problems = validate_drive(Drive(args.source_drive, "built", args.label, tree)) if args.validate else []
+    return tree, problems
+
+
+def _report_validation(problems, strict: bool) -> None:
+    """Warnings are printed; errors (and, with --strict, warnings) stop the build with
+    every problem listed."""
+    from .errors import ConfigDriveError
     errors = [p for p in problems if p.severity == "error" or strict]
     for p in problems:
         if p not in errors:
@@ -283,6 +316,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = command("build", cmd_build, "build a config drive image")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="image file, or - for stdout")
+    p.add_argument("--from", dest="source_drive", metavar="DRIVE_OR_DISK",
+                   help="re-master this drive (image, directory, or a disk's config partition): "
+                        "keep its files, replace only what the content options name")
     add_content_options(p)
     add_format_options(p, sector_size=True)
 

@@ -50,6 +50,7 @@ class Content:
     vendor_data2: dict[str, Any] | None = None
     files: list[InjectedFile] = field(default_factory=list)
     random_seed: bool = False
+    ec2: dict[str, Any] | None = None    # keys of ec2/<version>/meta-data.json to write as given
 
     # -- derived facts the layout, the validator and the injector share --------------
 
@@ -123,6 +124,10 @@ class Content:
             md["name"] = name
         if hostname is not None:
             md["hostname"] = hostname
+            if name is None:
+                # glean names the host from `name`, cloud-init from `hostname`: a new
+                # hostname alone must not leave an old name behind.
+                md["name"] = hostname.split(".")[0]
         if admin_pass is not None:
             md["admin_pass"] = admin_pass
         for key_name, key in ssh_keys:
@@ -146,6 +151,7 @@ class Content:
             "network_data": self.network_data,
             "vendor_data": self.vendor_data,
             "vendor_data2": self.vendor_data2,
+            "ec2": self.ec2,
             "user_data": (self.user_data or b"").hex(),
             "files": [(f.path, f.data.hex()) for f in self.files],
         }
@@ -160,6 +166,7 @@ def content_from_files(
     network_data: str | None = None,
     vendor_data: str | None = None,
     vendor_data2: str | None = None,
+    ec2: str | None = None,
     files: Iterable[str] = (),
     ssh_keys: Iterable[str] = (),
     uuid: str | None = None,
@@ -177,6 +184,8 @@ def content_from_files(
         content = Content.from_ironic(parse_json(read_bytes(ironic, "ironic configdrive"), ironic), ironic)
     if meta_data is not None:
         content.meta_data = load_json_object(meta_data, "meta_data")
+        from .remaster import carry_over_files   # remaster imports this module
+        content.files.extend(carry_over_files(content.meta_data, meta_data))
     if user_data is not None:
         content.user_data = read_bytes(user_data, "user data")
     if network_data is not None:
@@ -185,6 +194,8 @@ def content_from_files(
         content.vendor_data = load_json_object(vendor_data, "vendor_data")
     if vendor_data2 is not None:
         content.vendor_data2 = load_json_object(vendor_data2, "vendor_data2")
+    if ec2 is not None:
+        content.ec2 = load_json_object(ec2, "ec2 meta-data")
     content.files.extend(parse_file_option(spec) for spec in files)
     keys = [pair for path in ssh_keys for pair in read_ssh_keys(path)]
     content.apply_shortcuts(uuid=uuid, name=name, hostname=hostname, ssh_keys=keys, admin_pass=admin_pass)

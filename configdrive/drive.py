@@ -66,11 +66,17 @@ def build(content: Content, out: str | os.PathLike | BinaryIO | None = None, *,
     ``size`` and ``sector_size`` are the vfat image's (see :func:`write_image`).
     """
     content.fill_defaults()
-    if validate:
-        from .validate import check_content
-        check_content(content, versions=versions, ec2=ec2)
     tree = build_tree(content, versions=versions, ec2=ec2)
-    options = dict(format=format, label=label, size=size, sector_size=sector_size)
+    if validate:
+        from .validate import check_build
+        check_build(content, tree, label=label, versions=versions, ec2=ec2)
+    return write_drive(tree, out, format=format, label=label, size=size, sector_size=sector_size)
+
+
+def write_drive(tree: Mapping[str, bytes], out: str | os.PathLike | BinaryIO | None = None,
+                **options: Any) -> bytes | None:
+    """Write ``tree`` as an image (options of :func:`write_image`) to the path or binary
+    stream ``out``, or return its bytes when ``out`` is None."""
     if out is None:
         buffer = io.BytesIO()
         write_image(tree, buffer, **options)

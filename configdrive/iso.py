@@ -27,6 +27,8 @@ from .isonames import primary_names
 BLOCK = 2048
 # The primary volume identifier holds 32 bytes, Joliet's the same 32 bytes as UCS-2.
 LABEL_MAX = 16
+# The publisher identifier field of a volume descriptor (ECMA-119 8.4.20).
+PUBLISHER_MAX = 128
 JOLIET_NAME_MAX = 64            # characters, genisoimage without -joliet-long
 # Characters Joliet forbids in a name; genisoimage writes "_" instead.
 _JOLIET_FORBIDDEN = re.compile(r"[\x00-\x1f*/:;?\\]")
@@ -56,9 +58,10 @@ _PYCDLIB_PARSER_SLIPS = (struct.error, ValueError, KeyError, AttributeError)
 # -- writing -------------------------------------------------------------------------
 
 def write(tree: Mapping[str, bytes], out: BinaryIO, *, label: str = "config-2",
-          epoch: int | None = None) -> None:
+          epoch: int | None = None, publisher: str = PUBLISHER) -> None:
     """Write ``tree`` ({relative POSIX path: bytes}, files only) as an ISO 9660 image with
-    Joliet and Rock Ridge 1.09 to ``out``, volume label ``label``.
+    Joliet and Rock Ridge 1.09 to ``out``, volume label ``label``, publisher identifier
+    ``publisher`` (nova writes "OpenStack Nova X.Y.Z" there).
 
     With ``epoch`` (SOURCE_DATE_EPOCH) every date in the image is that instant, so equal
     inputs give byte-identical images; without it, the current time. Dates are UTC.
@@ -68,6 +71,8 @@ def write(tree: Mapping[str, bytes], out: BinaryIO, *, label: str = "config-2",
     ``rr_moved``; Rock Ridge readers see the tree as given either way.
     """
     _check_label(label)
+    if len(publisher.encode("utf-8")) > PUBLISHER_MAX:
+        raise ConfigDriveError(f"publisher {publisher[:40]!r}...: longer than {PUBLISHER_MAX} bytes")
     files, dirs = _check_tree(tree)
     primary = _primary_paths(files, dirs)
     joliet = _joliet_paths(files, dirs)
@@ -80,7 +85,7 @@ def write(tree: Mapping[str, bytes], out: BinaryIO, *, label: str = "config-2",
         # Level 3: pycdlib writes an extra ISO 9660:1999 descriptor at level 4, which
         # genisoimage does not; level 4 is only needed to let lowercase and "." pass
         # its name checks, so it is raised after the descriptors exist.
-        iso.new(interchange_level=3, vol_ident=label, pub_ident_str=PUBLISHER,
+        iso.new(interchange_level=3, vol_ident=label, pub_ident_str=publisher,
                 app_ident_str=APPLICATION, joliet=3, rock_ridge="1.09")
         iso.interchange_level = 4
         for path in sorted(dirs, key=_depth_first):

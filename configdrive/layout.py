@@ -1,10 +1,14 @@
-"""Content -> the config-drive-v2 file tree, as nova writes it.
+"""Content -> the config-drive-v2 file tree, as nova (all versions) or openstacksdk and
+ironic (``versions`` named) write it.
 
 The tree is a plain ``{path: bytes}`` mapping with relative POSIX paths
-(``openstack/latest/meta_data.json``), in a stable order. Every OpenStack version directory
-holds every file its version allows, because cloud-init reads the NEWEST dated directory it
-knows and ignores ``latest`` when one exists; glean reads only ``latest``. So anything
-written only into ``latest`` would be lost on half the consumers.
+(``openstack/latest/meta_data.json``), in a stable order. By default it is nova's: every
+OpenStack version directory, each holding every file its version allows. With ``versions``
+named it is openstacksdk's (``openstack.baremetal.configdrive.build``, which ironic's
+conductor calls): every file the content has goes into every listed directory, whatever
+the directory's date. Both matter for the same reason: cloud-init reads the NEWEST dated
+directory it knows and ignores ``latest`` when one exists; glean reads only ``latest``. A
+``2012-08-10,latest`` drive gated by date would hide network_data.json from cloud-init.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import json
 import os
 from typing import Any, Iterable
 
-from .content import Content
+from .content import Content, InjectedFile
 from .errors import ConfigDriveError
 
 # Oldest first (nova api/metadata/base.py). Each name is also the directory name.
@@ -72,19 +76,25 @@ def build_tree(content: Content, versions: str | Iterable[str] | None = None,
 
     for version in chosen:
         base = f"openstack/{version}/"
-        tree[base + "meta_data.json"] = _json(_meta_data_for(meta_data, version, content.random_seed))
+        if versions is None:   # nova: what each version allows
+            meta = _meta_data_for(meta_data, version)
+            documents = {name: doc or {} for name, doc, since in _documents(content) if allows(version, since)}
+        else:                  # openstacksdk: everything the content has, everywhere
+            meta = dict(meta_data)
+            documents = {name: doc for name, doc, _ in _documents(content) if doc is not None}
+        if content.random_seed and (versions is not None or allows(version, META_KEY_SINCE["random_seed"])):
+            # nova draws a fresh seed for every directory; only when asked, so that builds
+            # stay reproducible by default.
+            meta["random_seed"] = base64.b64encode(os.urandom(RANDOM_SEED_BYTES)).decode()
+        tree[base + "meta_data.json"] = json_bytes(meta)
         if content.user_data is not None:
             tree[base + "user_data"] = content.user_data
-        if allows(version, VENDOR_DATA_SINCE):
-            tree[base + "vendor_data.json"] = _json(content.vendor_data or {})
-        if allows(version, NETWORK_DATA_SINCE):
-            tree[base + "network_data.json"] = _json(content.network_data or {})
-        if allows(version, VENDOR_DATA2_SINCE):
-            tree[base + "vendor_data2.json"] = _json(content.vendor_data2 or {})
+        for name, doc in documents.items():
+            tree[base + name] = json_bytes(doc)
     tree.update(content_files)
 
     if ec2:
-        ec2_meta = _json(ec2_meta_data(meta_data, content.network_data))
+        ec2_meta = json_bytes(ec2_meta_data(meta_data, content.network_data, content.ec2))
         for version in EC2_VERSIONS + (LATEST,):
             tree[f"ec2/{version}/meta-data.json"] = ec2_meta
             if content.user_data is not None:
@@ -96,14 +106,24 @@ def _with_injected_files(content: Content) -> tuple[dict[str, Any], dict[str, by
     """meta_data with a ``files`` entry per injected file, and the content/NNNN bytes.
     One copy of each file, referenced from every version (content_path is relative to
     ``openstack/``)."""
-    meta_data = dict(content.meta_data)
-    if not content.files:
+    return add_injected_files(content.meta_data, content.files)
+
+
+def add_injected_files(meta_data: dict[str, Any], files: Iterable[InjectedFile],
+                       taken: Iterable[str] = ()) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """A copy of ``meta_data`` with a ``files`` entry per injected file, and the bytes of
+    each as ``openstack/content/NNNN``, numbered past the content paths its entries and
+    ``taken`` (tree paths, e.g. of a drive being re-mastered) already use."""
+    meta_data = dict(meta_data)
+    files = list(files)
+    if not files:
         return meta_data, {}
     entries = list(meta_data.get("files") or [])
     used = {e.get("content_path") for e in entries if isinstance(e, dict)}
+    used.update("/" + path.removeprefix("openstack/") for path in taken)
     blobs: dict[str, bytes] = {}
     index = 0
-    for injected in content.files:
+    for injected in files:
         while f"/content/{index:04d}" in used:
             index += 1
         content_path = f"/content/{index:04d}"
@@ -114,7 +134,14 @@ def _with_injected_files(content: Content) -> tuple[dict[str, Any], dict[str, by
     return meta_data, blobs
 
 
-def _meta_data_for(meta_data: dict[str, Any], version: str, random_seed: bool) -> dict[str, Any]:
+def _documents(content: Content) -> list[tuple[str, dict[str, Any] | None, str]]:
+    """(file name, document or None, first version that carries it), in nova's order."""
+    return [("vendor_data.json", content.vendor_data, VENDOR_DATA_SINCE),
+            ("network_data.json", content.network_data, NETWORK_DATA_SINCE),
+            ("vendor_data2.json", content.vendor_data2, VENDOR_DATA2_SINCE)]
+
+
+def _meta_data_for(meta_data: dict[str, Any], version: str) -> dict[str, Any]:
     """meta_data.json as directory ``version`` carries it: keys a later version brought
     are left out, as nova leaves them out."""
     doc = {k: v for k, v in meta_data.items()
@@ -123,10 +150,6 @@ def _meta_data_for(meta_data: dict[str, Any], version: str, random_seed: bool) -
         doc["devices"] = [_device_for(d, version) for d in doc["devices"]
                           if not (isinstance(d, dict) and d.get("type") in DEVICE_TYPE_SINCE
                                   and not allows(version, DEVICE_TYPE_SINCE[d["type"]]))]
-    if random_seed and allows(version, META_KEY_SINCE["random_seed"]):
-        # nova draws a fresh seed for every directory; only when asked, so that builds
-        # stay reproducible by default.
-        doc["random_seed"] = base64.b64encode(os.urandom(RANDOM_SEED_BYTES)).decode()
     return doc
 
 
@@ -137,20 +160,30 @@ def _device_for(device: Any, version: str) -> Any:
             if k not in DEVICE_KEY_SINCE or allows(version, DEVICE_KEY_SINCE[k])}
 
 
-def ec2_meta_data(meta_data: dict[str, Any], network_data: dict[str, Any] | None) -> dict[str, Any]:
-    """ec2 meta-data.json derived from the OpenStack metadata (nova's EC2 view of the same
-    instance). Keys with no source are left out rather than invented."""
+# What nova writes into ec2/<version>/meta-data.json (api/metadata/base.py
+# get_ec2_metadata); an ec2 section of the input may give any of them.
+EC2_KEYS = (
+    "ami-id", "ami-launch-index", "ami-manifest-path", "instance-id", "hostname", "local-ipv4",
+    "reservation-id", "security-groups", "public-keys", "local-hostname", "public-hostname",
+    "public-ipv4", "instance-type", "block-device-mapping", "kernel-id", "ramdisk-id",
+    "placement", "instance-action",
+)
+
+
+def ec2_meta_data(meta_data: dict[str, Any], network_data: dict[str, Any] | None,
+                  section: dict[str, Any] | None = None) -> dict[str, Any]:
+    """ec2 meta-data.json: nova's EC2 view of the instance, derived from the OpenStack
+    metadata where it has a source there, then the input's ec2 section (which wins: nova's
+    EC2 ids, flavor name, floating IP and security groups exist only outside the drive).
+    Keys with no source are left out rather than invented (Afterburn reads instance-id,
+    instance-type and public-ipv4 and would take an invented one for the truth)."""
     hostname = meta_data.get("hostname") or meta_data.get("name") or ""
     doc: dict[str, Any] = {
         "instance-id": meta_data.get("uuid", ""),
         "ami-launch-index": meta_data.get("launch_index", 0),
-        "hostname": hostname,
-        "local-hostname": hostname,
-        "public-hostname": hostname,
-        "reservation-id": meta_data.get("reservation_id", ""),
-        "security-groups": [],
-        "block-device-mapping": {"ami": "vda", "root": "/dev/vda"},
     }
+    if hostname:
+        doc.update({"hostname": hostname, "local-hostname": hostname, "public-hostname": hostname})
     if meta_data.get("availability_zone"):
         doc["placement"] = {"availability-zone": meta_data["availability_zone"]}
     keys = list((meta_data.get("public_keys") or {}).items())
@@ -160,6 +193,7 @@ def ec2_meta_data(meta_data: dict[str, Any], network_data: dict[str, Any] | None
     ipv4 = _first_static_ipv4(network_data)
     if ipv4:
         doc["local-ipv4"] = ipv4
+    doc.update(section or {})
     return doc
 
 
@@ -170,5 +204,6 @@ def _first_static_ipv4(network_data: dict[str, Any] | None) -> str | None:
     return None
 
 
-def _json(obj: Any) -> bytes:
+def json_bytes(obj: Any) -> bytes:
+    """A document as nova writes it (json.dumps, default separators)."""
     return json.dumps(obj).encode()

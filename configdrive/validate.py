@@ -234,11 +234,22 @@ def validate_content(content: Content, versions: str | Iterable[str] | None = No
         doc = getattr(content, kind)
         if doc is not None:
             problems += validate_document(kind, doc, kind)
+    if content.ec2 is not None:
+        problems += _ec2_section_problems(content.ec2, ec2)
     for i, injected in enumerate(content.files):
         problems += [Problem("files", checks.pointer(i, "path"), message)
                      for message in checks.injected_path_problems(injected.path)]
     problems += _capacity_problems(content, versions, ec2)
     return problems
+
+
+def _ec2_section_problems(section: dict, ec2: bool) -> list[Problem]:
+    from .layout import EC2_KEYS
+    if not ec2:
+        return [Problem("ec2", "", "given, but the build writes no ec2/ tree (--no-ec2)")]
+    unknown = [Problem("ec2", checks.pointer(key), f"unknown key (nova writes: {', '.join(EC2_KEYS)})")
+               for key in section if key not in EC2_KEYS]
+    return unknown + validate_document("ec2_meta_data", section, "ec2")
 
 
 def _capacity_problems(content: Content, versions, ec2: bool) -> list[Problem]:
@@ -254,9 +265,36 @@ def _capacity_problems(content: Content, versions, ec2: bool) -> list[Problem]:
 
 def check_content(content: Content, versions: str | Iterable[str] | None = None, ec2: bool = True) -> None:
     """Raise ConfigDriveError listing every error (warnings pass)."""
-    errors = [p for p in validate_content(content, versions, ec2) if p.severity == "error"]
+    raise_errors(validate_content(content, versions, ec2))
+
+
+def raise_errors(problems: Iterable[Problem]) -> None:
+    errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise ConfigDriveError("; ".join(map(str, errors)))
+
+
+def validate_build(content: Content, tree: dict[str, bytes], label: str = "config-2",
+                   versions: str | Iterable[str] | None = None, ec2: bool = True,
+                   source: str = "drive") -> list[Problem]:
+    """Every problem of a build: the content's (named like its files), then whatever
+    ``validate`` would find in the drive the build writes (``tree``) and the content did
+    not already say. Running the drive's checks on the very tree that is written is what
+    keeps ``build --strict`` and ``validate --strict`` in agreement."""
+    problems = validate_content(content, versions, ec2)
+    # The same finding again in each version directory's copy says nothing new; leaving it
+    # out never turns a failing build into a passing one (one of equal severity remains).
+    seen = {(p.message, p.severity) for p in problems}
+    for problem in validate_drive(Drive(source, "built", label, tree)):
+        if (problem.message, problem.severity) not in seen:
+            seen.add((problem.message, problem.severity))
+            problems.append(problem)
+    return problems
+
+
+def check_build(content: Content, tree: dict[str, bytes], **options: Any) -> None:
+    """Raise ConfigDriveError listing every error of :func:`validate_build`."""
+    raise_errors(validate_build(content, tree, **options))
 
 
 # -- whole drives ---------------------------------------------------------------------
@@ -302,6 +340,7 @@ def validate_drive(drive: Drive) -> list[Problem]:
             doc = _parsed(data)
             problems += _problems(where(rel), checks.content_ref_findings(doc, under_openstack))
 
+    problems += _repeated_seed_problems(tree, versions, where)
     chosen = cloud_init_version(versions)
     if f"openstack/{chosen}/meta_data.json" not in tree:
         problems.append(Problem(where(f"openstack/{chosen}/meta_data.json"), "",
@@ -312,6 +351,21 @@ def validate_drive(drive: Drive) -> list[Problem]:
     if chosen != LATEST and LATEST in versions:
         problems += _latest_only_problems(tree, chosen, where)
     return problems
+
+
+def _repeated_seed_problems(tree: dict[str, bytes], versions: list[str], where) -> list[Problem]:
+    """nova draws random_seed anew for every version directory; one seed in several was
+    given, not drawn, and every instance built from the same input shares it."""
+    seeds: dict[str, list[str]] = {}
+    for version in versions:
+        doc = _parsed(tree.get(f"openstack/{version}/meta_data.json", b""))
+        if isinstance(doc, dict) and isinstance(doc.get("random_seed"), str):
+            seeds.setdefault(doc["random_seed"], []).append(version)
+    return [Problem(where(f"openstack/{found[0]}/meta_data.json"), "/random_seed",
+                    f"the same seed in {len(found)} version directories: it was given, not drawn, and every "
+                    "instance built from this input gets it (let the build draw one per directory: "
+                    "--random-seed)", "warning")
+            for found in seeds.values() if len(found) > 1]
 
 
 def _latest_only_problems(tree: dict[str, bytes], chosen: str, where) -> list[Problem]:

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 
 PEERS=(
   # name   packages (exact versions: the facts in ../shared/spec/integrations.md are theirs)
+  "nova nova==34.0.0"
+  "sdk openstacksdk==4.22.0"
 )
 
 PY=${PYTHON:-python3}
