@@ -66,7 +66,7 @@ def refuse_unconvertible(kind: str, name: str) -> None:
     if kind == "iso":
         raise PartitionError(f"{name}: an ISO 9660 image without a partition table is not a "
                              "bootable disk: refused (--image-format raw writes it as it is)")
-    if kind not in ("qcow2", "gpt", "mbr", "iso-hybrid", "raw"):
+    if kind not in ("qcow2", "gpt", "mbr", "iso-hybrid", "raw", "forced"):
         raise PartitionError(f"{name}: {kind} images are not converted: refused (convert it "
                              f"with qemu-img convert -O raw, or --image-format raw to write "
                              f"the {kind} container itself)")

@@ -173,13 +173,13 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
     inside = f" inside {compression}" if compression else ""
     if not head:
         raise PartitionError(f"{source.name}: the image is empty (0 bytes{inside}): refused")
-    if len(head) < MIN_DISK:
-        raise PartitionError(f"{source.name}: the image holds only {len(head)} bytes{inside}, "
-                             f"less than one {MIN_DISK}-byte sector: refused")
     detected = "forced" if image_format == "raw" else identify(head)
     if image_format == "qcow2" and detected != "qcow2":
         raise PartitionError(f"{source.name}: not a qcow2 image (its content is {detected}): refused")
     refuse_unconvertible(detected, source.name)
+    if len(head) < MIN_DISK:
+        raise PartitionError(f"{source.name}: the image holds only {len(head)} bytes{inside}, "
+                             f"less than one {MIN_DISK}-byte sector: refused")
 
     def drained() -> str | None:
         """The source must have been read to its end (the digest covers every byte)."""

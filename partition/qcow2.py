@@ -57,6 +57,7 @@ MAX_REFCOUNT_TABLE_BYTES = 8 << 20
 MAX_SNAPSHOTS = 65536
 MAX_BACKING_NAME = 1023
 READ_RUN = 4 << 20     # the most we read (and hand on) at once
+COMPRESSED_READ_FACTOR = 8   # compressed clusters may read at most this many times the file
 
 
 @dataclass(frozen=True)
@@ -107,10 +108,17 @@ class Qcow2:
         self._owner = bytearray(-(-file_size // self.cluster) + 1)
         self._claim_metadata()
         self._compressed_seen: set[int] = set()
+        self._compressed_bytes = 0
         self.l1 = self._read_l1()
         for index, l2_offset in enumerate(self.l1):
             if l2_offset:
                 self._check_l2(index, self._read_l2(index, l2_offset))
+        # Neighbouring compressed clusters share a sector (each read runs to the end of
+        # its last sector), so their reads may overlap by under 512 bytes each: far less
+        # than this, which holds fuzzed entries that all read the same stretch again.
+        if self._compressed_bytes > COMPRESSED_READ_FACTOR * file_size + self.cluster:
+            raise self._refuse(f"compressed clusters would read {self._compressed_bytes} bytes "
+                               f"from a file of {file_size} (overlapping compressed data)")
         self._owner = bytearray()         # only needed for the checks
         self._compressed_seen = set()
 
@@ -302,6 +310,7 @@ class Qcow2:
                     raise self._refuse(f"compressed cluster at byte {coffset} overlaps qcow2 "
                                        f"metadata ({where})")
                 self._compressed_seen.add(coffset)
+                self._compressed_bytes += self._compressed_extent(entry)[1]
                 continue
             host = entry & OFFSET_MASK
             bitmap = l2[i * 2 + 1] if self.entry_words == 2 else None
@@ -407,10 +416,15 @@ class Qcow2:
             data += bytes(length - len(data))     # past the end of the file: zeros
         return start, length, data
 
-    def _inflate(self, entry: int, voff: int) -> bytes:
+    def _compressed_extent(self, entry: int) -> tuple[int, int]:
+        """(host offset, bytes to read) of a compressed cluster: up to the end of the last
+        512-byte sector its L2 entry counts."""
         coffset = entry & self.coffset_mask
         sectors = ((entry >> self.csize_shift) & self.csize_mask) + 1
-        csize = sectors * 512 - (coffset & 511)
+        return coffset, sectors * 512 - (coffset & 511)
+
+    def _inflate(self, entry: int, voff: int) -> bytes:
+        coffset, csize = self._compressed_extent(entry)
         data = self._pread(coffset, csize, f"compressed cluster at virtual byte {voff}")
         try:
             if self.header.compression_type == 0:
