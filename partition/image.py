@@ -23,6 +23,7 @@ keeps memory bounded whatever the image size, and converted from there.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 import threading
@@ -100,6 +101,47 @@ def split_zeros(offset: int, data) -> Iterator[Extent]:
         run_zero = zero
     if run_zero is not None:
         yield offset + run_start, length - run_start, None if run_zero else view[run_start:]
+
+
+def file_extents(fd: int, size: int, name: str) -> Iterator[Extent]:
+    """A local file's first ``size`` bytes as extents, its holes as the file system
+    reports them (SEEK_DATA/SEEK_HOLE): a sparse 4 GiB cloud image holding 1 GiB of data
+    is 1 GiB read, not 4 GiB read and scanned for zeros (4 s of CPU once). Data regions
+    are read in CHUNK pieces; ``Image.extents`` still finds zero runs inside them, which
+    costs little (about 60 ms of CPU per GiB) and keeps a file written without holes
+    fast. A file system that cannot tell reports all of the file as data."""
+    offset = 0
+    while offset < size:
+        data_at = _seek(fd, offset, os.SEEK_DATA, size, name)
+        if data_at > offset:
+            yield offset, data_at - offset, None
+        hole_at = _seek(fd, data_at, os.SEEK_HOLE, size, name) if data_at < size else size
+        while data_at < hole_at:
+            n = min(CHUNK, hole_at - data_at)
+            try:
+                data = os.pread(fd, n, data_at)
+            except OSError as exc:
+                raise PartitionError(f"{name}: read of {n} bytes at byte {data_at} failed: "
+                                     f"{exc.strerror}") from None
+            if len(data) != n:
+                raise PartitionError(f"{name}: truncated while reading: ended at byte "
+                                     f"{data_at + len(data)}, its length was {size} bytes")
+            yield data_at, n, data
+            data_at += n
+        offset = hole_at
+
+
+def _seek(fd: int, offset: int, whence: int, size: int, name: str) -> int:
+    """lseek(SEEK_DATA | SEEK_HOLE), clamped to ``size``; ENXIO (no data past ``offset``)
+    is the end; a file system without support counts as all data."""
+    try:
+        return min(os.lseek(fd, offset, whence), size)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return size
+        if exc.errno == errno.EINVAL:
+            return offset if whence == os.SEEK_DATA else size
+        raise PartitionError(f"{name}: lseek at byte {offset} failed: {exc.strerror}") from None
 
 
 class _Peek:
@@ -193,6 +235,15 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
         if size is not None and size < declared:
             raise PartitionError(f"{source.name}: truncated: its GPT header (byte {header}) "
                                  f"declares {declared} bytes, the image holds {size}: refused")
+
+        if source.path and not compression:
+            # A local file: its holes are asked of the file system, not read and scanned.
+            fd = source.fileno()
+            background = _HashFile(source.path, hash_algorithm) if hasher else None
+            return Image(source.name, "raw", None, size,
+                         lambda: file_extents(fd, size, source.name),
+                         background.result if background else (lambda: None), closers,
+                         detected=detected)
 
         def raw_extents() -> Iterator[Extent]:
             offset = 0

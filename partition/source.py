@@ -57,6 +57,9 @@ class FileSource(Source):
     def __init__(self, fp: BinaryIO, name: str, path: str | None = None, size: int | None = None):
         self._fp, self.name, self.path, self.size = fp, name, path, size
 
+    def fileno(self) -> int:
+        return self._fp.fileno()
+
     def readinto(self, buf) -> int:
         try:
             return self._fp.readinto(buf)
