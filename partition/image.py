@@ -16,9 +16,12 @@ then wipes the target's tables (partition/copy.py).
 
 qcow2 needs random access (its metadata may lie anywhere, before or after the data), so:
 an uncompressed qcow2 in a local file is read in place with pread, and its checksum is
-computed by a thread reading the same file in order; a qcow2 from stdin, http or inside a
-compressor is first spooled to an unlinked temporary file (hashing as it streams by), which
-keeps memory bounded whatever the image size, and converted from there.
+computed by a thread reading the same file in order; an uncompressed qcow2 over http(s)
+from a server that serves byte ranges is read in place by Range requests, in one forward
+pass where the file's layout allows (partition/ranged.py: no spool, bounded memory); a
+qcow2 from stdin, inside a compressor or from a server without ranges is first spooled to
+an unlinked temporary file (hashing as it streams by, progress shown), which keeps memory
+bounded whatever the image size, and converted from there.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from .checksum import HashingReader
 from .compress import compression_of, decompressing_reader
 from .errors import PartitionError
 from .formats import HEAD_BYTES, MIN_DISK, gpt_declared_size, identify, refuse_unconvertible
+from .progress import Progress
 from .qcow2 import Qcow2
-from .source import Source, open_source
+from .source import HttpSource, Source, open_source
 
 CHUNK = 4 << 20          # raw streams are read (and handed to the writer) this much at once
 ZERO_GRAIN = 64 << 10    # zero detection granularity inside data
@@ -273,16 +277,38 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
         return Image(source.name, "qcow2", None, qcow.virtual_size, qcow.extents, finish, closers,
                      detected="qcow2")
 
+    if isinstance(source, HttpSource) and not compression and source.ranges and source.size:
+        # Read in place by Range requests: no spool, memory bounded (partition/ranged.py).
+        from .ranged import RangedReader
+        source.close()       # the first answer told us what the file is; ranges from here
+        ranged = RangedReader(source, hash_algorithm)
+        closers.append(ranged.close)
+        qcow = Qcow2(ranged, source.size, source.name)
+        closers.append(qcow.close)
+
+        def streamed() -> Iterator[Extent]:
+            ranged.follow()
+            yield from qcow.extents()
+        return Image(source.name, "qcow2", None, qcow.virtual_size, streamed, ranged.finish,
+                     closers, detected="qcow2")
+
+    why = (f"inside {compression}" if compression else
+           "from a server that does not serve byte ranges" if isinstance(source, HttpSource)
+           else "stream")
     if on_spool:
-        on_spool(f"{source.name}: qcow2 {'inside ' + compression if compression else 'stream'}: "
-                 "spooling to a temporary file first (qcow2 needs random access)")
+        on_spool(f"{source.name}: qcow2 {why}: spooling to a temporary file first (qcow2 "
+                 "needs random access)")
     spool = tempfile.TemporaryFile(dir=spool_dir, prefix="configdrive-qcow2-")
     closers.append(spool.close)
+    meter = Progress(f"spooling {source.name}", source.size if not compression else None,
+                     enabled=on_spool is not None)
     while True:
         data = stream.read(CHUNK)
         if not data:
             break
         spool.write(data)
+        meter.update(meter.done + len(data))
+    meter.finish()
     spool.flush()
     digest = drained()
     qcow = Qcow2(spool.fileno(), spool.tell(), source.name)

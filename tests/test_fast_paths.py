@@ -6,14 +6,21 @@ against `qemu-img convert`'s output, on used loop devices (every byte 0xAA befor
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import http.server
+import os
 import random
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from conftest import loop_device, need_tool, run
+from conftest import configdrive, loop_device, need_tool, run
 from partition.copy import write_image
+from test_qcow2 import CONVERT_VARIANTS, base_raw, qemu_raw  # noqa: F401 (a fixture)
 
 MiB = 1 << 20
 
@@ -73,3 +80,186 @@ def test_sparse_raw_file_with_a_wrong_checksum_fails_before_the_head(tmp_path):
     with pytest.raises(Exception, match="checksum mismatch"):
         write_image(str(source), str(target), checksum="sha256:" + "0" * 64)
     assert target.read_bytes()[:MiB] != source.read_bytes()[:MiB]
+
+
+# -- qcow2 over HTTP by Range requests ------------------------------------------------------
+
+class RangeServer(http.server.BaseHTTPRequestHandler):
+    """Serves files from ``root`` as a CDN does: Accept-Ranges, a strong ETag, Range
+    (``a-`` and ``a-b``) honoured when If-Range matches. ``requests`` logs the Range
+    headers; ``lie`` makes every bounded Range answer (not the download) flip its last byte."""
+    protocol_version = "HTTP/1.1"
+    root: Path
+    requests: list
+    lie = False
+
+    def do_GET(self):
+        path = self.root / self.path.lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        size = path.stat().st_size
+        etag = f'"{size}-{path.stat().st_mtime_ns}"'
+        rng, if_range = self.headers.get("Range"), self.headers.get("If-Range")
+        self.requests.append(rng)
+        start, end, status = 0, size, 200
+        if rng and if_range in (None, etag):
+            first, _, last = rng.split("=")[1].partition("-")
+            start, end, status = int(first), (int(last) + 1 if last else size), 206
+        self.send_response(status)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", etag)
+        self.send_header("Content-Length", str(end - start))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        self.end_headers()
+        lie = self.lie and rng and rng.split("-")[1]
+        with open(path, "rb") as fp:
+            fp.seek(start)
+            try:
+                while start < end:
+                    body = fp.read(min(1 << 20, end - start))
+                    if lie and start + len(body) == end:
+                        body = body[:-1] + bytes([body[-1] ^ 1])
+                    self.wfile.write(body)
+                    start += len(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass      # the reader closed a stream it no longer needs
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def range_server(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Handler(RangeServer):
+        pass
+    Handler.root, Handler.requests = root, []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield Handler, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture
+def small_tmpdir(tmp_path):
+    """TMPDIR on a 64 MiB tmpfs: a spool of a larger image would not fit, and any file
+    left in it shows."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if run("mount", "-t", "tmpfs", "-o", "size=64M", "tmpfs", mnt, check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        run("umount", "-l", mnt, check=False)
+
+
+def peak_rss_of(cmd: list, env: dict) -> tuple[int, bytes, int]:
+    """(exit status, stderr, peak RSS in bytes) of one process, as GNU time reports it
+    (measured from a small parent: a child forked from this test process would count
+    the test's own pages until its exec)."""
+    need_tool("/usr/bin/time")
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, env=env, timeout=600)
+    *err, rss = proc.stderr.rstrip(b"\n").split(b"\n")
+    err = [line for line in err if not line.startswith(b"Command exited with non-zero status")]
+    return proc.returncode, b"\n".join(err), int(rss) * 1024
+
+
+def http_deploy(url: str, target: Path, tmpdir: Path, *extra) -> tuple[str, int]:
+    exe = str(Path(sys.executable).with_name("configdrive"))
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    code, err, rss = peak_rss_of([exe, "deploy", "--create", "--device", str(target),
+                                  "--image", url, *map(str, extra)], env)
+    assert code == 0, err.decode()
+    assert list(tmpdir.iterdir()) == []          # no temporary file, not even a left-over
+    return err.decode(), rss
+
+
+@pytest.mark.parametrize("variant", sorted(CONVERT_VARIANTS))
+def test_qcow2_over_http_without_a_spool(variant, base_raw, range_server, small_tmpdir, tmp_path):
+    need_tool("qemu-img", "cmp")
+    handler, url = range_server
+    image = handler.root / "img.qcow2"
+    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", *CONVERT_VARIANTS[variant], base_raw, image)
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    target = tmp_path / "out.raw"
+    err, rss = http_deploy(f"{url}/img.qcow2", target, small_tmpdir, "--checksum", f"sha256:{digest}")
+    assert "spooling" not in err
+    run("cmp", target, qemu_raw(image))
+    assert rss < 100 << 20, rss
+
+
+def test_qcow2_over_http_larger_than_tmpdir(range_server, small_tmpdir, tmp_path):
+    """96 MiB of data in a qcow2 over HTTP with TMPDIR on a 64 MiB tmpfs: a spool could
+    not hold it; memory stays under 100 MiB; the disk equals qemu-img's conversion."""
+    need_tool("qemu-img", "cmp")
+    handler, url = range_server
+    raw = make_sparse(tmp_path / "big.raw", 160 * MiB,
+                      [(i * 10 * MiB + 12345, 6 * MiB) for i in range(16)], seed=5)
+    image = handler.root / "big.qcow2"
+    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, image)
+    assert image.stat().st_size > 64 * MiB
+    target = tmp_path / "out.raw"
+    _, rss = http_deploy(f"{url}/big.qcow2", target, small_tmpdir)
+    run("cmp", target, raw)
+    assert rss < 100 << 20, rss
+
+
+def test_qcow2_with_data_out_of_file_order_over_http(range_server, small_tmpdir, tmp_path):
+    """Clusters written by qemu-io back to front: the file's order is the reverse of the
+    disk's, so the reader needs Range requests behind its stream; with a checksum too."""
+    need_tool("qemu-img", "qemu-io", "cmp")
+    handler, url = range_server
+    image = handler.root / "rev.qcow2"
+    run("qemu-img", "create", "-f", "qcow2", image, str(24 * MiB))
+    writes = []
+    for i in reversed(range(12)):
+        writes += ["-c", f"write -P {0x10 + i} {i * 2 * MiB + 4096} {MiB + 512}"]
+    run("qemu-io", "-f", "qcow2", *writes, image)
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    for checksum in ([], ["--checksum", f"sha256:{digest}"]):
+        target = tmp_path / "out.raw"
+        target.unlink(missing_ok=True)
+        http_deploy(f"{url}/rev.qcow2", target, small_tmpdir, *checksum)
+        run("cmp", target, qemu_raw(image))
+
+
+def test_server_answering_ranges_differently_is_caught_by_the_checksum(range_server, small_tmpdir, tmp_path):
+    """A server whose Range answers differ from its download: the checksum over the
+    download matches, but the bytes converted would not be the bytes checked."""
+    need_tool("qemu-img")
+    handler, url = range_server
+    image = handler.root / "img.qcow2"
+    run("qemu-img", "create", "-f", "qcow2", image, str(8 * MiB))
+    run("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 2M", image)
+    digest = hashlib.sha256(image.read_bytes()).hexdigest()
+    handler.lie = True
+    target = tmp_path / "out.raw"
+    exe = str(Path(sys.executable).with_name("configdrive"))
+    code, err, _ = peak_rss_of([exe, "deploy", "--create", "--device", str(target), "--image",
+                                f"{url}/img.qcow2", "--checksum", f"sha256:{digest}"],
+                               {**os.environ, "TMPDIR": str(small_tmpdir)})
+    lines = err.decode().strip().splitlines()
+    assert code == 1 and len(lines) == 1, err
+    assert "different bytes" in lines[0] and "Range" in lines[0]
+    assert "now holds an empty partition table" in lines[0]
+
+
+def test_compressed_qcow2_over_http_says_it_spools(range_server, base_raw, tmp_path):
+    need_tool("qemu-img", "cmp")
+    handler, url = range_server
+    image = tmp_path / "img.qcow2"
+    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", base_raw, image)
+    (handler.root / "img.qcow2.gz").write_bytes(gzip.compress(image.read_bytes(), 1))
+    target = tmp_path / "out.raw"
+    proc = configdrive("deploy", "--create", "--device", target, "--image", f"{url}/img.qcow2.gz")
+    err = proc.stderr.decode()
+    assert "qcow2 inside gzip: spooling to a temporary file first" in err
+    assert "spooling " + f"{url}/img.qcow2.gz" in err          # its progress line
+    run("cmp", target, base_raw)
