@@ -247,7 +247,6 @@ def test_placement_interrupted_before_the_head_leaves_no_drive(tmp_path, monkeyp
     """place_config_drive writes zeros over old signatures, the drive's body, then its
     first 64 KiB: failing at any write leaves no config-2 filesystem that blkid finds."""
     from configdrive.placement import place_config_drive
-    fuzz_tally.fault_injected("placement")
     disk = _placed_disk(tmp_path)
     with loop_device(disk) as dev:
         calls = [0]
@@ -266,12 +265,16 @@ def test_placement_interrupted_before_the_head_leaves_no_drive(tmp_path, monkeyp
         else:
             place_config_drive(dev, content)
         monkeypatch.undo()
+        fired = calls[0] >= fail_call          # call 3 is the control: there is no third write
+        if fired:
+            fuzz_tally.fault_injected("placement")
         table = json.loads(out("sfdisk", "--json", dev))["partitiontable"]
         start = next(int(p["start"]) * 512 for p in table["partitions"] if p.get("name") == "config-v2")
         probe = run("blkid", "-p", "-O", str(start), "-o", "export", dev, check=False).stdout.decode()
         assert ("LABEL=config-2" in probe) == (fail_call > 2), probe
         assert "No problems found" in out("sgdisk", "-v", dev)
-    fuzz_tally.fault_survived("placement")
+    if fired:
+        fuzz_tally.fault_survived("placement")
 
 
 # -- inject: signals to a real process while the guest is mounted ----------------------
@@ -315,3 +318,128 @@ def test_signal_during_inject_releases_mount_and_loop(tmp_path, sig):
     mounts = Path("/proc/mounts").read_text()
     assert str(tmp_path) not in mounts and "configdrive" not in mounts
     fuzz_tally.fault_survived(f"inject-{signal.Signals(sig).name}")
+
+
+# -- the SIGKILL matrix: seeded random moments, every image kind, with and without a drive --
+
+MATRIX_OLD_GUID = "0DD0DD00-1111-4222-8333-444455556666"
+MATRIX_NEW_GUID = "5EED5EED-2222-4333-8444-555566667777"
+MATRIX_KILLS = int(os.environ.get("FAULT_MATRIX_KILLS", "5"))   # per image kind and drive choice
+
+KILL_AT_EVENT = textwrap.dedent("""
+    import os, signal, sys
+    from partition.device import Target
+    kill_at, count_file = int(sys.argv[1]), sys.argv[2]
+    events = [0]
+    def counted(name):
+        real = getattr(Target, name)
+        def wrapper(self, *args):
+            events[0] += 1
+            if events[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(self, *args)
+        return wrapper
+    for name in ("pwrite", "write_zeros", "sync"):
+        setattr(Target, name, counted(name))
+    from configdrive.cli import main
+    try:
+        code = main(sys.argv[3:])
+    finally:
+        with open(count_file, "w") as fp:
+            fp.write(str(events[0]))
+    sys.exit(code)
+""")
+
+
+@pytest.fixture(scope="module")
+def matrix_disks(tmp_path_factory):
+    """The older bootable disk every case starts from, and the new image in three kinds."""
+    from conftest import make_gpt_disk
+    need_tool("qemu-img")
+    d = tmp_path_factory.mktemp("matrix")
+    old = make_gpt_disk(d / "old.img", MATRIX_OLD_GUID, seed=11, size=24 * MiB)
+    raw = make_gpt_disk(d / "new.raw", MATRIX_NEW_GUID, seed=12, size=16 * MiB)
+    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, d / "new.qcow2")
+    import lzma
+    (d / "new.raw.xz").write_bytes(lzma.compress(raw.read_bytes(), preset=1))
+    return {"old": old, "raw": raw, "qcow2": d / "new.qcow2", "xz": d / "new.raw.xz"}
+
+
+def _deploy_killed_at(kill_at: int, dev: str, image: Path, drive: bool, count_file: Path):
+    args = ["deploy", "--quiet", "--device", dev, "--image", str(image)]
+    if drive:
+        args += ["--hostname", "matrix-node", "--uuid", "83679162-1378-4288-a2d4-70e13ec132aa",
+                 "--config-size", "8M", "--format", "vfat"]
+    return subprocess.run([sys.executable, "-c", KILL_AT_EVENT, str(kill_at), str(count_file), *args],
+                          capture_output=True, timeout=120)
+
+
+def _state_after_kill(dev: str, old_sha: str, new_raw: Path) -> str:
+    """"old" (byte-identical), "none" (no table any tool shows) or "new" (the new disk's
+    table, every byte of its partitions' data in place); anything else fails."""
+    if sha(dev, 24 * MiB) == old_sha:
+        return "old"
+    printed = run("sgdisk", "-p", dev, check=False).stdout.decode().upper()
+    probed = run("blkid", "-p", "-o", "export", dev, check=False).stdout.decode().upper()
+    assert MATRIX_OLD_GUID not in printed + probed, f"the old table survives a changed disk:\n{printed}"
+    if MATRIX_NEW_GUID not in printed + probed:
+        assert " ROOT" not in printed and "\nTYPE=" not in "\n" + probed, printed + probed
+        return "none"
+    # The new table is visible only once the image is whole: its data must all be there.
+    with open(dev, "rb") as disk, open(new_raw, "rb") as image:
+        for start, length in ((1 * MiB, 6 * MiB), (7 * MiB, 4 * MiB)):
+            disk.seek(start)
+            image.seek(start)
+            assert disk.read(length) == image.read(length), f"partition data at {start} differs"
+    return "new"
+
+
+def _drive_state(dev: str) -> str:
+    """A config partition after a kill: a whole config-2 filesystem, or none blkid sees."""
+    table = json.loads(out("sfdisk", "--json", dev))["partitiontable"]
+    config = [p for p in table["partitions"] if p.get("name") == "config-v2"]
+    if not config:
+        return "no-drive"
+    probe = run("blkid", "-p", "-O", str(int(config[0]["start"]) * 512), "-o", "export", dev,
+                check=False).stdout.decode()
+    if "LABEL=config-2" in probe:
+        return "drive"
+    assert "TYPE=" not in probe, probe
+    return "drive-unreadable"
+
+
+@pytest.mark.parametrize("drive", [False, True], ids=["image", "image+drive"])
+@pytest.mark.parametrize("kind", ["raw", "qcow2", "xz"])
+def test_sigkill_matrix(matrix_disks, tmp_path, kind, drive):
+    """SIGKILL before the k-th write, fsync or zeroing of a real deploy (k seeded at random
+    over the events a clean run makes, k = 1 always: before the first write). After each
+    kill the loop device holds the old disk untouched, no partition table at all, or (once
+    the image's first MiB, written last, is down: only the final fsync, the backup GPT's
+    move or the config drive's placement were left) the new disk with all of its data."""
+    old_sha = sha(matrix_disks["old"], 24 * MiB)
+    image = matrix_disks[kind]
+    backing = tmp_path / "disk.img"
+    count_file = tmp_path / "events"
+    backing.write_bytes(matrix_disks["old"].read_bytes())
+    with loop_device(backing) as dev:      # control: counts the events; injects nothing
+        control = _deploy_killed_at(0, dev, image, drive, count_file)
+        assert control.returncode == 0, control.stderr.decode()
+    events = int(count_file.read_text())
+    rng = random.Random(f"{kind}-{drive}")
+    moments = [1] + sorted(rng.sample(range(2, events + 1), min(MATRIX_KILLS - 1, events - 1)))
+    states = []
+    for kill_at in moments:
+        backing.write_bytes(matrix_disks["old"].read_bytes())
+        with loop_device(backing) as dev:
+            proc = _deploy_killed_at(kill_at, dev, image, drive, count_file)
+            assert proc.returncode == -signal.SIGKILL, (kill_at, proc.stderr.decode())
+            fuzz_tally.fault_injected(f"sigkill-{kind}{'+drive' if drive else ''}")
+            state = _state_after_kill(dev, old_sha, matrix_disks["raw"])
+            if state == "new" and drive:
+                state += "+" + _drive_state(dev)
+            if kill_at == 1:
+                assert state == "old", "killed before the first write, yet the disk changed"
+            states.append(state)
+            fuzz_tally.fault_survived(f"sigkill-{kind}{'+drive' if drive else ''}")
+        assert our_loops(backing) == ""
+    print(f"sigkill {kind}{' + drive' if drive else ''}: {events} events, kills at {moments}: {states}")

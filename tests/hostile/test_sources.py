@@ -333,6 +333,19 @@ def test_image_that_is_the_target_refused(target, tmp_path, how):
     deploy_refused(target, image, names="itself")
 
 
+def test_stdin_that_is_the_target_refused(target):
+    """``--image - < disk.img --device disk.img``: stdin is the target's own inode."""
+    import subprocess
+    from harness import EXE, Outcome
+    before = digest(target)
+    with open(target, "rb") as stdin:
+        proc = subprocess.run([EXE, "deploy", "--quiet", "--device", str(target), "--image", "-"],
+                              stdin=stdin, capture_output=True, timeout=60)
+    assert_refused(Outcome(proc.returncode, proc.stdout, proc.stderr.decode(), 0, 0),
+                   names="itself")
+    assert digest(target) == before
+
+
 def test_image_that_backs_the_loop_target_refused(target):
     from conftest import loop_device
     with loop_device(target) as dev:
