@@ -96,7 +96,7 @@ def copy_image(image: Image, target: Target, *, expected: Expected | None = None
     progress.total = image.virtual_size
     started = time.monotonic()
     reader = _ReadAhead(image)
-    touched = False
+    touched, writer = False, None
     try:
         head, pending = _collect_head(reader)
         _refuse_misfit(image, target, head, pending)
@@ -138,6 +138,11 @@ def copy_image(image: Image, target: Target, *, expected: Expected | None = None
             fingerprints.check(target)
     except BaseException as exc:
         reader.stop()
+        if writer is not None:
+            try:
+                writer.stop()          # its error, if any, is this one's consequence
+            except BaseException:
+                pass
         if touched and not preserve_on_error:
             note = _wipe(target)
             if isinstance(exc, PartitionError):
@@ -251,10 +256,10 @@ class _Writer:
 
     Zero extents below ``zeroed_to`` are skipped (that range reads back as zeros already,
     see ``_zero_body``); neighbouring zero extents past it are merged into one zeroing
-    call. Dirty pages are bounded
-    without stalling: after every SYNC_EVERY bytes of data the kernel is told to start
-    writing that window out (sync_file_range), and we wait only for the window before it,
-    so the disk stays busy while we fill the page cache again."""
+    call. Dirty pages are bounded without stalling: every SYNC_EVERY bytes of data make a
+    window that a thread of its own (``_Writeback``) has the kernel write out, so that
+    pwrite goes on filling the page cache while the disk is busy (on one thread the two
+    took turns: a fifth of a 1 GiB deploy's time went to sync_file_range)."""
 
     def __init__(self, target: Target, limit: int | None, progress: Progress,
                  fingerprints: Fingerprints | None = None, zeroed_to: int = 0):
@@ -266,7 +271,7 @@ class _Writer:
         self._zeros: tuple[int, int] | None = None     # a pending zero run (offset, length)
         self._window = 0                               # start of the unflushed window
         self._dirty = 0                                # data bytes written in it
-        self._previous: tuple[int, int] | None = None  # the window being written out
+        self._writeback: _Writeback | None = None      # started at the first window
 
     def write(self, offset: int, length: int, data) -> None:
         if self.limit is not None and offset + length > self.limit:
@@ -290,20 +295,64 @@ class _Writer:
             self._dirty += length
         self.end = offset + length
         if self._dirty >= SYNC_EVERY:
-            window = (self._window, self.end - self._window)
-            self.target.start_writeback(*window)
-            if self._previous:
-                self.target.wait_writeback(*self._previous)
-            self._previous, self._window, self._dirty = window, self.end, 0
+            if self._writeback is None:
+                self._writeback = _Writeback(self.target)
+            self._writeback.submit((self._window, self.end - self._window))
+            self._window, self._dirty = self.end, 0
         self.progress.update(self.end)
 
     def close(self) -> None:
+        """Zero what is pending; wait for the windows handed out (raising their error)."""
         self._flush_zeros()
+        self.stop()
+
+    def stop(self) -> None:
+        if self._writeback is not None:
+            writeback, self._writeback = self._writeback, None
+            writeback.close()
 
     def _flush_zeros(self) -> None:
         if self._zeros:
             self.target.write_zeros(*self._zeros)
             self._zeros = None
+
+
+class _Writeback:
+    """Write out windows of dirty pages on a thread: start one (sync_file_range WRITE),
+    then wait for the one before it. The queue holds one window, so the writer is held
+    back only when the disk is two windows behind: dirty memory stays bounded."""
+
+    def __init__(self, target: Target):
+        self._target, self._error = target, None
+        self._queue: queue.Queue = queue.Queue(1)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="writeback")
+        self._thread.start()
+
+    def submit(self, window: tuple[int, int]) -> None:
+        self._raise()
+        self._queue.put(window)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        previous = None
+        while (window := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._target.start_writeback(*window)
+                    if previous:
+                        self._target.wait_writeback(*previous)
+                except BaseException as exc:     # handed to the writer, which raises it
+                    self._error = exc
+            previous = window
 
 
 class _Lag:

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import http.server
 import os
 import random
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from conftest import configdrive, loop_device, need_tool, run
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from common import RangeServer  # noqa: E402 (the benchmark's server: one for both)
 from partition.copy import write_image
 from test_qcow2 import CONVERT_VARIANTS, base_raw, qemu_raw  # noqa: F401 (a fixture)
 
@@ -84,65 +84,23 @@ def test_sparse_raw_file_with_a_wrong_checksum_fails_before_the_head(tmp_path):
 
 # -- qcow2 over HTTP by Range requests ------------------------------------------------------
 
-class RangeServer(http.server.BaseHTTPRequestHandler):
-    """Serves files from ``root`` as a CDN does: Accept-Ranges, a strong ETag, Range
-    (``a-`` and ``a-b``) honoured when If-Range matches. ``requests`` logs the Range
-    headers; ``lie`` makes every bounded Range answer (not the download) flip its last byte."""
-    protocol_version = "HTTP/1.1"
-    root: Path
-    requests: list
+class LyingServer(RangeServer):
+    """With ``lie``, every bounded Range answer (never the download) flips its last byte."""
     lie = False
 
-    def do_GET(self):
-        path = self.root / self.path.lstrip("/")
-        if not path.is_file():
-            self.send_error(404)
-            return
-        size = path.stat().st_size
-        etag = f'"{size}-{path.stat().st_mtime_ns}"'
-        rng, if_range = self.headers.get("Range"), self.headers.get("If-Range")
-        self.requests.append(rng)
-        start, end, status = 0, size, 200
-        if rng and if_range in (None, etag):
-            first, _, last = rng.split("=")[1].partition("-")
-            start, end, status = int(first), (int(last) + 1 if last else size), 206
-        self.send_response(status)
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", etag)
-        self.send_header("Content-Length", str(end - start))
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
-        self.end_headers()
-        lie = self.lie and rng and rng.split("-")[1]
-        with open(path, "rb") as fp:
-            fp.seek(start)
-            try:
-                while start < end:
-                    body = fp.read(min(1 << 20, end - start))
-                    if lie and start + len(body) == end:
-                        body = body[:-1] + bytes([body[-1] ^ 1])
-                    self.wfile.write(body)
-                    start += len(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass      # the reader closed a stream it no longer needs
-
-    def log_message(self, *args):
-        pass
+    def body(self, piece, start, end, bounded):
+        if self.lie and bounded and start + len(piece) == end:
+            return piece[:-1] + bytes([piece[-1] ^ 1])
+        return piece
 
 
 @pytest.fixture
 def range_server(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-
-    class Handler(RangeServer):
-        pass
-    Handler.root, Handler.requests = root, []
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield Handler, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    server = LyingServer(root)
+    with server as url:
+        yield server, url
 
 
 @pytest.fixture
