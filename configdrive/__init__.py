@@ -5,8 +5,22 @@ or vfat image), :func:`open_drive` (an image, a directory or a whole disk -> a
 :class:`Drive` with its tree), and :class:`ConfigDriveError` (every refusal, one line).
 """
 
-from .content import Content, InjectedFile, content_from_files
-from .drive import Drive, build, open_drive
-from .errors import ConfigDriveError
+from __future__ import annotations
 
-__all__ = ["Content", "InjectedFile", "content_from_files", "Drive", "build", "open_drive", "ConfigDriveError"]
+import importlib
+
+# Imported on first use (PEP 562), so that `configdrive --help` and a deploy agent that
+# only writes images do not pay for the drive builder's modules at start-up.
+_PUBLIC = {"Content": "content", "InjectedFile": "content", "content_from_files": "content",
+           "Drive": "drive", "build": "drive", "open_drive": "drive",
+           "ConfigDriveError": "errors"}
+
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

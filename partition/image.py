@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -298,6 +297,7 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
     if on_spool:
         on_spool(f"{source.name}: qcow2 {why}: spooling to a temporary file first (qcow2 "
                  "needs random access)")
+    import tempfile
     spool = tempfile.TemporaryFile(dir=spool_dir, prefix="configdrive-qcow2-")
     closers.append(spool.close)
     meter = Progress(f"spooling {source.name}", source.size if not compression else None,

@@ -34,11 +34,8 @@ import os
 import struct
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
-
-import zstandard
 
 from .errors import PartitionError
 
@@ -113,7 +110,7 @@ class Qcow2:
         self.coffset_mask = (1 << self.csize_shift) - 1
         self.csize_mask = (1 << (h.cluster_bits - 8)) - 1
         self._local = threading.local()   # a zstd context per thread (they are not shared)
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool = None      # inflating threads, made for the first compressed run
         # Who owns each cluster of the file: 0 nobody yet, else an owner tag (below).
         self._owner = bytearray(-(-file_size // self.cluster) + 1)
         self._claim_metadata()
@@ -425,6 +422,7 @@ class Qcow2:
         if kind == "compressed":
             # zlib and zstd release the GIL: inflate a run's clusters on all cores.
             if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor   # only when needed
                 self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
                                                 thread_name_prefix="qcow2-inflate")
             raw = self._read_compressed(compressed)
@@ -467,6 +465,11 @@ class Qcow2:
 
     def _inflate(self, data, entry: int, voff: int) -> bytes:
         coffset = entry & self.coffset_mask
+        if self.header.compression_type == 0:
+            errors: tuple = (zlib.error,)
+        else:
+            import zstandard      # imported by the images that need it, not by every deploy
+            errors = (zstandard.ZstdError,)
         try:
             if self.header.compression_type == 0:
                 # raw deflate (no zlib header); the data may run past its cluster
@@ -476,7 +479,7 @@ class Qcow2:
                 if dctx is None:
                     dctx = self._local.zstd = zstandard.ZstdDecompressor()
                 out = dctx.stream_reader(data).read(self.cluster)
-        except (zlib.error, zstandard.ZstdError) as exc:
+        except errors as exc:
             raise PartitionError(f"{self.name}: compressed cluster at byte {coffset} (virtual "
                                  f"byte {voff}) does not decompress: {exc}") from None
         if len(out) != self.cluster:

@@ -221,3 +221,28 @@ def test_compressed_qcow2_over_http_says_it_spools(range_server, base_raw, tmp_p
     assert "qcow2 inside gzip: spooling to a temporary file first" in err
     assert "spooling " + f"{url}/img.qcow2.gz" in err          # its progress line
     run("cmp", target, base_raw)
+
+
+# -- start-up: only what the path needs -------------------------------------------------
+
+HEAVY = ("jsonschema", "pycdlib", "pyfatfs", "ctypes", "zstandard", "threading",
+         "concurrent.futures", "tempfile", "urllib.request", "http.client")
+
+
+def modules_after(code: str) -> set[str]:
+    """The heavy modules a fresh interpreter holds after running ``code``."""
+    probe = code + "\nimport sys\nprint(*(m for m in %r if m in sys.modules), file=sys.stderr)" % (HEAVY,)
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True)
+    return set(proc.stderr.split())
+
+
+def test_help_imports_nothing_heavy():
+    code = "from configdrive.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass"
+    assert modules_after(code) == set()
+
+
+def test_the_deploy_writer_imports_only_what_a_raw_file_needs():
+    # threading is the writer's own (read-ahead and writeback threads); the rest waits
+    # for an image that needs it (zstd, a spool, http, inflating threads, libc calls).
+    assert modules_after("import partition.copy") == {"threading"}
