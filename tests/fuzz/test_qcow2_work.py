@@ -26,11 +26,14 @@ MUTANTS_PER_SEED = int(os.environ.get("QCOW2_WORK_MUTANTS", "80"))
 # file: partition/qcow2.py): a constant factor of the file, never of the virtual size.
 WORK_FACTOR = 13
 
+GiB = 1 << 30
+# (qemu-img options, virtual size): large virtual disks over a few MiB of data, so that a
+# table shared or repeated is multiplied by the virtual size, not by the file's.
 SEEDS = {
-    "64k": ["-o", "cluster_size=65536"],
-    "4k-compressed": ["-c", "-o", "cluster_size=4096"],
-    "512": ["-o", "cluster_size=512"],
-    "extended-l2": ["-o", "extended_l2=on,cluster_size=65536"],
+    "64k": (["-o", "cluster_size=65536"], 64 * GiB),
+    "4k-compressed": (["-c", "-o", "cluster_size=4096"], 16 * GiB),
+    "512": (["-o", "cluster_size=512"], 1 * GiB),
+    "extended-l2": (["-o", "extended_l2=on,cluster_size=65536"], 64 * GiB),
 }
 
 
@@ -38,17 +41,20 @@ SEEDS = {
 def seeds(tmp_path_factory) -> dict[str, bytes]:
     need_tool("qemu-img")
     d = tmp_path_factory.mktemp("qcow2-work")
-    raw = d / "disk.raw"
-    rnd = random.Random(21)
-    with open(raw, "wb") as fp:
-        fp.truncate(8 * MiB)
-        for start in range(0, 8 * MiB, 1 * MiB):        # data scattered, zeros between
-            fp.seek(start + rnd.randrange(0, 512 << 10) // 512 * 512)
-            fp.write(rnd.randbytes(64 << 10) if start % (2 * MiB) else bytes(range(256)) * 256)
     made = {}
-    for name, options in SEEDS.items():
+    for name, (options, size) in SEEDS.items():
+        raw = d / f"{name}.raw"
+        rnd = random.Random(21)
+        with open(raw, "wb") as fp:          # sparse: data in the first 8 MiB and at the end
+            fp.truncate(size)
+            for start in range(0, 8 * MiB, 1 * MiB):
+                fp.seek(start + rnd.randrange(0, 512 << 10) // 512 * 512)
+                fp.write(rnd.randbytes(64 << 10) if start % (2 * MiB) else bytes(range(256)) * 256)
+            fp.seek(size - MiB)
+            fp.write(rnd.randbytes(MiB))
         out = d / f"{name}.qcow2"
         run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", *options, raw, out)
+        raw.unlink()
         made[name] = out.read_bytes()
     return made
 
