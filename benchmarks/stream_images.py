@@ -21,6 +21,10 @@ text-like) in 4 MiB pieces over the first half of the disk, zeros elsewhere, ran
 in the last MiB (where a backup GPT lives); as raw, qcow2 and compressed qcow2, all made by
 qemu-img. Rows that make a peer write every zero byte (dd, qemu-img as IPA runs it) run
 only at the smallest size: at 16 GiB they would fill the RAM-backed device with zeros.
+The HTTP row serves the qcow2 from 127.0.0.1 (a server in this process that honours Range)
+and compares our read-in-place against IPA's route: download the image to a file in
+/dev/shm (IPA's ramdisk /tmp is RAM), then `qemu-img convert -n`, then remove the file.
+
 Needs root (loop devices).
 """
 
@@ -34,6 +38,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from common import RangeServer
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -57,17 +63,21 @@ def make_source(path: Path, size: int, data: int) -> None:
 
 
 def timed(cmd: list[str]) -> tuple[float, float, int]:
-    """Wall seconds (command + sync), CPU seconds and peak RSS (bytes) of one command."""
+    """Wall seconds (command + sync), CPU seconds and peak RSS (bytes) of one command.
+    The peak RSS is GNU time's (%M): a child forked from this Python process would count
+    this process's pages until its exec."""
     import time
     subprocess.run(["sync"], check=True)
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", *cmd], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     subprocess.run(["sync"], check=True)
     elapsed = time.monotonic() - start
     if status != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()}")
-    return elapsed, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+        raise SystemExit(f"{' '.join(cmd)} failed: {err.decode()}")
+    return elapsed, usage.ru_utime + usage.ru_stime, int(err.split()[-1]) * 1024
 
 
 def ours(image: Path, target: str) -> list[str]:
@@ -125,6 +135,7 @@ def main() -> int:
     sizes = [int(float(s) * GiB) for s in args.sizes.split(",")]
     data = int(args.data_gib * GiB)
     results = []
+    server = RangeServer(work)
     for size in sizes:
         raw, qcow, cqcow = work / "src.raw", work / "src.qcow2", work / "src-c.qcow2"
         for p in (raw, qcow, cqcow):
@@ -150,6 +161,13 @@ def main() -> int:
                                        "qemu-img -n", qemu("qcow2", cqcow), args.runs))
                 results.append(compare(f"{tag} raw", ours(raw, dev.path),
                                        "qemu-img -f raw", qemu("raw", raw), args.runs))
+                url = f"{server.url}/{qcow.name}"
+                spool = Path("/dev/shm") / f"bench-ipa-{os.getpid()}.qcow2"
+                ipa_route = ["sh", "-c", 'curl -sf -o "$1" "$2" && qemu-img convert -n -f qcow2 '
+                             '-O raw "$1" "$3"; s=$?; rm -f "$1"; exit $s', "sh",
+                             str(spool), url, dev.path]
+                results.append(compare(f"{tag} qcow2 over HTTP", ours(url, dev.path),
+                                       "curl + qemu-img", ipa_route, args.runs))
                 if small:
                     # What ironic-python-agent runs for a non-raw image: every block, O_DSYNC.
                     results.append(compare(f"{tag} qcow2", ours(qcow, dev.path), "qemu-img (IPA)",

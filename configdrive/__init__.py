@@ -9,18 +9,22 @@ The names are imported on first use (PEP 562): the pytest plugin
 configdrive, and importing this package must not cost them the drive modules.
 """
 
-from importlib import import_module
+from __future__ import annotations
 
-_WHERE = {
-    "Content": ".content", "InjectedFile": ".content", "content_from_files": ".content",
-    "Drive": ".drive", "build": ".drive", "open_drive": ".drive",
-    "ConfigDriveError": ".errors",
-}
+import importlib
 
-__all__ = list(_WHERE)
+# (Also so that `configdrive --help` and a deploy agent that only writes images do not
+# pay for the drive builder's modules at start-up.)
+_PUBLIC = {"Content": "content", "InjectedFile": "content", "content_from_files": "content",
+           "Drive": "drive", "build": "drive", "open_drive": "drive",
+           "ConfigDriveError": "errors"}
+
+__all__ = list(_PUBLIC)
 
 
 def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(_WHERE[name], __name__), name)
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

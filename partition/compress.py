@@ -13,8 +13,6 @@ import lzma
 import struct
 import zlib
 
-import zstandard
-
 from .errors import PartitionError
 
 MAGIC = {
@@ -119,6 +117,8 @@ class _ZstdReader(io.RawIOBase):
     a small frame walker that knows whether the stream ended on a frame boundary."""
 
     def __init__(self, inner, name: str):
+        import zstandard      # imported by the streams that need it, not by every deploy
+        self._error = zstandard.ZstdError
         self._name = name
         self._frames = _ZstdFrames(name)
         self._tap = _Tap(inner, self._frames.feed)
@@ -131,7 +131,7 @@ class _ZstdReader(io.RawIOBase):
     def readinto(self, buf) -> int:
         try:
             n = self._reader.readinto(buf)
-        except zstandard.ZstdError as exc:
+        except self._error as exc:
             raise PartitionError(f"{self._name}: corrupt zstd data near compressed byte "
                                  f"{self._frames.offset}: {exc}") from None
         if n == 0:

@@ -24,8 +24,14 @@ Order of work, and why:
    MBR, primary and backup GPT) unless ``preserve_on_error``: never a half-written
    bootable disk.
 
-Zeros in the image are written on a block device (BLKZEROOUT, which reads back as zeros;
-an old disk's data must never show through), and punched as holes in a regular file.
+Zeros: an old disk's data must never show through where the image is zero. Right after
+step 2 the whole range the image covers is zeroed in ONE call where the target can do
+that without writing zero buffers (a hole punched in a file; the device's own "write
+zeroes" on a disk, never a discard: see ``Target.zeroes_without_writing``); a file this
+deploy created is sparse and zero already. The image's zero extents are then skipped. A
+target that cannot zero cheaply gets today's per-run zeroing (BLKZEROOUT or zero buffers)
+for each zero extent instead. One call instead of hundreds: a 4 GiB cloud image once cost
+259 serial zeroing calls (1.35 s of 2.88 s); zeroing the whole range takes 0.09 s.
 """
 
 from __future__ import annotations
@@ -90,7 +96,7 @@ def copy_image(image: Image, target: Target, *, expected: Expected | None = None
     progress.total = image.virtual_size
     started = time.monotonic()
     reader = _ReadAhead(image)
-    touched = False
+    touched, writer = False, None
     try:
         head, pending = _collect_head(reader)
         _refuse_misfit(image, target, head, pending)
@@ -99,8 +105,9 @@ def copy_image(image: Image, target: Target, *, expected: Expected | None = None
         limit = None if target.created and not target.size else target.size
         _zero_ends(target)
         touched = True
+        zeroed_to = _zero_body(target, image)
         fingerprints = Fingerprints() if verify else None
-        writer = _Writer(target, limit, progress, fingerprints)
+        writer = _Writer(target, limit, progress, fingerprints, zeroed_to)
         tail = _Lag(HOLD)
         for offset, length, data in _chain(pending, reader):
             if offset + length <= HOLD:
@@ -131,6 +138,11 @@ def copy_image(image: Image, target: Target, *, expected: Expected | None = None
             fingerprints.check(target)
     except BaseException as exc:
         reader.stop()
+        if writer is not None:
+            try:
+                writer.stop()          # its error, if any, is this one's consequence
+            except BaseException:
+                pass
         if touched and not preserve_on_error:
             note = _wipe(target)
             if isinstance(exc, PartitionError):
@@ -200,6 +212,32 @@ def _zero_ends(target: Target) -> None:
     target.sync()
 
 
+def _zero_body(target: Target, image: Image) -> int:
+    """Zero ``[HOLD, end of the image)`` in one call where the target can do it without
+    writing zeros; return the end of the range now known to read back as zeros (HOLD:
+    none; the writer then zeroes each zero extent itself).
+
+    Why this order stays safe:
+    - it runs after every refusal (a refused deploy never gets here: the target is still
+      byte-identical) and after both ends are zeroed and flushed, so from here on no tool
+      sees a partition table, old or new, until the checksum has been verified;
+    - it covers only bytes the image defines anyway (dd semantics: past the image's end
+      nothing is touched), and a failure here is a write failure like any other: the
+      target gets its empty partition table (``_wipe``);
+    - fallocate returns only once the device has completed the zeroing, so the data
+      written after it is never overtaken by it;
+    - it is write-zeroes, not discard (``Target.zeroes_without_writing``)."""
+    if target.created:
+        # A file this deploy made: sparse (ftruncate), all zeros as far as it goes now.
+        return max(HOLD, target.size)
+    end = min(image.virtual_size or 0, target.size)
+    end -= end % target.sector_size
+    if end <= HOLD or not target.zeroes_without_writing():
+        return HOLD
+    target.write_zeros(HOLD, end - HOLD)
+    return end
+
+
 def _wipe(target: Target) -> str:
     """After a failure: a fresh empty partition table (the disk is blank, not a wreck)."""
     from .gpt import write_empty_gpt
@@ -216,21 +254,24 @@ def _wipe(target: Target) -> str:
 class _Writer:
     """pwrite data and write zeros, in order; report progress.
 
-    Neighbouring zero extents are merged into one zeroing call. Dirty pages are bounded
-    without stalling: after every SYNC_EVERY bytes of data the kernel is told to start
-    writing that window out (sync_file_range), and we wait only for the window before it,
-    so the disk stays busy while we fill the page cache again."""
+    Zero extents below ``zeroed_to`` are skipped (that range reads back as zeros already,
+    see ``_zero_body``); neighbouring zero extents past it are merged into one zeroing
+    call. Dirty pages are bounded without stalling: every SYNC_EVERY bytes of data make a
+    window that a thread of its own (``_Writeback``) has the kernel write out, so that
+    pwrite goes on filling the page cache while the disk is busy (on one thread the two
+    took turns: a fifth of a 1 GiB deploy's time went to sync_file_range)."""
 
     def __init__(self, target: Target, limit: int | None, progress: Progress,
-                 fingerprints: Fingerprints | None = None):
+                 fingerprints: Fingerprints | None = None, zeroed_to: int = 0):
         self.target, self.limit, self.progress = target, limit, progress
+        self.zeroed_to = zeroed_to                     # [HOLD, zeroed_to) reads as zeros
         self.fingerprints = fingerprints             # records each extent for a read-back
         self.end = 0
         self.data_bytes = 0
         self._zeros: tuple[int, int] | None = None     # a pending zero run (offset, length)
         self._window = 0                               # start of the unflushed window
         self._dirty = 0                                # data bytes written in it
-        self._previous: tuple[int, int] | None = None  # the window being written out
+        self._writeback: _Writeback | None = None      # started at the first window
 
     def write(self, offset: int, length: int, data) -> None:
         if self.limit is not None and offset + length > self.limit:
@@ -239,11 +280,14 @@ class _Writer:
         if self.fingerprints is not None:
             self.fingerprints.add(offset, data, length)
         if data is None:
-            if self._zeros and self._zeros[0] + self._zeros[1] == offset:
-                self._zeros = (self._zeros[0], self._zeros[1] + length)
+            start = max(offset, min(offset + length, self.zeroed_to))   # first byte to zero
+            if start == offset + length:
+                pass                                   # zeroed already: nothing to do
+            elif self._zeros and self._zeros[0] + self._zeros[1] == start:
+                self._zeros = (self._zeros[0], self._zeros[1] + offset + length - start)
             else:
                 self._flush_zeros()
-                self._zeros = (offset, length)
+                self._zeros = (start, offset + length - start)
         else:
             self._flush_zeros()
             self.target.pwrite(data, offset)
@@ -251,20 +295,64 @@ class _Writer:
             self._dirty += length
         self.end = offset + length
         if self._dirty >= SYNC_EVERY:
-            window = (self._window, self.end - self._window)
-            self.target.start_writeback(*window)
-            if self._previous:
-                self.target.wait_writeback(*self._previous)
-            self._previous, self._window, self._dirty = window, self.end, 0
+            if self._writeback is None:
+                self._writeback = _Writeback(self.target)
+            self._writeback.submit((self._window, self.end - self._window))
+            self._window, self._dirty = self.end, 0
         self.progress.update(self.end)
 
     def close(self) -> None:
+        """Zero what is pending; wait for the windows handed out (raising their error)."""
         self._flush_zeros()
+        self.stop()
+
+    def stop(self) -> None:
+        if self._writeback is not None:
+            writeback, self._writeback = self._writeback, None
+            writeback.close()
 
     def _flush_zeros(self) -> None:
         if self._zeros:
             self.target.write_zeros(*self._zeros)
             self._zeros = None
+
+
+class _Writeback:
+    """Write out windows of dirty pages on a thread: start one (sync_file_range WRITE),
+    then wait for the one before it. The queue holds one window, so the writer is held
+    back only when the disk is two windows behind: dirty memory stays bounded."""
+
+    def __init__(self, target: Target):
+        self._target, self._error = target, None
+        self._queue: queue.Queue = queue.Queue(1)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="writeback")
+        self._thread.start()
+
+    def submit(self, window: tuple[int, int]) -> None:
+        self._raise()
+        self._queue.put(window)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        previous = None
+        while (window := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._target.start_writeback(*window)
+                    if previous:
+                        self._target.wait_writeback(*previous)
+                except BaseException as exc:     # handed to the writer, which raises it
+                    self._error = exc
+            previous = window
 
 
 class _Lag:

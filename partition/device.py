@@ -22,10 +22,9 @@ did not create is never grown past its length.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import fcntl
+import functools
 import io
 import os
 import stat
@@ -47,9 +46,18 @@ ZERO_BLOCK = bytes(1 << 20)
 
 SYNC_FILE_RANGE_WAIT_BEFORE, SYNC_FILE_RANGE_WRITE, SYNC_FILE_RANGE_WAIT_AFTER = 1, 2, 4
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+
+@functools.cache
+def _libc():
+    """libc through ctypes, loaded on first use: importing ctypes costs more than the
+    interpreter's own start, and ``configdrive --help`` or a read-only command never
+    needs fallocate or sync_file_range."""
+    import ctypes
+    import ctypes.util
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return libc
 
 
 class Target:
@@ -93,7 +101,7 @@ class Target:
         if self.is_block:
             aligned = offset % self.sector_size == 0 and length % self.sector_size == 0
             if aligned:
-                if _libc.fallocate(self.fd, mode, offset, length) == 0:
+                if _libc().fallocate(self.fd, mode, offset, length) == 0:
                     return
                 try:
                     fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
@@ -102,12 +110,27 @@ class Target:
                     pass
         else:
             self.grow_to(offset + length)   # a hole cannot grow a file: extend it first
-            if _libc.fallocate(self.fd, mode, offset, length) == 0:
+            if _libc().fallocate(self.fd, mode, offset, length) == 0:
                 return
         while length:
             n = min(length, len(ZERO_BLOCK))
             self.pwrite(memoryview(ZERO_BLOCK)[:n], offset)
             offset, length = offset + n, length - n
+
+    def zeroes_without_writing(self) -> bool:
+        """Whether ``write_zeros`` here makes a range of any length read back as zeros in
+        one call, without anyone writing zero buffers: a hole punched in a regular file,
+        or on a block device the kernel's "write zeroes" command with no fallback
+        (fallocate(PUNCH_HOLE) becomes REQ_OP_WRITE_ZEROES + BLKDEV_ZERO_NOFALLBACK, which
+        fails with EOPNOTSUPP unless the device guarantees zeros on read-back; never a
+        plain discard, which need not read back as zeros on a used disk).
+
+        Asked of the device itself, on its first logical sector: call this only once that
+        sector holds zeros already (copy.py zeroes the first MiB first), so the probe
+        changes nothing."""
+        mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+        return self.size >= self.sector_size and \
+            _libc().fallocate(self.fd, mode, 0, self.sector_size) == 0
 
     def grow_to(self, length: int) -> None:
         """A regular file: make it at least ``length`` bytes long (sparse) and update
@@ -123,13 +146,13 @@ class Target:
 
     def start_writeback(self, offset: int, length: int) -> None:
         """Have the kernel start writing this range out now, without waiting."""
-        _libc.sync_file_range(self.fd, offset, length, SYNC_FILE_RANGE_WRITE)
+        _libc().sync_file_range(self.fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
     def wait_writeback(self, offset: int, length: int) -> None:
         """Wait until this range is written out (bounds dirty memory; no cache flush:
         ``sync`` at the end does that)."""
         flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
-        if _libc.sync_file_range(self.fd, offset, length, flags) != 0:
+        if _libc().sync_file_range(self.fd, offset, length, flags) != 0:
             self.sync()
 
     def sync(self) -> None:

@@ -16,15 +16,18 @@ then wipes the target's tables (partition/copy.py).
 
 qcow2 needs random access (its metadata may lie anywhere, before or after the data), so:
 an uncompressed qcow2 in a local file is read in place with pread, and its checksum is
-computed by a thread reading the same file in order; a qcow2 from stdin, http or inside a
-compressor is first spooled to an unlinked temporary file (hashing as it streams by), which
-keeps memory bounded whatever the image size, and converted from there.
+computed by a thread reading the same file in order; an uncompressed qcow2 over http(s)
+from a server that serves byte ranges is read in place by Range requests, in one forward
+pass where the file's layout allows (partition/ranged.py: no spool, bounded memory); a
+qcow2 from stdin, inside a compressor or from a server without ranges is first spooled to
+an unlinked temporary file (hashing as it streams by, progress shown), which keeps memory
+bounded whatever the image size, and converted from there.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -33,8 +36,9 @@ from .checksum import HashingReader
 from .compress import compression_of, decompressing_reader
 from .errors import PartitionError
 from .formats import HEAD_BYTES, MIN_DISK, gpt_declared_size, identify, refuse_unconvertible
+from .progress import Progress
 from .qcow2 import Qcow2
-from .source import Source, open_source
+from .source import HttpSource, Source, open_source
 
 CHUNK = 4 << 20          # raw streams are read (and handed to the writer) this much at once
 ZERO_GRAIN = 64 << 10    # zero detection granularity inside data
@@ -100,6 +104,47 @@ def split_zeros(offset: int, data) -> Iterator[Extent]:
         run_zero = zero
     if run_zero is not None:
         yield offset + run_start, length - run_start, None if run_zero else view[run_start:]
+
+
+def file_extents(fd: int, size: int, name: str) -> Iterator[Extent]:
+    """A local file's first ``size`` bytes as extents, its holes as the file system
+    reports them (SEEK_DATA/SEEK_HOLE): a sparse 4 GiB cloud image holding 1 GiB of data
+    is 1 GiB read, not 4 GiB read and scanned for zeros (4 s of CPU once). Data regions
+    are read in CHUNK pieces; ``Image.extents`` still finds zero runs inside them, which
+    costs little (about 60 ms of CPU per GiB) and keeps a file written without holes
+    fast. A file system that cannot tell reports all of the file as data."""
+    offset = 0
+    while offset < size:
+        data_at = _seek(fd, offset, os.SEEK_DATA, size, name)
+        if data_at > offset:
+            yield offset, data_at - offset, None
+        hole_at = _seek(fd, data_at, os.SEEK_HOLE, size, name) if data_at < size else size
+        while data_at < hole_at:
+            n = min(CHUNK, hole_at - data_at)
+            try:
+                data = os.pread(fd, n, data_at)
+            except OSError as exc:
+                raise PartitionError(f"{name}: read of {n} bytes at byte {data_at} failed: "
+                                     f"{exc.strerror}") from None
+            if len(data) != n:
+                raise PartitionError(f"{name}: truncated while reading: ended at byte "
+                                     f"{data_at + len(data)}, its length was {size} bytes")
+            yield data_at, n, data
+            data_at += n
+        offset = hole_at
+
+
+def _seek(fd: int, offset: int, whence: int, size: int, name: str) -> int:
+    """lseek(SEEK_DATA | SEEK_HOLE), clamped to ``size``; ENXIO (no data past ``offset``)
+    is the end; a file system without support counts as all data."""
+    try:
+        return min(os.lseek(fd, offset, whence), size)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return size
+        if exc.errno == errno.EINVAL:
+            return offset if whence == os.SEEK_DATA else size
+        raise PartitionError(f"{name}: lseek at byte {offset} failed: {exc.strerror}") from None
 
 
 class _Peek:
@@ -194,6 +239,15 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
             raise PartitionError(f"{source.name}: truncated: its GPT header (byte {header}) "
                                  f"declares {declared} bytes, the image holds {size}: refused")
 
+        if source.path and not compression:
+            # A local file: its holes are asked of the file system, not read and scanned.
+            fd = source.fileno()
+            background = _HashFile(source.path, hash_algorithm) if hasher else None
+            return Image(source.name, "raw", None, size,
+                         lambda: file_extents(fd, size, source.name),
+                         background.result if background else (lambda: None), closers,
+                         detected=detected)
+
         def raw_extents() -> Iterator[Extent]:
             offset = 0
             while True:
@@ -222,16 +276,39 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
         return Image(source.name, "qcow2", None, qcow.virtual_size, qcow.extents, finish, closers,
                      detected="qcow2")
 
+    if isinstance(source, HttpSource) and not compression and source.ranges and source.size:
+        # Read in place by Range requests: no spool, memory bounded (partition/ranged.py).
+        from .ranged import RangedReader
+        source.close()       # the first answer told us what the file is; ranges from here
+        ranged = RangedReader(source, hash_algorithm)
+        closers.append(ranged.close)
+        qcow = Qcow2(ranged, source.size, source.name)
+        closers.append(qcow.close)
+
+        def streamed() -> Iterator[Extent]:
+            ranged.follow()
+            yield from qcow.extents()
+        return Image(source.name, "qcow2", None, qcow.virtual_size, streamed, ranged.finish,
+                     closers, detected="qcow2")
+
+    why = (f"inside {compression}" if compression else
+           "from a server that does not serve byte ranges" if isinstance(source, HttpSource)
+           else "stream")
     if on_spool:
-        on_spool(f"{source.name}: qcow2 {'inside ' + compression if compression else 'stream'}: "
-                 "spooling to a temporary file first (qcow2 needs random access)")
+        on_spool(f"{source.name}: qcow2 {why}: spooling to a temporary file first (qcow2 "
+                 "needs random access)")
+    import tempfile
     spool = tempfile.TemporaryFile(dir=spool_dir, prefix="configdrive-qcow2-")
     closers.append(spool.close)
+    meter = Progress(f"spooling {source.name}", source.size if not compression else None,
+                     enabled=on_spool is not None)
     while True:
         data = stream.read(CHUNK)
         if not data:
             break
         spool.write(data)
+        meter.update(meter.done + len(data))
+    meter.finish()
     spool.flush()
     digest = drained()
     qcow = Qcow2(spool.fileno(), spool.tell(), source.name)

@@ -18,21 +18,24 @@ once kept a deploy busy for minutes). So each L2 table is read at most twice and
 data byte once; ``work`` counts the bytes read, and the fuzz tests hold it proportional
 to the file's size.
 
-The file must allow random access (``os.pread`` on ``fd``): qcow2 metadata may lie
-anywhere in the file, so a stream is spooled to a file first (see ``image.py``).
+The file must allow random access: ``os.pread`` on a descriptor, or any object with
+``pread(offset, length)`` (partition/ranged.py reads an http(s) image by Range requests).
+The L2 tables converted are the tables checked: each one's digest is kept from the check
+and compared when it is read again, so a file changed in between (or a server answering
+the same Range differently) fails instead of feeding unchecked entries to the converter.
+Compressed clusters are read on the converting thread, in file order, neighbours in one
+read (a stream then reads forward), and only inflated on all cores.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
-
-import zstandard
 
 from .errors import PartitionError
 
@@ -85,10 +88,14 @@ def is_qcow2(head: bytes) -> bool:
 
 
 class Qcow2:
-    """An opened, fully checked qcow2 image read through ``fd`` (``file_size`` bytes)."""
+    """An opened, fully checked qcow2 image read through ``fd`` (``file_size`` bytes): a
+    file descriptor, or an object with ``pread(offset, length)``."""
 
-    def __init__(self, fd: int, file_size: int, name: str):
+    def __init__(self, fd, file_size: int, name: str):
         self.fd, self.file_size, self.name = fd, file_size, name
+        self._read_at = (lambda offset, length: os.pread(fd, length, offset)) \
+            if isinstance(fd, int) else fd.pread
+        self._l2_digests: bytearray | None = None   # 8 bytes per L1 entry, from the check
         self.work = 0          # bytes read from the file so far
         self._work_lock = threading.Lock()
         self.header = self._read_header()
@@ -103,13 +110,15 @@ class Qcow2:
         self.coffset_mask = (1 << self.csize_shift) - 1
         self.csize_mask = (1 << (h.cluster_bits - 8)) - 1
         self._local = threading.local()   # a zstd context per thread (they are not shared)
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool = None      # inflating threads, made for the first compressed run
         # Who owns each cluster of the file: 0 nobody yet, else an owner tag (below).
         self._owner = bytearray(-(-file_size // self.cluster) + 1)
         self._claim_metadata()
         self._compressed_seen: set[int] = set()
         self._compressed_bytes = 0
         self.l1 = self._read_l1()
+        self._l2_digests = bytearray(8 * len(self.l1))
+        self._l2_checked = False
         for index, l2_offset in enumerate(self.l1):
             if l2_offset:
                 self._check_l2(index, self._read_l2(index, l2_offset))
@@ -121,6 +130,7 @@ class Qcow2:
                                f"from a file of {file_size} (overlapping compressed data)")
         self._owner = bytearray()         # only needed for the checks
         self._compressed_seen = set()
+        self._l2_checked = True
 
     # -- header -----------------------------------------------------------------------
     def _refuse(self, why: str) -> PartitionError:
@@ -257,8 +267,8 @@ class Qcow2:
         if offset >= self.file_size:
             return b""    # what pread gives there; a header field over 2**63 would overflow it
         try:
-            data = os.pread(self.fd, length, offset)
-            with self._work_lock:         # inflating threads read too
+            data = self._read_at(offset, length)
+            with self._work_lock:
                 self.work += len(data)
             return data
         except OSError as exc:
@@ -285,6 +295,13 @@ class Qcow2:
 
     def _read_l2(self, index: int, offset: int) -> tuple[int, ...]:
         raw = self._pread(offset, self.cluster, f"L2 table {index}")
+        digest = hashlib.blake2b(raw, digest_size=8).digest()
+        slot = slice(8 * index, 8 * index + 8)
+        if not self._l2_checked:
+            self._l2_digests[slot] = digest
+        elif self._l2_digests[slot] != digest:
+            raise self._refuse(f"L2 table {index} at byte {offset} changed between its check "
+                               "and the conversion")
         return struct.unpack(f">{self.cluster // 8}Q", raw)
 
     def _check_l2(self, l1_index: int, l2: tuple[int, ...]) -> None:
@@ -405,9 +422,12 @@ class Qcow2:
         if kind == "compressed":
             # zlib and zstd release the GIL: inflate a run's clusters on all cores.
             if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor   # only when needed
                 self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
                                                 thread_name_prefix="qcow2-inflate")
-            pieces = self._pool.map(lambda c: self._inflate(c[0], c[1])[:c[2]], compressed)
+            raw = self._read_compressed(compressed)
+            pieces = self._pool.map(lambda c, data: self._inflate(data, c[0], c[1])[:c[2]],
+                                    compressed, raw)
             return start, length, b"".join(pieces)
         data = self._pread(host, length, f"data at virtual byte {start}")
         if len(data) != length:
@@ -423,9 +443,33 @@ class Qcow2:
         sectors = ((entry >> self.csize_shift) & self.csize_mask) + 1
         return coffset, sectors * 512 - (coffset & 511)
 
-    def _inflate(self, entry: int, voff: int) -> bytes:
-        coffset, csize = self._compressed_extent(entry)
-        data = self._pread(coffset, csize, f"compressed cluster at virtual byte {voff}")
+    def _read_compressed(self, compressed) -> list:
+        """The bytes of each (entry, virtual offset, length) of a run, read in order on
+        this thread; clusters that follow on from (or share a sector with) the one before,
+        as qemu-img writes them, are read with one pread."""
+        spans: list[list] = []         # [start, end, [(index, offset, size)]]
+        for index, (entry, _voff, _length) in enumerate(compressed):
+            coffset, csize = self._compressed_extent(entry)
+            last = spans[-1] if spans else None
+            if last and last[0] <= coffset <= last[1] and coffset + csize - last[0] <= READ_RUN:
+                last[1] = max(last[1], coffset + csize)
+                last[2].append((index, coffset, csize))
+            else:
+                spans.append([coffset, coffset + csize, [(index, coffset, csize)]])
+        out: list = [b""] * len(compressed)
+        for start, end, members in spans:
+            data = memoryview(self._pread(start, end - start, f"compressed clusters at byte {start}"))
+            for index, coffset, csize in members:
+                out[index] = data[coffset - start: coffset - start + csize]
+        return out
+
+    def _inflate(self, data, entry: int, voff: int) -> bytes:
+        coffset = entry & self.coffset_mask
+        if self.header.compression_type == 0:
+            errors: tuple = (zlib.error,)
+        else:
+            import zstandard      # imported by the images that need it, not by every deploy
+            errors = (zstandard.ZstdError,)
         try:
             if self.header.compression_type == 0:
                 # raw deflate (no zlib header); the data may run past its cluster
@@ -435,7 +479,7 @@ class Qcow2:
                 if dctx is None:
                     dctx = self._local.zstd = zstandard.ZstdDecompressor()
                 out = dctx.stream_reader(data).read(self.cluster)
-        except (zlib.error, zstandard.ZstdError) as exc:
+        except errors as exc:
             raise PartitionError(f"{self.name}: compressed cluster at byte {coffset} (virtual "
                                  f"byte {voff}) does not decompress: {exc}") from None
         if len(out) != self.cluster:

@@ -57,6 +57,9 @@ class FileSource(Source):
     def __init__(self, fp: BinaryIO, name: str, path: str | None = None, size: int | None = None):
         self._fp, self.name, self.path, self.size = fp, name, path, size
 
+    def fileno(self) -> int:
+        return self._fp.fileno()
+
     def readinto(self, buf) -> int:
         try:
             return self._fp.readinto(buf)
@@ -69,6 +72,32 @@ class FileSource(Source):
         super().close()
 
 
+class _Budget:
+    """One deadline and one retry budget for a whole download, however many requests it
+    takes (a qcow2 read by Range requests shares them across all of its requests)."""
+
+    def __init__(self, url: str, retries: int, deadline: float, backoff: float):
+        self.url, self.retries, self.deadline, self.delay = url, retries, deadline, backoff
+        self.ends_at = time.monotonic() + deadline
+
+    def left(self, at: str) -> float:
+        left = self.ends_at - time.monotonic()
+        if left <= 0:
+            raise PartitionError(f"{self.url}: no complete download within the deadline of "
+                                 f"{self.deadline:g} s ({at}; {ENV_DEADLINE} sets it)")
+        return left
+
+    def spend_retry(self, why: str, at: str) -> None:
+        """One retry from the download's budget, after a backoff that the deadline cuts."""
+        if self.retries <= 0:
+            raise PartitionError(f"{self.url}: {why} (no retries left; {ENV_RETRIES} sets them)")
+        self.retries -= 1
+        delay = min(self.delay, self.left(at))
+        print(f"configdrive: {self.url}: {why}; retrying in {delay:g}s", file=sys.stderr)
+        time.sleep(delay)
+        self.delay *= 2
+
+
 class HttpSource(Source):
     """GET ``url`` within a deadline and a retry budget, resuming only the same entity."""
 
@@ -76,15 +105,16 @@ class HttpSource(Source):
                  timeout: float = TIMEOUT, deadline: float | None = None):
         check_url(url)
         self.name, self.url = url, url
-        self._retries = _setting(retries, ENV_RETRIES, RETRIES, int)
-        self._deadline = _setting(deadline, ENV_DEADLINE, DEADLINE, float)
-        self._backoff, self._timeout, self._delay = backoff, timeout, backoff
-        self._ends_at = time.monotonic() + self._deadline
-        self._pos = 0
+        self._budget = _Budget(url, _setting(retries, ENV_RETRIES, RETRIES, int),
+                               _setting(deadline, ENV_DEADLINE, DEADLINE, float), backoff)
+        self._timeout = timeout
+        self._pos, self._end = 0, None
         self._validator: tuple[str, str] | None = None     # ("ETag" | "Last-Modified", value)
         self._resp = self._open()
         length = self._resp.headers.get("Content-Length")
         self.size = int(length) if length and length.isdigit() else None
+        # Ranges may be asked for (qcow2 read in place): the server says it serves them.
+        self.ranges = self._resp.headers.get("Accept-Ranges", "").strip().lower() == "bytes"
         etag = self._resp.headers.get("ETag")
         modified = self._resp.headers.get("Last-Modified")
         if etag and not etag.startswith("W/"):       # a weak ETag may not go in If-Range
@@ -92,22 +122,26 @@ class HttpSource(Source):
         elif modified:
             self._validator = ("Last-Modified", modified)
 
+    def range(self, start: int, end: int | None = None) -> "HttpSource":
+        """Another GET of the same entity for bytes ``start`` up to ``end`` (exclusive;
+        None: to its end), sharing this download's deadline and retry budget. Like a
+        resume, it sends If-Range and checks Content-Range: a changed file fails."""
+        if self._validator is None or self.size is None:
+            raise PartitionError(f"{self.url}: cannot read ranges: the server names no size, "
+                                 "ETag or Last-Modified that would prove it is the same file")
+        other = HttpSource.__new__(HttpSource)
+        other.__dict__.update(name=self.name, url=self.url, _budget=self._budget,
+                              _timeout=self._timeout, _validator=self._validator,
+                              size=self.size, ranges=self.ranges, stat=None, path=None)
+        other._pos, other._end = start, min(end, self.size) if end is not None else None
+        other._resp = other._open()
+        return other
+
     def _left(self, at: str) -> float:
-        left = self._ends_at - time.monotonic()
-        if left <= 0:
-            raise PartitionError(f"{self.url}: no complete download within the deadline of "
-                                 f"{self._deadline:g} s ({at}; {ENV_DEADLINE} sets it)")
-        return left
+        return self._budget.left(at)
 
     def _spend_retry(self, why: str) -> None:
-        """One retry from the download's budget, after a backoff that the deadline cuts."""
-        if self._retries <= 0:
-            raise PartitionError(f"{self.url}: {why} (no retries left; {ENV_RETRIES} sets them)")
-        self._retries -= 1
-        delay = min(self._delay, self._left(f"at byte {self._pos}"))
-        print(f"configdrive: {self.url}: {why}; retrying in {delay:g}s", file=sys.stderr)
-        time.sleep(delay)
-        self._delay *= 2
+        self._budget.spend_retry(why, f"at byte {self._pos}")
 
     def _open(self):
         import http.client
@@ -117,8 +151,9 @@ class HttpSource(Source):
         while True:
             timeout = min(self._timeout, self._left(f"connecting at byte {self._pos}"))
             request = urllib.request.Request(self.url, headers={"User-Agent": "configdrive"})
-            if self._pos:
-                request.add_header("Range", f"bytes={self._pos}-")
+            if self._pos or self._end is not None:
+                last = "" if self._end is None else self._end - 1
+                request.add_header("Range", f"bytes={self._pos}-{last}")
                 request.add_header("If-Range", self._validator[1])
             try:
                 resp = opener.open(request, timeout=timeout)
@@ -132,7 +167,7 @@ class HttpSource(Source):
                     raise
                 why = str(getattr(exc, "reason", exc))
             else:
-                if self._pos:
+                if self._pos or self._end is not None:
                     self._same_entity(resp)
                 return resp
             self._spend_retry(why)
@@ -162,12 +197,18 @@ class HttpSource(Source):
         import http.client
         while True:
             self._left(f"at byte {self._pos}")
+            want = min(len(buf), READ_PIECE)
+            if self._end is not None:
+                want = min(want, self._end - self._pos)
+                if want <= 0:
+                    return 0
             try:
-                data = self._resp.read1(min(len(buf), READ_PIECE))
+                data = self._resp.read1(want)
             except (OSError, http.client.HTTPException) as exc:
                 error = f"{exc.__class__.__name__} at byte {self._pos}: {exc}"
             else:
-                if data or self.size is None or self._pos >= self.size:
+                goal = self.size if self._end is None else self._end
+                if data or goal is None or self._pos >= goal:
                     buf[: len(data)] = data
                     self._pos += len(data)
                     return len(data)

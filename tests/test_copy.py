@@ -100,6 +100,28 @@ def test_image_lands_on_a_used_disk(gpt_image, tmp_path):
         assert summary["checksum"] == {"algorithm": "sha256", "value": sha(image), "verified": True}
 
 
+@pytest.mark.parametrize("one_call", [True, False], ids=["one-zeroing-call", "per-run-zeroing"])
+def test_zeros_read_back_on_a_used_disk_either_way(gpt_image, tmp_path, monkeypatch, one_call):
+    """The image's range zeroed in one call, or (a device that cannot zero without
+    writing) each zero run zeroed by itself: both leave exactly the image, never the old
+    disk's bytes, and nothing past the image's end is touched."""
+    need_tool("qemu-img", "cmp")
+    image = tmp_path / "disk.qcow2"
+    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", gpt_image, image)
+    calls = []
+    real = Target.write_zeros
+    monkeypatch.setattr(Target, "write_zeros", lambda self, o, n: (calls.append(n), real(self, o, n)))
+    if not one_call:
+        monkeypatch.setattr(Target, "zeroes_without_writing", lambda self: False)
+    size = gpt_image.stat().st_size
+    with disk_target(tmp_path) as dev:
+        write_image(str(image), dev)
+        run("cmp", "-n", str(size), dev, gpt_image)
+        assert read(dev, size, MiB) == b"\xaa" * MiB
+    # The ends (2 calls) and then one call for the body, or one per zero run.
+    assert (len(calls) == 3) == one_call, calls
+
+
 def test_regular_file_target_gets_holes(gpt_image, tmp_path):
     target = tmp_path / "new.img"
     write_image(str(gpt_image), str(target))
