@@ -137,13 +137,14 @@ def _drive_image(drive: str | bytes | Content, sector_size: int, room: int, *, f
     return image, _probe(image, f"{source} (converted)"), f"{sector_size}-byte sectors: {why}"
 
 
-def load_drive(spec: str) -> bytes:
+def load_drive(spec: str, http_options: dict | None = None) -> bytes:
     """A drive image from a file or http(s) URL holding either the image itself or the
-    ironic API's packed form (gzip+base64), at most MAX_DRIVE_BYTES."""
+    ironic API's packed form (gzip+base64), at most MAX_DRIVE_BYTES. ``http_options``: as
+    for an image's download (partition.source.HttpSource)."""
     from partition.source import open_source
     from .pack import unpack
-    with open_source(spec) as src:
-        data = src.read(MAX_DRIVE_BYTES + 1)
+    with open_source(spec, **(http_options or {})) as src:
+        data = src.read_upto(MAX_DRIVE_BYTES + 1)
     if len(data) > MAX_DRIVE_BYTES:
         raise ConfigDriveError(f"{spec}: larger than the {MAX_DRIVE_BYTES}-byte limit for a config drive")
     if probe_filesystem(io.BytesIO(data)) is not None:

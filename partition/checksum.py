@@ -38,13 +38,14 @@ class Expected:
                                  f"{self.hexdigest}, got {actual.lower()}")
 
 
-def parse_checksum(spec: str, image_name: str) -> Expected:
+def parse_checksum(spec: str, image_name: str, http_options: dict | None = None) -> Expected:
     """``ALGO:HEX``, or a checksum file/URL whose line for ``image_name`` (by base name;
-    a file with a single line needs no name) gives the digest."""
+    a file with a single line needs no name) gives the digest. ``http_options``: as for
+    the image's own download (partition.source.HttpSource)."""
     m = _SPEC.match(spec.strip())
     if m:
         return _expected(m.group(1).lower(), m.group(2), spec)
-    text = _read_checksum_file(spec)
+    text = _read_checksum_file(spec, http_options or {})
     wanted = os.path.basename(image_name.split("?")[0].rstrip("/"))
     entries = []
     for line in text.splitlines():
@@ -77,13 +78,13 @@ def _expected(algorithm: str, hexdigest: str, spec: str) -> Expected:
     return Expected(algorithm, hexdigest.lower())
 
 
-def _read_checksum_file(spec: str) -> str:
+def _read_checksum_file(spec: str, http_options: dict) -> str:
     from .source import is_url, open_source
     if not is_url(spec) and not os.path.isfile(spec):
         raise PartitionError(f"--checksum {spec!r}: neither ALGO:HEX ({', '.join(ALGORITHMS)}) "
                              "nor a checksum file or URL")
-    with open_source(spec) as src:
-        data = src.read(MAX_CHECKSUM_FILE + 1)
+    with open_source(spec, **http_options) as src:
+        data = src.read_upto(MAX_CHECKSUM_FILE + 1)
     if len(data) > MAX_CHECKSUM_FILE:
         raise PartitionError(f"{spec}: a checksum file over {MAX_CHECKSUM_FILE} bytes")
     return data.decode("utf-8", "replace")

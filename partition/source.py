@@ -52,6 +52,15 @@ class Source(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def read_upto(self, limit: int) -> bytes:
+        """``limit`` bytes, or all of the source when it is shorter. ``read`` returns what
+        one read gave (an HTTP source hands over at most READ_PIECE at a time), so a
+        caller that wants a whole small document loops here, never on a single read."""
+        out = bytearray()
+        while len(out) < limit and (piece := self.read(min(limit - len(out), READ_PIECE))):
+            out += piece
+        return bytes(out)
+
 
 class FileSource(Source):
     def __init__(self, fp: BinaryIO, name: str, path: str | None = None, size: int | None = None):
@@ -102,9 +111,12 @@ class HttpSource(Source):
     """GET ``url`` within a deadline and a retry budget, resuming only the same entity."""
 
     def __init__(self, url: str, *, retries: int | None = None, backoff: float = BACKOFF,
-                 timeout: float = TIMEOUT, deadline: float | None = None):
+                 timeout: float = TIMEOUT, deadline: float | None = None, handlers: tuple = ()):
+        """``handlers``: extra urllib handlers for every request of this download (a
+        deploy agent's proxies and TLS context, e.g. ProxyHandler, HTTPSHandler)."""
         check_url(url)
         self.name, self.url = url, url
+        self._handlers = tuple(handlers)
         self._budget = _Budget(url, _setting(retries, ENV_RETRIES, RETRIES, int),
                                _setting(deadline, ENV_DEADLINE, DEADLINE, float), backoff)
         self._timeout = timeout
@@ -132,6 +144,7 @@ class HttpSource(Source):
         other = HttpSource.__new__(HttpSource)
         other.__dict__.update(name=self.name, url=self.url, _budget=self._budget,
                               _timeout=self._timeout, _validator=self._validator,
+                              _handlers=self._handlers,
                               size=self.size, ranges=self.ranges, stat=None, path=None)
         other._pos, other._end = start, min(end, self.size) if end is not None else None
         other._resp = other._open()
@@ -147,7 +160,7 @@ class HttpSource(Source):
         import http.client
         import urllib.error
         import urllib.request
-        opener = urllib.request.build_opener(_redirect_handler())
+        opener = urllib.request.build_opener(_redirect_handler(), *self._handlers)
         while True:
             timeout = min(self._timeout, self._left(f"connecting at byte {self._pos}"))
             request = urllib.request.Request(self.url, headers={"User-Agent": "configdrive"})

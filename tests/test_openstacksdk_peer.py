@@ -117,4 +117,9 @@ def test_same_files_in_every_directory_as_the_sdk(tmp_path, versions):
 
 def test_validate_passes_the_sdks_drive_and_ours_alike(tmp_path):
     sdk_image = sdk_build(tmp_path, [genisoimage_dir()])
-    assert configdrive("validate", "--strict", sdk_image).returncode == 0
+    proc = configdrive("validate", sdk_image)
+    assert proc.returncode == 0
+    # The one thing to say of the SDK's drive: it has no ec2/ tree, which Afterburn reads.
+    said = [line for line in (proc.stdout + proc.stderr).decode().splitlines() if line.strip()]
+    assert said and all("Afterburn" in line for line in said if line.startswith("warning:")), said
+    assert not [line for line in said if line.startswith("error:")], said

@@ -80,14 +80,14 @@ class ConfigDriveHardwareManager(hardware.HardwareManager):
             configdrive = image_info.pop("configdrive", None)
         device = hardware.dispatch_to_managers("get_os_install_device", permit_refresh=True)
         LOG.info("configdrive: writing image %s to %s", request.image_id, device)
-        with _url_settings(request):
-            drive = _load_config_drive(configdrive) if configdrive else None
-            expected = _expected(request)
-            try:
-                refuse_held_partitions(device)
-            except PartitionError as exc:
-                raise _ipa_error(errors.ImageWriteError, exc, device, 1, "", str(exc))
-            _write(request, expected, device)
+        http_options = _http_options(request)
+        drive = _load_config_drive(configdrive, http_options) if configdrive else None
+        expected = _expected(request, http_options)
+        try:
+            refuse_held_partitions(device)
+        except PartitionError as exc:
+            raise _ipa_error(errors.ImageWriteError, exc, device, 1, "", str(exc))
+        _write(request, expected, device, http_options)
         _finish_disk(device, drive)
         root_uuid = _disk_identifier(device)
         _record(image_info, root_uuid)
@@ -113,11 +113,11 @@ def _ipa_error(kind, cause: Exception, *args):
 
 # -- before the disk is touched ----------------------------------------------------------
 
-@contextlib.contextmanager
-def _url_settings(request: Request):
-    """IPA's download settings for our urllib reader, for the duration of the step: the
-    request's proxies (else the environment's), no_proxy, and IPA's TLS options (its TLS
-    version floor, cafile, client certificate, insecure)."""
+def _http_options(request: Request) -> dict:
+    """IPA's download settings for our HTTP reader, for every request of the step (the
+    checksum file, the config drive, the image): its connection retries, interval and
+    timeout, the request's proxies (else the environment's) and no_proxy, and IPA's TLS
+    options (its TLS version floor, cafile, client certificate, insecure)."""
     if request.no_proxy:
         os.environ["no_proxy"] = request.no_proxy     # what IPA's downloader does too
     context = utils.create_ssl_context("client")
@@ -131,24 +131,21 @@ def _url_settings(request: Request):
             context.load_default_certs()
         if CONF.certfile and CONF.keyfile:
             context.load_cert_chain(CONF.certfile, CONF.keyfile)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler(request.proxies or None),
-                                         urllib.request.HTTPSHandler(context=context))
-    previous = getattr(urllib.request, "_opener", None)
-    urllib.request.install_opener(opener)
-    try:
-        yield
-    finally:
-        urllib.request.install_opener(previous)
+    return {"retries": CONF.image_download_connection_retries,
+            "backoff": CONF.image_download_connection_retry_interval,
+            "timeout": CONF.image_download_connection_timeout,
+            "handlers": (urllib.request.ProxyHandler(request.proxies or None),
+                         urllib.request.HTTPSHandler(context=context))}
 
 
-def _load_config_drive(configdrive) -> bytes:
+def _load_config_drive(configdrive, http_options: dict) -> bytes:
     """The drive image from ironic's form (a URL, or gzip+base64), within the 64 MiB cap:
     decoded before the image is written, so a bad drive refuses with the disk untouched."""
     started = time.monotonic()
     try:
         if not isinstance(configdrive, str):
             raise ConfigDriveError("the configdrive argument: neither a URL nor a gzip+base64 string")
-        image = load_drive(configdrive) if configdrive.startswith(("http://", "https://")) \
+        image = load_drive(configdrive, http_options) if configdrive.startswith(("http://", "https://")) \
             else unpack(configdrive, source="the configdrive argument")
     except (ConfigDriveError, PartitionError) as exc:
         raise _ipa_error(errors.DeploymentError, exc, str(exc))
@@ -156,9 +153,9 @@ def _load_config_drive(configdrive) -> bytes:
     return image
 
 
-def _expected(request: Request) -> "_Expected":
+def _expected(request: Request, http_options: dict) -> "_Expected":
     try:
-        expected = parse_checksum(request.checksum, request.urls[0])
+        expected = parse_checksum(request.checksum, request.urls[0], http_options)
     except PartitionError as exc:
         raise _ipa_error(errors.ImageDownloadError, exc, request.image_id, str(exc))
     if expected.algorithm == "md5" and not CONF.md5_enabled:
@@ -186,13 +183,10 @@ class _Expected(Expected):
 
 # -- the write --------------------------------------------------------------------------
 
-def _write(request: Request, expected: _Expected, device: str) -> dict:
+def _write(request: Request, expected: _Expected, device: str, http_options: dict) -> dict:
     """Try each URL in turn, as IPA does; a URL that cannot be fetched passes to the
     next, an image that is refused fails the step (every mirror holds the same image)."""
     failures = []
-    http_options = {"retries": CONF.image_download_connection_retries,
-                    "backoff": CONF.image_download_connection_retry_interval,
-                    "timeout": CONF.image_download_connection_timeout}
     for url in request.urls:
         started = time.monotonic()
         LOG.info("configdrive: fetching %s", url)
