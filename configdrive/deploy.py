@@ -12,8 +12,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from partition.copy import write_image
+from partition.copy import wipe_disk, write_image
 from partition.device import lock_target
+from partition.errors import PartitionError
 from partition.progress import Progress
 
 from .errors import ConfigDriveError
@@ -62,12 +63,20 @@ def _deploy(device, image, checksum, drive, preserve_on_error, verify, quiet, pr
                              http_options=http_options)
         summary["image"] = {"source": str(image), **result}
 
-    if drive is not None:
-        # The config drive goes in after the image (configdrive/placement.py).
-        from .placement import place_config_drive
-        summary["config_drive"] = place_config_drive(device, drive, **drive_options)
-    elif image is not None:
-        # No drive, but the image's GPT still has to fit this disk (backup at its end).
-        from .placement import refresh_disk
-        summary["table"] = refresh_disk(device)
+    try:
+        if drive is not None:
+            # The config drive goes in after the image (configdrive/placement.py).
+            from .placement import place_config_drive
+            summary["config_drive"] = place_config_drive(device, drive, **drive_options)
+        elif image is not None:
+            # No drive, but the image's GPT still has to fit this disk (backup at its end).
+            from .placement import refresh_disk
+            summary["table"] = refresh_disk(device)
+    except (ConfigDriveError, PartitionError) as exc:
+        if image is None or preserve_on_error:
+            raise
+        # The image is down but the job failed (its table refused once read back whole,
+        # the drive not placed): as after a failed copy, leave no disk that boots.
+        kind = ConfigDriveError if isinstance(exc, ConfigDriveError) else PartitionError
+        raise kind(f"{exc} ({wipe_disk(str(device))})") from exc
     return summary

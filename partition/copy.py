@@ -36,6 +36,7 @@ for each zero extent instead. One call instead of hundreds: a 4 GiB cloud image 
 
 from __future__ import annotations
 
+import io
 import queue
 import threading
 import time
@@ -198,6 +199,54 @@ def _refuse_misfit(image: Image, target: Target, head: bytes, pending: list) -> 
             raise PartitionError(f"{image.name}: GPT made for {image_sector}-byte sectors, but "
                                  f"{target.path} has {target.sector_size}-byte logical sectors")
         target.sector_size = image_sector
+    _refuse_crafted_table(image, target, head)
+
+
+def _refuse_crafted_table(image: Image, target: Target, head: bytes) -> None:
+    """The image's own partition table, read from the held-back first MiB with the checks
+    the target's table gets after the copy (partitions inside the usable space, no
+    overlaps, sane GPT arrays and EBR chains): a crafted one is refused now, with the target
+    untouched, instead of after the whole image is written. What lies past the first MiB
+    (the backup GPT, far EBRs) reads as zeros here; the check after the copy sees it, as it
+    sees the table of a stream whose size is not known before its end."""
+    from .tables import read_table
+    disk_bytes = image.virtual_size
+    if not disk_bytes or disk_bytes < len(head):
+        return
+    view = io.BufferedReader(_HeadView(bytes(head), disk_bytes))
+    try:
+        read_table(view, disk_bytes, target.sector_size if target.sector_size_known else None,
+                   source=f"{image.name} (its own partition table)")
+    except PartitionError as exc:
+        raise PartitionError(f"{exc}; nothing was written to {target.path}") from exc
+
+
+class _HeadView(io.RawIOBase):
+    """A read-only disk of ``size`` bytes that holds ``head`` and zeros after it (nothing
+    of that size is allocated: a qcow2 may declare terabytes)."""
+
+    def __init__(self, head: bytes, size: int):
+        self.head, self.size, self.pos = head, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: offset, io.SEEK_CUR: self.pos + offset, io.SEEK_END: self.size + offset}[whence]
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buf) -> int:
+        n = max(0, min(len(buf), self.size - self.pos))
+        piece = self.head[self.pos: self.pos + n]
+        buf[:n] = piece + bytes(n - len(piece))
+        self.pos += n
+        return n
 
 
 def _zero_ends(target: Target) -> None:
@@ -236,6 +285,18 @@ def _zero_body(target: Target, image: Image) -> int:
         return HOLD
     target.write_zeros(HOLD, end - HOLD)
     return end
+
+
+def wipe_disk(path: str) -> str:
+    """After a failure that came once the image was down (its table refused when the disk
+    is read back, the config drive not placed): the same fresh empty table as a failed
+    copy leaves, so that a deploy that failed never leaves a disk that boots. Returns the
+    note for the error line."""
+    try:
+        with open_target(path) as target:
+            return _wipe(target)
+    except (PartitionError, OSError) as exc:
+        return f"{path} could not be wiped either: {exc}"
 
 
 def _wipe(target: Target) -> str:

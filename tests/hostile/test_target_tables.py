@@ -11,6 +11,7 @@ building the drive from content options, and ``inspect``.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import mmap
 import re
@@ -146,6 +147,46 @@ def test_gpt_config_partition_where_no_partition_may_be(tmp_path, drive, case, s
         # sgdisk, which we did not write, calls each of these a problem too.
         assert "No problems found" not in run("sgdisk", "-v", dev, check=False).stdout.decode()
         refused_everywhere(dev, drive, names=f"GPT partition 3 (LBA {first} to {last})")
+
+
+@pytest.mark.parametrize("image_format", ["raw", "qcow2"])
+@pytest.mark.parametrize("case", [c for c in GEOMETRY if c != "over the backup GPT"])
+def test_crafted_table_inside_the_image_is_refused_before_the_target_is_touched(tmp_path, case,
+                                                                               image_format):
+    """The same tables carried by ``--image``: read from the image's held-back first MiB
+    before anything is written, so the target keeps its bytes. (An entry over the backup
+    GPT is seen only after the copy, where the backup is: that case is the one left out.)"""
+    need_tool("qemu-img")
+    disk = gpt_disk(tmp_path)
+    first, last = GEOMETRY[case](disk)
+    set_entry(disk, 3, first, last)
+    image = disk.path
+    if image_format == "qcow2":
+        image = tmp_path / "gpt.qcow2"
+        run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", disk.path, image)
+    target = tmp_path / "target.img"
+    target.write_bytes(b"\xaa" * (40 * MiB))
+    refused("deploy", "--device", target, "--image", image, watch=[target],
+            names=f"GPT partition 3 (LBA {first} to {last})")
+
+
+def test_crafted_table_in_a_stream_is_refused_after_the_copy_and_the_target_wiped(tmp_path):
+    """A stream's size is known only at its end, so its table is judged once it is down:
+    the deploy fails, and the target is left with an empty table as after a failed copy
+    (read by sgdisk and blkid), never with the crafted disk."""
+    disk = gpt_disk(tmp_path)
+    first, last = GEOMETRY["inside the root partition"](disk)
+    set_entry(disk, 3, first, last)
+    stream = tmp_path / "gpt.img.gz"
+    stream.write_bytes(gzip.compress(disk.path.read_bytes()))
+    target = tmp_path / "target.img"
+    target.write_bytes(b"\xaa" * (40 * MiB))
+    line = refused("deploy", "--device", target, "--image", stream,
+                   names=f"GPT partition 3 (LBA {first} to {last})")
+    assert "now holds an empty partition table" in line
+    listing = run("sgdisk", "-p", target).stdout.decode()
+    assert "Number  Start" in listing and not re.search(r"^\s+\d+\s+\d+\s+\d+", listing, re.M), listing
+    assert "PTTYPE" in out("blkid", "-p", target) and "config-2" not in out("blkid", "-p", target)
 
 
 def test_gpt_partition_found_by_label_inside_root_is_refused(tmp_path, drive):
