@@ -87,8 +87,9 @@ chroot "$ROOTFS" /usr/bin/env DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 \
 
 step "configuring the guest"
 cat >"$ROOTFS/etc/cloud/cloud.cfg.d/90-e2e.cfg" <<'EOF'
-# The end-to-end guest: a config drive or nothing, and no waiting for metadata servers.
-datasource_list: [ ConfigDrive, None ]
+# The end-to-end guest: a config drive, a NoCloud seed or nothing, and no waiting for
+# metadata servers.
+datasource_list: [ ConfigDrive, NoCloud, None ]
 # Root takes the drive's public keys as they are (Debian's default wraps them in a
 # "log in as debian" command), so a test reads the key itself in authorized_keys.
 disable_root: false

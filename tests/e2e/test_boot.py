@@ -144,12 +144,13 @@ def blank_disk_larger_than(image: Path, path: Path, extra_bytes: int = 256 << 20
 
 
 def assert_cloud_init_applied(result: Boot, sc: Scenario, root_image: Path, root_offset: int,
-                              source: str) -> None:
+                              source: str, datasource_name: str = "DataSourceConfigDrive",
+                              source_key: str = "source") -> None:
     """What a user checks after first boot, on the console and on the disk."""
     assert re.fullmatch(r"\S*cloud-init \d+\.\d+(\.\d+)?", result.one("cloud-init-version"))
     datasource = result.one("datasource")
-    assert datasource.startswith("DataSourceConfigDrive"), datasource + "\n" + result.tail()
-    assert f"[source={source}]" in datasource, datasource
+    assert datasource.startswith(datasource_name), datasource + "\n" + result.tail()
+    assert f"[{source_key}={source}]" in datasource, datasource   # NoCloud says seed=
     assert result.one("hostname") == sc.short_hostname, result.tail()
     assert sc.key in result.all("root-key"), result.tail()
     # The runcmd echoes its marker alone on a line (a quote of the user data would not be).
@@ -184,6 +185,18 @@ def test_iso_drive_as_cdrom(guest, tmp_path):
     result = boot(guest, root, tmp_path / f"console-{sc.name}.log",
                   extra=["-drive", f"file={drive},format=raw,if=ide,media=cdrom,readonly=on"])
     assert_cloud_init_applied(result, sc, root, 0, source="/dev/sr0")
+
+
+def test_nocloud_seed_as_cdrom(guest, tmp_path):
+    """The same content as a NoCloud seed (label cidata, meta-data, user-data, a version 2
+    network-config converted from network_data.json), read by cloud-init's NoCloud."""
+    sc = Scenario.make(tmp_path, "nocloud", "10.0.2.48")
+    drive = build_drive(sc, "nocloud")
+    root = fresh_root_fs(guest, tmp_path)
+    result = boot(guest, root, tmp_path / f"console-{sc.name}.log",
+                  extra=["-drive", f"file={drive},format=raw,if=ide,media=cdrom,readonly=on"])
+    assert_cloud_init_applied(result, sc, root, 0, source="/dev/sr0", datasource_name="DataSourceNoCloud",
+                            source_key="seed")
 
 
 def test_vfat_drive_as_disk(guest, tmp_path):
