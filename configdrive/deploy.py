@@ -17,6 +17,7 @@ from partition.device import lock_target
 from partition.errors import PartitionError
 from partition.progress import Progress
 
+from .content import Content
 from .errors import ConfigDriveError
 
 
@@ -41,6 +42,13 @@ def deploy(device: str, image: str | None = None, *, checksum: str | None = None
         raise ConfigDriveError("deploy: --checksum needs --image")
     if verify and image is None:
         raise ConfigDriveError("deploy: --verify needs --image")
+    if image is not None and isinstance(drive, Content):
+        # The drive's content is checked before the image goes down: a refusal then leaves
+        # the target as it was (the drive itself is built after the image, for the disk's
+        # sector size).
+        from .drive import checked_tree
+        checked_tree(drive, **{k: drive_options[k] for k in ("format", "label", "versions", "ec2", "validate")
+                               if drive_options.get(k) is not None})
     with lock_target(device, create=create and image is not None):
         return _deploy(device, image, checksum, drive, preserve_on_error, verify, quiet,
                        progress_stream, create, image_format, http_options, drive_options)

@@ -79,6 +79,18 @@ def build(content: Content, out: str | os.PathLike | BinaryIO | None = None, *,
     With ``validate`` the content is checked first and every error is raised at once.
     ``size`` and ``sector_size`` are the vfat image's (see :func:`write_image`).
     """
+    label = label or default_label(format)
+    tree, fs = checked_tree(content, format=format, label=label, versions=versions, ec2=ec2,
+                            validate=validate)
+    return write_drive(tree, out, format=fs, label=label, size=size, sector_size=sector_size)
+
+
+def checked_tree(content: Content, *, format: str = "iso", label: str | None = None,
+                 versions: str | list[str] | None = None, ec2: bool = True,
+                 validate: bool = True) -> tuple[dict[str, bytes], str]:
+    """The tree :func:`build` writes and its filesystem, after the same checks (every
+    error raised at once): what a deploy runs before its image goes down, so that content
+    that would be refused never costs the target its old disk."""
     content.fill_defaults()
     label = label or default_label(format)
     tree, fs = drive_tree(content, format, versions=versions, ec2=ec2)
@@ -86,7 +98,7 @@ def build(content: Content, out: str | os.PathLike | BinaryIO | None = None, *,
         from .validate import check_build
         check_build(content, tree, label=label, versions=versions, ec2=ec2,
                     consumers=format not in NOCLOUD_FORMATS)
-    return write_drive(tree, out, format=fs, label=label, size=size, sector_size=sector_size)
+    return tree, fs
 
 
 def write_drive(tree: Mapping[str, bytes], out: str | os.PathLike | BinaryIO | None = None,

@@ -154,3 +154,21 @@ def test_empty_file_target_is_not_filled_without_create(tmp_path, image):
     refused("deploy", "--quiet", "--device", target, "--image", image, watch=[target],
             names=str(target))
     assert os.path.getsize(target) == 0
+
+
+@pytest.mark.parametrize("network_data, names", [
+    ({"links": [], "networks": [{"id": "n0", "link": "eth9", "type": "ipv4_dhcp", "network_id": "x"}],
+      "services": []}, "/networks/0/link"),
+    ({"links": [{"id": "eth0", "type": "phy", "ethernet_mac_address": "not-a-mac"}], "networks": [],
+      "services": []}, "/links/0/ethernet_mac_address"),
+])
+def test_drive_content_refused_before_the_image_goes_down(tmp_path, target, network_data, names):
+    """Content that `build` would refuse is refused by deploy before its image is written
+    (the drive itself is built afterwards, for the disk's sector size): the old disk stays."""
+    import json
+    from conftest import make_gpt_disk as new_image
+    image = new_image(tmp_path / "new.img", "2B2C3D4E-0000-4000-8000-00000000000B", seed=9, size=12 * MiB)
+    net = tmp_path / "network_data.json"
+    net.write_text(json.dumps(network_data))
+    refused("deploy", "--device", target, "--image", image, "--uuid", "83679162-1378-4288-a2d4-70e13ec132aa",
+            "--network-data", net, watch=[target], names=names)
