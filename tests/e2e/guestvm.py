@@ -2,7 +2,8 @@
 
 The guest comes from scripts/e2e-guest.sh (Debian bookworm or trixie with cloud-init that
 looks only for a config drive and powers off when its final stage is done);
-scripts/e2e-guest-uefi.sh makes whole-disk UEFI images of it. A boot's evidence is
+scripts/e2e-guest-uefi.sh makes whole-disk UEFI images of it, and scripts/e2e-guest-glean.sh
+its glean variant (glean from PyPI, no cloud-init). A boot's evidence is
 twofold: ``E2E key=value`` lines the guest prints on its serial console, and files read
 back from its root filesystem with debugfs after it powered off.
 """
@@ -22,11 +23,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 GUEST_SCRIPT = ROOT / "scripts" / "e2e-guest.sh"
 UEFI_SCRIPT = ROOT / "scripts" / "e2e-guest-uefi.sh"
+GLEAN_SCRIPT = ROOT / "scripts" / "e2e-guest-glean.sh"
 CACHE = Path(os.environ.get("E2E_CACHE", ROOT / "tests" / ".cache"))
 # What scripts/e2e-guest.sh leaves in its output directory.
 GUEST_FILES = ("vmlinuz", "initrd.img", "root.ext4", "disk-config.qcow2", "disk-plain.qcow2")
 # What scripts/e2e-guest-uefi.sh leaves in its output directory.
 UEFI_FILES = ("uefi-config.qcow2", "uefi-plain.qcow2")
+# What scripts/e2e-guest-glean.sh leaves in its output directory.
+GLEAN_FILES = ("vmlinuz", "initrd.img", "disk-config.qcow2")
 # Debian's ovmf package: the firmware code (read-only) and the template of its variable
 # store (each boot gets a writable copy, as a machine has its own NVRAM).
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -48,10 +52,12 @@ PROVEN: list["Boot"] = []
 @dataclass(frozen=True)
 class Guest:
     """The built guest's files (never modified: boots work on copies); ``suite`` is its
-    Debian release."""
+    Debian release, ``consumer`` what reads the config drive at boot (cloud-init or glean;
+    the glean guest has only its kernel, initramfs and disk-config.qcow2)."""
 
     dir: Path
     suite: str
+    consumer: str = "cloud-init"
 
     @property
     def kernel(self) -> Path:
@@ -135,6 +141,13 @@ def build_guest(suite: str = "bookworm") -> Guest:
     return Guest(_cached(final, GUEST_FILES, [GUEST_SCRIPT, OUTPUT, suite], f"{suite} guest"), suite)
 
 
+def build_glean_guest(guest: Guest) -> Guest:
+    """The cached glean variant of ``guest`` (about a minute: pip install from PyPI)."""
+    final = CACHE / f"e2e-glean-{guest.suite}-{_digest(GUEST_SCRIPT, GLEAN_SCRIPT)}"
+    return Guest(_cached(final, GLEAN_FILES, [GLEAN_SCRIPT, guest.dir, OUTPUT],
+                         f"{guest.suite} glean guest"), guest.suite, "glean")
+
+
 def build_uefi_disks(guest: Guest, sector_size: int) -> UefiDisks:
     """The guest's cached whole-disk UEFI images for ``sector_size`` (well under a minute)."""
     final = CACHE / f"e2e-uefi-{guest.suite}-{sector_size}-{_digest(GUEST_SCRIPT, UEFI_SCRIPT)}"
@@ -176,9 +189,10 @@ class Boot:
         self.facts.extend(facts)
 
     def summary(self) -> str:
-        # The guest prints "/usr/bin/cloud-init 22.4.2".
-        version = " ".join(self.reports.get("cloud-init-version", ["?"])).split()[-1]
-        return (f"{self.name} ({self.how}, cloud-init {version}) {self.seconds:.0f} s: "
+        # The cloud-init guest prints "/usr/bin/cloud-init 22.4.2", the glean guest "1.25.1".
+        consumer = "glean" if "glean-version" in self.reports else "cloud-init"
+        version = " ".join(self.reports.get(f"{consumer}-version", ["?"])).split()[-1]
+        return (f"{self.name} ({self.how}, {consumer} {version}) {self.seconds:.0f} s: "
                 + ", ".join(self.facts))
 
 
@@ -247,7 +261,7 @@ def boot(guest: Guest, root_disk: Path, log: Path, *, extra: list[str] = (), uef
     assert proc.returncode == 0, (f"qemu exited {proc.returncode}: "
                                   f"{proc.stderr.decode(errors='replace')}\n{result.tail()}")
     assert "report-done" in result.reports, ("the guest powered off without its report "
-                                             "(cloud-init's final stage did not run)\n" + result.tail())
+                                             f"({guest.consumer} did not finish)\n" + result.tail())
     print(f"e2e: {name} ({how}) booted to poweroff in {seconds:.0f} s", file=sys.stderr)
     return result
 

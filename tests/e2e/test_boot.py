@@ -7,7 +7,7 @@ and sgdisk.
 Boots come two ways: QEMU's direct kernel boot, and as a bare-metal node boots, through
 UEFI firmware (OVMF) from a whole-disk GPT image that `configdrive deploy` wrote, on
 512-byte and on 4096-byte-sector (4Kn) disks. Guests: Debian bookworm (cloud-init 22.4)
-and trixie (a newer cloud-init). Each boot takes one to two minutes under TCG (guests are
+and trixie (a newer cloud-init), and bookworm with glean (from PyPI) instead of cloud-init. Each boot takes one to two minutes under TCG (guests are
 built once and cached, see scripts/e2e-guest.sh and scripts/e2e-guest-uefi.sh). Run
 with ``make e2e`` or ``make test``; a plain ``pytest`` leaves these out.
 """
@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from conftest import configdrive, is_root, out, run
-from guestvm import (GUEST_MAC, OVMF_CODE, Boot, Guest, UefiDisks, boot, build_guest,
-                     build_uefi_disks, read_guest_file)
+from guestvm import (GUEST_MAC, OVMF_CODE, Boot, Guest, UefiDisks, boot, build_glean_guest,
+                     build_guest, build_uefi_disks, read_guest_file)
 
 pytestmark = pytest.mark.e2e
 
@@ -371,3 +371,54 @@ def test_4kn_uefi_deploy_makes_a_vfat_config_partition(guest, tmp_path):
     assert "META_DATA.JSON" in out("mdir", "-i", drive, "::/openstack/latest").upper()
     result = boot_uefi(guest, uefi_disks_4kn, sc, target, number, root)
     result.proved("4Kn disk (firmware, GRUB, kernel)", "vfat drive with 4096-byte sectors")
+
+
+# --- glean instead of cloud-init ---------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def glean_guest(guest) -> Guest:
+    return build_glean_guest(guest)
+
+
+def test_glean_reads_the_deployed_config_v2_partition(glean_guest, tmp_path):
+    """glean, the other consumer of config drives (diskimage-builder's simple-init images
+    use it instead of cloud-init), set up by its own glean-install: the image deployed
+    into its own config-v2 partition, as on bare metal (deploy writes ISO 9660 there).
+    At boot glean-early.service finds the drive by its label config-2 with blkid, mounts
+    it on /mnt/config, names the host and writes root's keys from meta_data.json; glean's
+    udev rule starts glean@eth0, which writes /etc/network/interfaces.d/eth0.cfg from
+    network_data.json and brings eth0 up with ifup. The guest has no cloud-init, and the
+    address is not the one QEMU's DHCP would give, so what it shows is glean's doing."""
+    sc = Scenario.make(tmp_path, "glean", "10.0.2.49")
+    image = glean_guest.disk_with_config_partition
+    target = blank_disk_larger_than(image, tmp_path / "target.raw")
+    configdrive("deploy", "--device", target, "--image", image, *sc.content_options)
+    number, _ = partition_named(target, "config-v2")
+    assert number == 2, "deploy must use the image's own config-v2 partition"
+    root_offset = partitions(target)[0]["start"] * 512
+    result = boot(glean_guest, target, tmp_path / "console-glean.log")
+
+    assert "cloud-init-present" not in result.reports, result.all("cloud-init-present")
+    assert re.fullmatch(r"\d+\.\d+(\.\d+)?", result.one("glean-version")), result.tail()
+    assert result.all("unit") == ["glean-early.service active success",
+                                  "glean@eth0.service active success"], result.tail()
+    assert result.one("config-mount") == f"/dev/vda{number} iso9660", result.tail()
+    # glean names the host from meta_data.json's "name" (cloud-init from "hostname"); the
+    # scenario's name is its short hostname.
+    assert result.one("hostname") == sc.short_hostname, result.tail()
+    assert sc.key in result.all("root-key"), result.tail()
+    # The only address: the static one (no DHCP fallback), with the route's gateway.
+    assert result.all("address") == [f"eth0 {sc.address}/24"], result.tail()
+    assert result.one("default-route").startswith("default via 10.0.2.2 dev eth0"), result.tail()
+
+    hostname = read_guest_file(target, "/etc/hostname", root_offset)
+    assert hostname is not None and hostname.strip() == sc.short_hostname
+    net = read_guest_file(target, "/etc/network/interfaces.d/eth0.cfg", root_offset)
+    assert net is not None, "glean wrote no /etc/network/interfaces.d/eth0.cfg"
+    assert re.search(r"^iface eth0 inet static$", net, re.M), net
+    assert re.search(rf"^\s*address {re.escape(sc.address)}$", net, re.M), net
+    assert re.search(r"^\s*netmask 255\.255\.255\.0$", net, re.M), net
+    assert re.search(r"^\s*gateway 10\.0\.2\.2$", net, re.M), net
+    result.proved(f"glean-early mounted config-2 at /dev/vda{number} (iso9660)",
+                  "hostname from name", "root key", "no cloud-init",
+                  f"static {sc.address} and default route on eth0 (ip and glean's ifupdown file)")
