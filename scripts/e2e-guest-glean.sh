@@ -37,17 +37,12 @@ done
 mkdir -p "$OUT"
 WORK=$(mktemp -d "$OUT/.build.XXXXXX")
 ROOTFS=$WORK/rootfs
-mounted=()
 loop=""
+source "$(dirname "${BASH_SOURCE[0]}")/e2e-chroot.sh"
 cleanup() {
-  for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount -l "${mounted[i]}" 2>/dev/null || true; done
+  unmount_lazily
   [ -z "$loop" ] || losetup -d "$loop" 2>/dev/null || true
-  # Never recurse into a still-mounted root or /dev of the chroot.
-  if grep -q " $WORK/" /proc/mounts; then
-    echo "e2e-guest-glean.sh: mounts left under $WORK, not removing it" >&2
-  else
-    rm -rf --one-file-system "$WORK"
-  fi
+  remove_work
 }
 trap cleanup EXIT
 step() { echo "e2e-guest-glean.sh: $*" >&2; }
@@ -67,17 +62,7 @@ loop=$(losetup --show -f -o $((start * 512)) --sizelimit $((size * 512)) "$WORK/
 mkdir -p "$ROOTFS"
 mount -t ext4 "$loop" "$ROOTFS"
 mounted+=("$ROOTFS")
-for fs in proc sys dev dev/pts; do
-  case $fs in
-    proc) mount -t proc proc "$ROOTFS/proc" ;;
-    sys) mount -t sysfs sysfs "$ROOTFS/sys" ;;
-    dev) mount --bind /dev "$ROOTFS/dev" ;;
-    dev/pts) mount -t devpts devpts "$ROOTFS/dev/pts" ;;
-  esac
-  mounted+=("$ROOTFS/$fs")
-done
-printf '#!/bin/sh\nexit 101\n' >"$ROOTFS/usr/sbin/policy-rc.d"
-chmod 755 "$ROOTFS/usr/sbin/policy-rc.d"
+chroot_enter
 # The build host's resolver for apt and pip; the guest's own file goes back afterwards.
 cp -a "$ROOTFS/etc/resolv.conf" "$WORK/resolv.conf.guest" 2>/dev/null || true
 cp -L /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
@@ -169,12 +154,10 @@ if [ -e "$WORK/resolv.conf.guest" ] || [ -L "$WORK/resolv.conf.guest" ]; then
 else
   rm -f "$ROOTFS/etc/resolv.conf"
 fi
-rm -f "$ROOTFS/usr/sbin/policy-rc.d"
 # The blocks cloud-init's files held are given back (holes in disk.raw), so that the qcow2
 # holds only what the guest uses.
 fstrim "$ROOTFS"
-for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount "${mounted[i]}"; done
-mounted=()
+chroot_leave
 e2fsck -fn "$loop" >"$WORK/e2fsck.log" 2>&1 || { cat "$WORK/e2fsck.log" >&2; exit 1; }
 losetup -d "$loop"; loop=""
 

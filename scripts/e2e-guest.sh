@@ -42,17 +42,8 @@ done
 mkdir -p "$OUT"
 WORK=$(mktemp -d "$OUT/.build.XXXXXX")
 ROOTFS=$WORK/rootfs
-mounted=()
-cleanup() {
-  for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount -l "${mounted[i]}" 2>/dev/null || true; done
-  # Never recurse into a still-mounted /dev or /proc of the chroot.
-  if grep -q " $WORK/" /proc/mounts; then
-    echo "e2e-guest.sh: mounts left under $WORK, not removing it" >&2
-  else
-    rm -rf --one-file-system "$WORK"
-  fi
-}
-trap cleanup EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/e2e-chroot.sh"
+trap 'unmount_lazily; remove_work' EXIT
 
 step() { echo "e2e-guest.sh: $*" >&2; }
 
@@ -60,19 +51,7 @@ step "debootstrap $SUITE (minbase) from $MIRROR"
 debootstrap --variant=minbase "$SUITE" "$ROOTFS" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
   || { tail -n 30 "$WORK/debootstrap.log" >&2; exit 1; }
 
-for fs in proc sys dev dev/pts; do
-  case $fs in
-    proc) mount -t proc proc "$ROOTFS/proc" ;;
-    sys) mount -t sysfs sysfs "$ROOTFS/sys" ;;
-    dev) mount --bind /dev "$ROOTFS/dev" ;;
-    dev/pts) mount -t devpts devpts "$ROOTFS/dev/pts" ;;
-  esac
-  mounted+=("$ROOTFS/$fs")
-done
-
-# No service may start inside the chroot.
-printf '#!/bin/sh\nexit 101\n' >"$ROOTFS/usr/sbin/policy-rc.d"
-chmod 755 "$ROOTFS/usr/sbin/policy-rc.d"
+chroot_enter
 # No resume device: without this the initramfs waits ~30 s looking for one at every boot.
 mkdir -p "$ROOTFS/etc/initramfs-tools/conf.d"
 echo "RESUME=none" >"$ROOTFS/etc/initramfs-tools/conf.d/resume"
@@ -145,7 +124,6 @@ done
 # A fixed machine id: an empty one makes systemd treat the boot as a first boot and
 # apply presets, which would re-enable what we masked and cost time.
 [ -s "$ROOTFS/etc/machine-id" ] || chroot "$ROOTFS" systemd-machine-id-setup >/dev/null
-rm -f "$ROOTFS/usr/sbin/policy-rc.d"
 
 # The initramfs must hold what finds the root disk: virtio_blk (a module in this kernel).
 kver=$(basename "$(ls -d "$ROOTFS"/lib/modules/* | head -n 1)")
@@ -160,8 +138,7 @@ cp "$initrd" "$WORK/initrd.img"
 
 chroot "$ROOTFS" apt-get clean
 rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/log/*.log "$ROOTFS"/var/cache/debconf/*-old
-for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount "${mounted[i]}"; done
-mounted=()
+chroot_leave
 
 step "making root.ext4 and the GPT disks"
 # 4096-byte blocks, written out: ext4 cannot be mounted from a disk whose logical sectors

@@ -22,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 GUEST_SCRIPT = ROOT / "scripts" / "e2e-guest.sh"
+# What the guest is made from: the build script and the chroot plumbing it sources.
+GUEST_SCRIPTS = (GUEST_SCRIPT, ROOT / "scripts" / "e2e-chroot.sh")
 UEFI_SCRIPT = ROOT / "scripts" / "e2e-guest-uefi.sh"
 GLEAN_SCRIPT = ROOT / "scripts" / "e2e-guest-glean.sh"
 CACHE = Path(os.environ.get("E2E_CACHE", ROOT / "tests" / ".cache"))
@@ -137,20 +139,20 @@ def _cached(final: Path, files: tuple[str, ...], command: list, what: str) -> Pa
 
 def build_guest(suite: str = "bookworm") -> Guest:
     """The cached guest, building it first when the cache has none (a few minutes)."""
-    final = CACHE / f"e2e-guest-{suite}-{_digest(GUEST_SCRIPT)}"
+    final = CACHE / f"e2e-guest-{suite}-{_digest(*GUEST_SCRIPTS)}"
     return Guest(_cached(final, GUEST_FILES, [GUEST_SCRIPT, OUTPUT, suite], f"{suite} guest"), suite)
 
 
 def build_glean_guest(guest: Guest) -> Guest:
     """The cached glean variant of ``guest`` (about a minute: pip install from PyPI)."""
-    final = CACHE / f"e2e-glean-{guest.suite}-{_digest(GUEST_SCRIPT, GLEAN_SCRIPT)}"
+    final = CACHE / f"e2e-glean-{guest.suite}-{_digest(*GUEST_SCRIPTS, GLEAN_SCRIPT)}"
     return Guest(_cached(final, GLEAN_FILES, [GLEAN_SCRIPT, guest.dir, OUTPUT],
                          f"{guest.suite} glean guest"), guest.suite, "glean")
 
 
 def build_uefi_disks(guest: Guest, sector_size: int) -> UefiDisks:
     """The guest's cached whole-disk UEFI images for ``sector_size`` (well under a minute)."""
-    final = CACHE / f"e2e-uefi-{guest.suite}-{sector_size}-{_digest(GUEST_SCRIPT, UEFI_SCRIPT)}"
+    final = CACHE / f"e2e-uefi-{guest.suite}-{sector_size}-{_digest(*GUEST_SCRIPTS, UEFI_SCRIPT)}"
     return UefiDisks(_cached(final, UEFI_FILES, [UEFI_SCRIPT, guest.dir, OUTPUT, sector_size],
                              f"{guest.suite} UEFI disks ({sector_size}-byte sectors)"), sector_size)
 
