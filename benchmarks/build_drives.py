@@ -25,8 +25,9 @@ from pathlib import Path
 from common import median_seconds, table
 
 from configdrive import iso, vfat
-from configdrive.content import InjectedFile, content_from_files
-from configdrive.drive import extract
+from configdrive.content import InjectedFile
+from configdrive.inputs import content_from_files
+from configdrive.extract import extract
 from configdrive.examples import example_paths
 from configdrive.layout import build_tree
 

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple
 
-from .content import parse_json
+from .jsondoc import parse_json
 from .errors import ConfigDriveError
 
 

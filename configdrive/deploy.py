@@ -46,7 +46,7 @@ def deploy(device: str, image: str | None = None, *, checksum: str | None = None
         # The drive's content is checked before the image goes down: a refusal then leaves
         # the target as it was (the drive itself is built after the image, for the disk's
         # sector size).
-        from .drive import checked_tree
+        from .builder import checked_tree
         checked_tree(drive, **{k: drive_options[k] for k in ("format", "label", "versions", "ec2", "validate")
                                if drive_options.get(k) is not None})
     with lock_target(device, create=create and image is not None):

@@ -103,8 +103,8 @@ def write(tree: Mapping[str, bytes], out: BinaryIO, *, label: str = "config-2",
 def _check_label(label: str) -> None:
     try:
         raw = label.encode("ascii")
-    except UnicodeEncodeError:
-        raise ConfigDriveError(f"label {label!r}: ISO 9660 labels are ASCII only") from None
+    except UnicodeEncodeError as exc:
+        raise ConfigDriveError(f"label {label!r}: ISO 9660 labels are ASCII only") from exc
     if not raw or len(raw) > LABEL_MAX:
         raise ConfigDriveError(
             f"label {label!r}: an ISO 9660 label with Joliet has 1 to {LABEL_MAX} characters")
@@ -476,9 +476,9 @@ class _Walker:
         if name_parts:
             try:
                 found["name"] = b"".join(name_parts).decode("utf-8")
-            except UnicodeDecodeError:
+            except UnicodeDecodeError as exc:
                 raise ConfigDriveError(f"{self.source}: record at byte {at}: its Rock Ridge name "
-                                       f"{one_line(repr(b''.join(name_parts)))} is not UTF-8") from None
+                                       f"{one_line(repr(b''.join(name_parts)))} is not UTF-8") from exc
         return found
 
 
@@ -495,9 +495,9 @@ def _system_use(record: bytes) -> bytes:
 def _decode_name(raw: bytes, joliet: bool, source: str, at: int) -> str:
     try:
         name = raw.decode("utf-16-be") if joliet else raw.decode("ascii")
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as exc:
         raise ConfigDriveError(f"{source}: record at byte {at}: its name {one_line(repr(raw))} is "
-                               f"not {'UCS-2' if joliet else 'ASCII'}") from None
+                               f"not {'UCS-2' if joliet else 'ASCII'}") from exc
     return _VERSION.sub("", name)     # the file version, ";1"
 
 
