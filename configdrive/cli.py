@@ -211,14 +211,15 @@ def _built(args: argparse.Namespace):
     """The tree of a new drive (a config drive or a NoCloud seed) from the content options,
     the filesystem that carries it, and what validation says of it."""
     from .builder import NOCLOUD_FORMATS, default_label, drive_tree
-    from .buildcheck import validate_build
     content = content_from_args(args)
     format = args.format or "iso"
     args.label = args.label or default_label(format)
     tree, fs = drive_tree(content, format, versions=args.versions, ec2=args.ec2)
-    problems = validate_build(content, tree, label=args.label, versions=args.versions, ec2=args.ec2,
-                              source=args.output, consumers=format not in NOCLOUD_FORMATS) if args.validate else []
-    return tree, fs, problems
+    if not args.validate:
+        return tree, fs, []
+    from .buildcheck import validate_build   # the checks' modules (and jsonschema) only when asked
+    return tree, fs, validate_build(content, tree, label=args.label, versions=args.versions, ec2=args.ec2,
+                                    source=args.output, consumers=format not in NOCLOUD_FORMATS)
 
 
 def _remastered(args: argparse.Namespace):

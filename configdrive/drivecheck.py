@@ -4,6 +4,7 @@ consumers' lints (a NoCloud seed gets configdrive/nocloud.py's checks instead)."
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Iterable
 
 from partition.config_partition import CONFIG_LABELS
@@ -66,6 +67,9 @@ def validate_drive(drive: Drive) -> list[Problem]:
         return problems + [Problem(base, "", "no openstack/<version>/ directory: not a config drive")]
 
     under_openstack = frozenset(rel.removeprefix("openstack/") for rel in tree if rel.startswith("openstack/"))
+    # Most version directories hold the same bytes: each distinct file is checked once
+    # (what validate_bytes finds does not depend on where the bytes are, only the name).
+    checked: dict[tuple[str, bytes], list[Problem]] = {}
     for rel, data in tree.items():
         parts = rel.split("/")
         kind = _DRIVE_FILES.get(parts[0], {}).get(parts[-1]) if len(parts) == 3 else None
@@ -76,7 +80,9 @@ def validate_drive(drive: Drive) -> list[Problem]:
             problems.append(Problem(where(rel), "", "starts with a UTF-8 byte order mark, which cloud-init's "
                                     "JSON reader rejects"))
             data = data[len(UTF8_BOM):]
-        problems += validate_bytes(kind, data, where(rel))
+        if (kind, data) not in checked:
+            checked[kind, data] = validate_bytes(kind, data, "")
+        problems += [replace(problem, source=where(rel)) for problem in checked[kind, data]]
         if kind == "meta_data":
             doc = parsed_or_none(data)
             problems += problems_at(where(rel), checks.content_ref_findings(doc, under_openstack))
