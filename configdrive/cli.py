@@ -1,9 +1,11 @@
-"""The ``configdrive`` command: parsing arguments and printing results, nothing else.
+"""The ``configdrive`` command: parsing arguments and printing results; the process's
+stderr is its alone (the layers below raise and log, and this module says what reaches
+the user).
 
 Exit status: 0 on success, 2 for a command line that cannot be parsed, 1 for anything
 refused or failed, with one line ``configdrive: error: WHAT`` on stderr (``--debug``
-shows the traceback). Heavy modules are imported inside the handlers so that ``--help``
-stays fast.
+shows the traceback, with every cause in the chain). Heavy modules are imported inside
+the handlers so that ``--help`` stays fast.
 """
 
 from __future__ import annotations

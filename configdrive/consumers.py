@@ -8,7 +8,7 @@ refuse them). The consumers, as read in their source:
 - glean 1.25 (glean/cmd.py): reads only ``openstack/latest/``; sets the hostname from
   meta_data ``name``; merges every network into its link's dict in order.
 - cloud-init 22.x-25.x (sources/helpers/openstack.py): takes the hostname from meta_data
-  ``hostname``; reads the newest dated directory it knows (validate.py checks that).
+  ``hostname``; reads the newest dated directory it knows (drivecheck.py checks that).
 - Afterburn (src/providers/openstack/configdrive.rs): mounts /dev/disk/by-label/config-2
   as iso9660 only; reads ``openstack/latest/meta_data.json`` and instance id, type and
   IPv4 addresses from ``ec2/latest/meta-data.json``.

@@ -10,7 +10,7 @@ from typing import Mapping
 from .drive import Drive
 from .drivefiles import read_file
 from .errors import ConfigDriveError
-from .reader import open_drive, open_path, locate, scan_image
+from .reader import locate, open_drive, open_path, scan_image
 
 
 def extract_drive(path: str, dest: str | os.PathLike) -> Drive:

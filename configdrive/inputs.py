@@ -18,6 +18,7 @@ from .nocloud import parse_network_config
 from .remaster import Changes
 from .schema import parse_checked
 
+
 def content_from_files(
     *,
     ironic: str | None = None,

@@ -53,8 +53,8 @@ def locate(fp: BinaryIO, path: str) -> Located:
 def scan_image(fp: BinaryIO, fs_type: str, source: str) -> Listing:
     """Where every file of an ISO 9660 or vfat image at byte 0 of ``fp`` lies."""
     if fs_type == "iso9660":
-        from . import iso
-        return iso.scan(fp, source=source)
+        from . import isoreader
+        return isoreader.scan(fp, source=source)
     from . import fatreader
     return fatreader.scan(fp, source=source)
 

@@ -139,8 +139,8 @@ def _read_drive(name: str, scan, data: bytes) -> dict[str, bytes]:
 
 
 def iso(data: bytes) -> None:
-    from configdrive import iso as isomod
-    _read_drive("iso", isomod.scan, data)
+    from configdrive import isoreader
+    _read_drive("iso", isoreader.scan, data)
 
 
 def vfat(data: bytes) -> None:

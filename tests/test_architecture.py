@@ -175,3 +175,35 @@ def test_readme_layout_matches_the_tree():
         assert listed[package] == present, (
             f"README Layout vs {package}/: missing {sorted(present - listed[package])}, "
             f"gone {sorted(listed[package] - present)}")
+
+
+# docs/ARCHITECTURE.md's layers of configdrive/, bottom up: a module imports only modules
+# of its own layer or an earlier one.
+LAYERS = [
+    "errors jsondoc drivefiles",
+    "checks problems schema content",
+    "layout nocloud remaster inputs",
+    "iso isonames isoreader vfat fatgeometry fatnames fatreader pack",
+    "drive disk reader extract output",
+    "validate consumers drivecheck buildcheck pathcheck",
+    "builder fetch convert placement deploy inject ironic mkisofs testing pytest_plugin examples",
+    "cli",
+]
+LAYER_OF = {name: n for n, names in enumerate(LAYERS) for name in names.split()}
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    return LAYER_OF.get(parts[1]) if parts[0] == "configdrive" and len(parts) > 1 else None
+
+
+def test_every_configdrive_module_has_a_layer():
+    top = {m.split(".")[1] for m in MODULES if m.startswith("configdrive.")}
+    assert top == set(LAYER_OF), f"layers to update: {sorted(top ^ set(LAYER_OF))}"
+
+
+def test_imports_never_go_up_a_layer():
+    upward = sorted(f"{m} (layer {_layer(m)}) imports {t} (layer {_layer(t)})"
+                    for m, targets in GRAPH.items() if _layer(m) is not None
+                    for t in targets if _layer(t) is not None and _layer(t) > _layer(m))
+    assert not upward, "; ".join(upward)
