@@ -5,15 +5,14 @@ consumers' lints (a NoCloud seed gets configdrive/nocloud.py's checks instead)."
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Iterable
+from typing import Iterable
 
 from partition.config_partition import CONFIG_LABELS
 
 from . import checks
 from .consumers import drive_lints
 from .drive import Drive
-from .errors import ConfigDriveError
-from .jsondoc import parse_json
+from .jsondoc import parsed_or_none
 from .layout import LATEST
 from .nocloud import is_seed, seed_problems
 from .problems import Problem, lint_problems, problems_at
@@ -141,11 +140,3 @@ def _differ(a: bytes, b: bytes, name: str) -> bool:
         return a != b
     parsed_a, parsed_b = parsed_or_none(a), parsed_or_none(b)
     return parsed_a is not None and parsed_b is not None and parsed_a != parsed_b
-
-
-def parsed_or_none(data: bytes) -> Any:
-    """The JSON document in ``data``, or None when it does not parse."""
-    try:
-        return parse_json(data, "")
-    except ConfigDriveError:
-        return None

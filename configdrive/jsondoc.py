@@ -58,6 +58,17 @@ def parse_json(data: bytes, source: str) -> Any:
     return doc
 
 
+def parsed_or_none(data: bytes | None) -> Any:
+    """The JSON document in ``data``, or None when there is none or it does not parse: for
+    checks and lints that read a drive's document whose own validation reports it."""
+    if data is None:
+        return None
+    try:
+        return parse_json(data, "")
+    except ConfigDriveError:
+        return None
+
+
 def _nested_deeper_than(doc: Any, limit: int) -> bool:
     stack = [(doc, 1)]
     while stack:
