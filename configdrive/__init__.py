@@ -15,8 +15,8 @@ import importlib
 
 # (Also so that `configdrive --help` and a deploy agent that only writes images do not
 # pay for the drive builder's modules at start-up.)
-_PUBLIC = {"Content": "content", "InjectedFile": "content", "content_from_files": "content",
-           "Drive": "drive", "build": "drive", "open_drive": "drive",
+_PUBLIC = {"Content": "content", "InjectedFile": "content", "content_from_files": "inputs",
+           "Drive": "drive", "build": "builder", "open_drive": "reader",
            "ConfigDriveError": "errors"}
 
 __all__ = list(_PUBLIC)

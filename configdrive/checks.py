@@ -15,7 +15,7 @@ import math
 import re
 from typing import Any, Iterator, NamedTuple
 
-from .drive import MAX_DRIVE_BYTES
+from .drivefiles import MAX_DRIVE_BYTES
 from .errors import one_line
 
 # Link types nova writes (network/model.py VIF types it passes through, plus phy, bond and

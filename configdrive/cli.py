@@ -1,18 +1,21 @@
-"""The ``configdrive`` command: parsing arguments and printing results, nothing else.
+"""The ``configdrive`` command: parsing arguments and printing results; the process's
+stderr is its alone (the layers below raise and log, and this module says what reaches
+the user).
 
 Exit status: 0 on success, 2 for a command line that cannot be parsed, 1 for anything
 refused or failed, with one line ``configdrive: error: WHAT`` on stderr (``--debug``
-shows the traceback). Heavy modules are imported inside the handlers so that ``--help``
-stays fast.
+shows the traceback, with every cause in the chain). Heavy modules are imported inside
+the handlers so that ``--help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 PROG = "configdrive"
 
@@ -79,7 +82,7 @@ def has_content_options(args: argparse.Namespace) -> bool:
 def _admin_pass(args: argparse.Namespace) -> str | None:
     """The password the options give, after the checks every content command shares: at
     most one input reads stdin, and a password on the command line is warned about."""
-    from .content import read_admin_pass
+    from .inputs import read_admin_pass
     from .errors import ConfigDriveError
     readers = [opt for opt, value in (("--meta-data", args.meta_data), ("--user-data", args.user_data),
                                       ("--network-data", args.network_data), ("--vendor-data", args.vendor_data),
@@ -98,7 +101,7 @@ def _admin_pass(args: argparse.Namespace) -> str | None:
 
 
 def content_from_args(args: argparse.Namespace):
-    from .content import content_from_files
+    from .inputs import content_from_files
     from .examples import example_paths
     admin_pass = _admin_pass(args)
     ex = example_paths() if args.example else {}
@@ -126,8 +129,8 @@ def _size(text: str) -> int:
     number = t[: len(t) - len(unit)]
     try:
         value = float(number) * units[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (say 64M, 1G or a byte count)") from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (say 64M, 1G or a byte count)") from exc
     if not math.isfinite(value) or value <= 0 or value != int(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a size: want a whole, positive number of bytes")
     return int(value)
@@ -136,7 +139,7 @@ def _size(text: str) -> int:
 def _drive_size(text: str) -> int:
     """The size of a config drive (--size) or of the partition made for one
     (--config-size): what the vfat writer can make, 1 MiB to 2 GiB."""
-    from .vfat import MAX_SIZE, MIN_SIZE
+    from .fatgeometry import MAX_SIZE, MIN_SIZE
     size = _size(text)
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise argparse.ArgumentTypeError(f"{text!r}: a config drive takes {MIN_SIZE >> 20} MiB to "
@@ -147,11 +150,11 @@ def _drive_size(text: str) -> int:
 def _file_spec(spec: str) -> str:
     """``GUEST_PATH=LOCAL`` of --file, its form checked before anything is read; what the
     guest path says is validation's business (reported with the others, by pointer)."""
-    from .content import split_file_spec
+    from .inputs import split_file_spec
     try:
         split_file_spec(spec)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(str(exc)) from exc
     return spec
 
 
@@ -187,7 +190,7 @@ def _count(text: str) -> int:
 # -- handlers ----------------------------------------------------------------------
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .drive import write_drive
+    from .builder import write_drive
     from .errors import ConfigDriveError
     tree, fs, problems = _remastered(args) if args.source_drive else _built(args)
     if args.sector_size and fs != "vfat":
@@ -209,24 +212,28 @@ def cmd_build(args: argparse.Namespace) -> int:
 def _built(args: argparse.Namespace):
     """The tree of a new drive (a config drive or a NoCloud seed) from the content options,
     the filesystem that carries it, and what validation says of it."""
-    from .drive import NOCLOUD_FORMATS, default_label, drive_tree
-    from .validate import validate_build
+    from .builder import NOCLOUD_FORMATS, default_label, drive_tree
     content = content_from_args(args)
     format = args.format or "iso"
     args.label = args.label or default_label(format)
     tree, fs = drive_tree(content, format, versions=args.versions, ec2=args.ec2)
-    problems = validate_build(content, tree, label=args.label, versions=args.versions, ec2=args.ec2,
-                              source=args.output, consumers=format not in NOCLOUD_FORMATS) if args.validate else []
-    return tree, fs, problems
+    if not args.validate:
+        return tree, fs, []
+    from .buildcheck import validate_build   # the checks' modules (and jsonschema) only when asked
+    return tree, fs, validate_build(content, tree, label=args.label, versions=args.versions, ec2=args.ec2,
+                                    source=args.output, consumers=format not in NOCLOUD_FORMATS)
 
 
 def _remastered(args: argparse.Namespace):
     """``--from``: the drive's tree with what the options name replaced, and what
     validation says of the result."""
-    from .drive import Drive, default_label, open_drive
+    from .builder import default_label
+    from .drive import Drive
+    from .reader import open_drive
     from .errors import ConfigDriveError
-    from .remaster import changes_from_options, remaster
-    from .validate import validate_drive
+    from .drivecheck import validate_drive
+    from .inputs import changes_from_options
+    from .remaster import remaster
     nocloud = args.format is not None and args.format.startswith("nocloud")
     for given, option in ((args.example, "--example"), (args.versions, "--versions"), (not args.ec2, "--no-ec2"),
                           (nocloud, f"--format {args.format}")):
@@ -261,7 +268,7 @@ def _report_validation(problems, strict: bool) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .drive import open_drive
+    from .reader import open_drive
     from .errors import one_line
     summary = open_drive(args.drive).summary()
     if args.json:   # json.dumps escapes control characters itself
@@ -295,7 +302,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .drive import extract_drive
+    from .extract import extract_drive
     from .errors import one_line
     drive = extract_drive(args.drive, args.dir)
     _say(args, one_line(f"extracted {len(drive.tree)} files from {args.drive} ({drive.format}) to {args.dir}"))
@@ -303,7 +310,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .validate import validate_paths
+    from .pathcheck import validate_paths
     problems = validate_paths(args.files, kind=args.kind)
     failing = [p for p in problems if p.severity == "error" or args.strict]
     for p in problems:
@@ -329,7 +336,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
         write_stdout(image)
     else:
         from pathlib import Path
-        from .drive import atomic_output
+        from .output import atomic_output
         with atomic_output(Path(args.output)) as fp:
             fp.write(image)
         _say(args, f"wrote {args.output}: {len(image)} bytes")
@@ -342,12 +349,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     drive = args.config_drive or (content_from_args(args) if has_content_options(args) else None)
     http = {k: v for k, v in (("deadline", args.http_deadline), ("retries", args.http_retries))
             if v is not None}
-    summary = deploy(args.device, args.image, checksum=args.checksum, drive=drive,
-                     preserve_on_error=args.preserve_on_error, verify=args.verify, quiet=args.quiet,
-                     create=args.create, image_format=args.image_format, http_options=http,
-                     config_size=args.config_size, mbr_type=args.mbr_type, format=args.format,
-                     label=args.label, size=args.size, versions=args.versions, ec2=args.ec2,
-                     validate=args.validate)
+    with _log_to_stderr(args):
+        summary = deploy(args.device, args.image, checksum=args.checksum, drive=drive,
+                         preserve_on_error=args.preserve_on_error, verify=args.verify, quiet=args.quiet,
+                         create=args.create, image_format=args.image_format, http_options=http,
+                         config_size=args.config_size, mbr_type=args.mbr_type, format=args.format,
+                         label=args.label, size=args.size, versions=args.versions, ec2=args.ec2,
+                         validate=args.validate)
     if args.json:
         print(json.dumps(summary, indent=2))
     if summary["image"]:
@@ -369,8 +377,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_inject(args: argparse.Namespace) -> int:
-    from .inject import inject_from_args
-    result = inject_from_args(args, content_from_args(args))
+    from .inject import inject
+    content = content_from_args(args)
+    with _log_to_stderr(args), _sigterm_as_interrupt():
+        result = inject(args.image, content, handlers=args.handlers, partition=args.partition)
     if args.json:
         print(json.dumps(result, indent=2))
     return 0
@@ -385,6 +395,45 @@ def write_stdout(data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(sys.stdout.fileno(), view):]
+
+
+@contextlib.contextmanager
+def _log_to_stderr(args: argparse.Namespace) -> Iterator[None]:
+    """What the layers below log (the injector's steps, a download's retries) as
+    ``configdrive: ...`` lines on stderr: everything with --debug, only warnings with
+    --quiet. The command owns its stderr; the libraries only log."""
+    import logging
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    loggers = [logging.getLogger(name) for name in ("configdrive", "partition")]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM treated like Ctrl-C, so that an injection's teardown still runs."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _say(args: argparse.Namespace, line: str) -> None:

@@ -8,7 +8,7 @@ refuse them). The consumers, as read in their source:
 - glean 1.25 (glean/cmd.py): reads only ``openstack/latest/``; sets the hostname from
   meta_data ``name``; merges every network into its link's dict in order.
 - cloud-init 22.x-25.x (sources/helpers/openstack.py): takes the hostname from meta_data
-  ``hostname``; reads the newest dated directory it knows (validate.py checks that).
+  ``hostname``; reads the newest dated directory it knows (drivecheck.py checks that).
 - Afterburn (src/providers/openstack/configdrive.rs): mounts /dev/disk/by-label/config-2
   as iso9660 only; reads ``openstack/latest/meta_data.json`` and instance id, type and
   IPv4 addresses from ``ec2/latest/meta-data.json``.
@@ -22,21 +22,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple
 
-from .content import parse_json
-from .errors import ConfigDriveError
-
-
-
-def _json(data: bytes | None) -> Any:
-    """A drive's document, or None: one that does not parse is reported by its own
-    validation; for the lints it is just absent."""
-    if data is None:
-        return None
-    try:
-        return parse_json(data, "")
-    except ConfigDriveError:
-        return None
-
+from .jsondoc import parsed_or_none
 
 GLEAN, CLOUD_INIT, AFTERBURN, IPA = "glean", "cloud-init", "Afterburn", "ironic-python-agent"
 IPA_MAX_DRIVE_BYTES = 64 << 20         # partition_utils.MAX_CONFIG_DRIVE_SIZE_MB
@@ -112,7 +98,7 @@ def ec2_lints(doc: Any | None, file: str = EC2_LATEST_META) -> Iterator[Lint]:
 def document_lints(kind: str, data: bytes) -> list[Lint]:
     """The lints of one document given alone (``validate meta_data.json``)."""
     lints = {"meta_data": meta_data_lints, "network_data": network_data_lints}.get(kind)
-    return list(lints(_json(data), kind)) if lints else []
+    return list(lints(parsed_or_none(data), kind)) if lints else []
 
 
 def content_lints(content, ec2: bool = True) -> list[Lint]:
@@ -127,10 +113,10 @@ def drive_lints(drive) -> list[Lint]:
     """The lints of a drive that was read (a config drive, not a NoCloud seed)."""
     tree = drive.tree
     latest = "openstack/latest/"
-    lints = [*meta_data_lints(_json(tree.get(latest + "meta_data.json")), latest + "meta_data.json"),
-             *network_data_lints(_json(tree.get(latest + "network_data.json")), latest + "network_data.json")]
+    lints = [*meta_data_lints(parsed_or_none(tree.get(latest + "meta_data.json")), latest + "meta_data.json"),
+             *network_data_lints(parsed_or_none(tree.get(latest + "network_data.json")), latest + "network_data.json")]
     if EC2_LATEST_META in tree:
-        lints += ec2_lints(_json(tree[EC2_LATEST_META]) or {})
+        lints += ec2_lints(parsed_or_none(tree[EC2_LATEST_META]) or {})
     else:
         lints += ec2_lints(None)
     if drive.format == "vfat":

@@ -1,22 +1,21 @@
-"""One normalized model of what a config drive carries, and the ways to fill it.
+"""One normalized model of what a config drive carries (:class:`Content`).
 
-Every producer (files on the command line, an ironic-style request, keyword arguments
-from Python) ends in the same :class:`Content`; the layout, the validator and the injector
-read only that. Nothing here touches a filesystem image.
+Every producer (files on the command line, configdrive/inputs.py; an ironic-style request;
+keyword arguments from Python) ends in the same :class:`Content`; the layout, the
+validator and the injector read only that. Nothing here touches a file or an image.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
-import sys
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .checks import pointer
 from .errors import ConfigDriveError
+from .schema import check_types
 
 # The keys the ironic API accepts in its configdrive object (ironic api/controllers/v1/node.py).
 IRONIC_KEYS = ("meta_data", "network_data", "user_data", "vendor_data")
@@ -84,11 +83,9 @@ class Content:
         vendor_data and nothing else. A dict or list user_data is JSON-encoded (as
         ironic does); ``vendor_data`` becomes vendor_data2.json, as openstacksdk's
         builder (which ironic calls) writes it."""
-        from .validate import check_types   # validate imports this module
         check_types("ironic", obj, source)
         unknown = sorted(set(obj) - set(IRONIC_KEYS))
         if unknown:
-            from .checks import pointer
             raise ConfigDriveError(
                 f"{source}: {pointer(unknown[0])}: unknown key (allowed: {', '.join(IRONIC_KEYS)})")
         content = cls()
@@ -155,58 +152,6 @@ class Content:
         return json.dumps(doc, sort_keys=True, default=str)
 
 
-def content_from_files(
-    *,
-    ironic: str | None = None,
-    meta_data: str | None = None,
-    user_data: str | None = None,
-    network_data: str | None = None,
-    vendor_data: str | None = None,
-    vendor_data2: str | None = None,
-    ec2: str | None = None,
-    network_config: str | None = None,
-    files: Iterable[str] = (),
-    ssh_keys: Iterable[str] = (),
-    uuid: str | None = None,
-    name: str | None = None,
-    hostname: str | None = None,
-    admin_pass: str | None = None,
-    random_seed: bool = False,
-) -> Content:
-    """The content that the command-line options describe (paths, ``-`` for stdin).
-
-    An ironic object is the base; separate files replace its parts; shortcuts win last.
-    """
-    content = Content()
-    if ironic is not None:
-        content = Content.from_ironic(parse_json(read_bytes(ironic, "ironic configdrive", MAX_INPUT_BYTES), ironic),
-                                      ironic)
-    if meta_data is not None:
-        content.meta_data = load_document(meta_data, "meta_data")
-        from .remaster import carry_over_files   # remaster imports this module
-        content.files.extend(carry_over_files(content.meta_data, meta_data))
-    if user_data is not None:
-        content.user_data = read_bytes(user_data, "user data", MAX_INPUT_BYTES)
-    if network_data is not None:
-        content.network_data = load_document(network_data, "network_data")
-    if vendor_data is not None:
-        content.vendor_data = load_document(vendor_data, "vendor_data")
-    if vendor_data2 is not None:
-        content.vendor_data2 = load_document(vendor_data2, "vendor_data2")
-    if ec2 is not None:
-        content.ec2 = load_document(ec2, "ec2_meta_data")
-    if network_config is not None:
-        from .nocloud import parse_network_config   # nocloud imports this module
-        content.network_config = read_bytes(network_config, "network config", MAX_INPUT_BYTES)
-        parse_network_config(content.network_config, network_config)   # refused here, naming the file
-    content.files.extend(parse_file_option(spec) for spec in files)
-    keys = [pair for path in ssh_keys for pair in read_ssh_keys(path)]
-    content.apply_shortcuts(uuid=uuid, name=name, hostname=hostname, ssh_keys=keys, admin_pass=admin_pass)
-    content.random_seed = random_seed
-    content.fill_defaults()
-    return content
-
-
 def add_ssh_key(meta_data: dict[str, Any], key_name: str, key: str) -> None:
     """Add a key to public_keys and keys, as nova does for a keypair; names stay unique."""
     key = key.strip()
@@ -222,146 +167,3 @@ def add_ssh_key(meta_data: dict[str, Any], key_name: str, key: str) -> None:
     meta_data.setdefault("keys", []).append({"name": unique, "type": "ssh", "data": key})
 
 
-def read_ssh_keys(path: str) -> list[tuple[str, str]]:
-    """Keys from an authorized_keys-style file: one per line, comments and blanks skipped.
-    A key's name is its comment field, else the file's stem."""
-    text = read_bytes(path, "ssh key", MAX_INPUT_BYTES).decode("utf-8", "replace")
-    keys = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split()
-        if len(parts) < 2 or not (parts[0].startswith(("ssh-", "ecdsa-", "sk-"))):
-            raise ConfigDriveError(f"{path}: line {lineno}: not an OpenSSH public key")
-        name = parts[2] if len(parts) > 2 else Path(path).stem
-        keys.append((name, line))
-    if not keys:
-        raise ConfigDriveError(f"{path}: no SSH public key in the file")
-    return keys
-
-
-# The most we read of one metadata input (a JSON document, user data, a key file): the
-# largest config drive (ironic's 64 MiB, drive.MAX_DRIVE_BYTES) could not hold more, and
-# a sparse file or /dev/zero must not be read whole only to be refused afterwards.
-MAX_INPUT_BYTES = 64 << 20
-
-
-def read_bytes(path: str, what: str = "input", limit: int | None = None) -> bytes:
-    """A file's bytes; ``-`` is standard input. With ``limit``, a file holding more than
-    ``limit`` bytes is refused after reading at most one byte more."""
-    try:
-        if path == "-":
-            data = sys.stdin.buffer.read(-1 if limit is None else limit + 1)
-        else:
-            with open(path, "rb") as fp:
-                data = fp.read(-1 if limit is None else limit + 1)
-    except OSError as exc:
-        raise ConfigDriveError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    if limit is not None and len(data) > limit:
-        raise ConfigDriveError(f"{path}: {what} is larger than {limit} bytes")
-    return data
-
-
-# A password is a line; a file much larger than one was named by mistake.
-MAX_PASSWORD_FILE = 4096
-
-
-def read_admin_pass(path: str) -> str:
-    """The admin password from the first line of a file (or stdin), so that it never
-    appears on a command line, which every user of the machine can read through ps."""
-    text = read_bytes(path, "admin password", limit=MAX_PASSWORD_FILE).decode("utf-8", "surrogateescape")
-    password = text.split("\n", 1)[0].removesuffix("\r")
-    if not password:
-        raise ConfigDriveError(f"{path}: no admin password on the first line")
-    try:
-        password.encode()
-    except UnicodeEncodeError:
-        raise ConfigDriveError(f"{path}: the admin password is not UTF-8 text") from None
-    return password
-
-
-# No config-drive document nests deeper than a few levels; everything downstream (copies,
-# schema validation, encoding) recurses per level, so depth is bounded at the door.
-MAX_JSON_DEPTH = 64
-# Digits in a JSON integer. Every integer a config drive carries (launch_index, vlan ids,
-# MTUs) has a few; 64-bit ids have 20. Python refuses more than 4300 with a ValueError
-# (int() of a long digit string is quadratic, CVE-2020-10735), so a longer one would be a
-# traceback here and in cloud-init's reader alike.
-MAX_INTEGER_DIGITS = 100
-
-
-def parse_json(data: bytes, source: str) -> Any:
-    """Parse JSON (RFC 8259), naming the file, line and column of a syntax error.
-
-    Python's json module also accepts NaN, Infinity and -Infinity, and reads 1e400 as
-    infinity; none of them is JSON, and written back they make a meta_data.json that
-    cloud-init's own parser, and every strict one, rejects. They are refused here."""
-    def refuse_constant(name: str) -> Any:
-        raise ConfigDriveError(f"{source}: {name} is not a JSON number (RFC 8259 has no NaN or Infinity)")
-
-    def finite_float(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value):
-            raise ConfigDriveError(f"{source}: number {text[:40]} is too large for a JSON number")
-        return value
-
-    def bounded_int(text: str) -> int:
-        digits = len(text.lstrip("-"))
-        if digits > MAX_INTEGER_DIGITS:
-            raise ConfigDriveError(f"{source}: an integer of {digits} digits "
-                                   f"(at most {MAX_INTEGER_DIGITS})")
-        return int(text)
-
-    try:
-        doc = json.loads(data.decode("utf-8-sig"), parse_constant=refuse_constant,
-                         parse_float=finite_float, parse_int=bounded_int)
-    except UnicodeDecodeError as exc:
-        raise ConfigDriveError(f"{source}: byte {exc.start}: not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigDriveError(
-            f"{source}: line {exc.lineno} column {exc.colno}: invalid JSON ({exc.msg})") from None
-    except RecursionError:
-        doc = too_deep = True
-    else:
-        too_deep = _nested_deeper_than(doc, MAX_JSON_DEPTH)
-    if too_deep:
-        raise ConfigDriveError(f"{source}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
-    return doc
-
-
-def _nested_deeper_than(doc: Any, limit: int) -> bool:
-    stack = [(doc, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, (dict, list)):
-            if depth > limit:
-                return True
-            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
-    return False
-
-
-def load_document(path: str, kind: str) -> dict[str, Any]:
-    """A metadata file of ``kind`` (meta_data, network_data, ...), parsed and its types
-    checked against the kind's schema, so that nothing downstream meets a list where an
-    object goes."""
-    from .validate import parse_checked   # validate imports this module
-    return parse_checked(kind, read_bytes(path, kind, MAX_INPUT_BYTES), path)
-
-
-def split_file_spec(spec: str) -> tuple[str, str]:
-    """``GUEST_PATH=LOCAL_FILE`` from ``--file`` as (guest path, local path); ValueError
-    when either is missing."""
-    guest, sep, local = spec.partition("=")
-    if not sep or not guest or not local:
-        raise ValueError(f"{spec!r}: expected GUEST_PATH=LOCAL_FILE")
-    return guest, local
-
-
-def parse_file_option(spec: str) -> InjectedFile:
-    """The file ``--file GUEST_PATH=LOCAL_FILE`` asks for, read."""
-    try:
-        guest, local = split_file_spec(spec)
-    except ValueError as exc:
-        raise ConfigDriveError(f"--file {exc}") from None
-    return InjectedFile(guest, read_bytes(local, f"file for {guest}"))

@@ -9,7 +9,7 @@ in order.
 
 from __future__ import annotations
 
-import sys
+import logging
 from typing import Any
 
 from partition.copy import wipe_disk, write_image
@@ -19,6 +19,10 @@ from partition.progress import Progress
 
 from .content import Content
 from .errors import ConfigDriveError
+
+# What the copy has to say on the way (a hybrid ISO, a spool to disk): logged; the command
+# prints it on stderr unless --quiet.
+log = logging.getLogger(__name__)
 
 
 def deploy(device: str, image: str | None = None, *, checksum: str | None = None,
@@ -46,7 +50,7 @@ def deploy(device: str, image: str | None = None, *, checksum: str | None = None
         # The drive's content is checked before the image goes down: a refusal then leaves
         # the target as it was (the drive itself is built after the image, for the disk's
         # sector size).
-        from .drive import checked_tree
+        from .builder import checked_tree
         checked_tree(drive, **{k: drive_options[k] for k in ("format", "label", "versions", "ec2", "validate")
                                if drive_options.get(k) is not None})
     with lock_target(device, create=create and image is not None):
@@ -63,7 +67,7 @@ def _deploy(device, image, checksum, drive, preserve_on_error, verify, quiet, pr
         # config partition would get no node): refuse before the first byte goes down.
         from partition.rescan import refuse_held_partitions
         refuse_held_partitions(str(device))
-        say = None if quiet else (lambda line: print(f"configdrive: {line}", file=sys.stderr))
+        say = None if quiet else log.info
         progress = Progress(f"writing {image}", None, stream=progress_stream, enabled=not quiet)
         result = write_image(image, device, checksum=checksum, progress=progress,
                              preserve_on_error=preserve_on_error, say=say, verify=verify,

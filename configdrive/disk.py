@@ -5,11 +5,10 @@ partition's byte offset. Used by ``inspect`` and ``extract`` on a disk."""
 from __future__ import annotations
 
 import os
-import stat
 from typing import BinaryIO
 
 from partition.config_partition import find_config_partition
-from partition.device import block_geometry
+from partition.device import disk_geometry
 from partition.errors import PartitionError
 from partition.tables import read_table
 
@@ -53,28 +52,19 @@ class _Window:
         return True
 
 
-def _geometry(fp: BinaryIO) -> tuple[int, int | None]:
-    """Size and logical sector size of a block device; an image file's size and None
-    (its table tells the sector size)."""
-    st = os.fstat(fp.fileno())
-    if stat.S_ISBLK(st.st_mode):
-        return block_geometry(fp.fileno())
-    return st.st_size, None
-
-
 def locate_drive_in_disk(fp: BinaryIO, path: str) -> Located:
     """The drive in the config partition of the disk open as ``fp``."""
     try:
-        table = read_table(fp, *_geometry(fp), source=path)
+        table = read_table(fp, *disk_geometry(fp), source=path)
     except PartitionError as exc:
-        raise ConfigDriveError(str(exc)) from None
+        raise ConfigDriveError(str(exc)) from exc
     if table is None:
         raise ConfigDriveError(f"{path}: neither a config drive (ISO 9660 or vfat) nor a disk "
                                f"with a partition table")
     try:
         found = find_config_partition(fp, table, source=path)
     except PartitionError as exc:
-        raise ConfigDriveError(str(exc)) from None
+        raise ConfigDriveError(str(exc)) from exc
     if found is None:
         raise ConfigDriveError(f"{path}: {table.kind} disk with no config partition (no GPT name "
                                f"config-v2, MBR type 0x99 or filesystem label config-2)")

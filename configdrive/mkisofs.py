@@ -112,7 +112,7 @@ def _raise(exc: OSError) -> None:
 
 def make_image(options: dict[str, str]) -> None:
     from . import iso
-    from .drive import source_date_epoch
+    from .builder import source_date_epoch
     tree = read_source_tree(options["source"])   # everything read before the output is touched
     output = Path(options["output"])
     existed = output.exists()

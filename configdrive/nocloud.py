@@ -200,13 +200,13 @@ def load_yaml(data: bytes, source: str) -> Any:
                                        "YAML alias refused (a seed needs none)")
         return yaml.safe_load(text)
     except UnicodeDecodeError as exc:
-        raise ConfigDriveError(f"{source}: byte {exc.start}: not UTF-8 text") from None
+        raise ConfigDriveError(f"{source}: byte {exc.start}: not UTF-8 text") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
-        raise ConfigDriveError(f"{source}: {where}invalid YAML ({getattr(exc, 'problem', None) or exc})") from None
-    except RecursionError:
-        raise ConfigDriveError(f"{source}: YAML nested too deeply") from None
+        raise ConfigDriveError(f"{source}: {where}invalid YAML ({getattr(exc, 'problem', None) or exc})") from exc
+    except RecursionError as exc:
+        raise ConfigDriveError(f"{source}: YAML nested too deeply") from exc
 
 
 def parse_network_config(data: bytes, source: str) -> dict[str, Any]:

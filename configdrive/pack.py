@@ -47,7 +47,7 @@ def pack_file(path: str, write: Callable[[str], object], limit: int = MAX_DRIVE_
     try:
         fp = open(path, "rb")
     except OSError as exc:
-        raise ConfigDriveError(f"{path}: cannot read drive ({exc.strerror or exc})") from None
+        raise ConfigDriveError(f"{path}: cannot read drive ({exc.strerror or exc})") from exc
     with fp:
         mode = os.fstat(fp.fileno()).st_mode
         size = fp.seek(0, io.SEEK_END) if stat.S_ISREG(mode) or stat.S_ISBLK(mode) else None
@@ -93,7 +93,7 @@ def unpack_file(path: str, limit: int = MAX_DRIVE_BYTES) -> bytes:
     try:
         fp = open(path, "rb")
     except OSError as exc:
-        raise ConfigDriveError(f"{path}: cannot read packed drive ({exc.strerror or exc})") from None
+        raise ConfigDriveError(f"{path}: cannot read packed drive ({exc.strerror or exc})") from exc
     with fp:
         return unpack_stream(fp, path, limit)
 
@@ -137,7 +137,7 @@ def _inflate(inflater, data: bytes, image: bytearray, source: str, limit: int) -
         try:
             out = inflater.decompress(data, limit + 1 - len(image))
         except zlib.error as exc:
-            raise ConfigDriveError(f"{source}: corrupt gzip data ({exc})") from None
+            raise ConfigDriveError(f"{source}: corrupt gzip data ({exc})") from exc
         image += out
         if len(image) > limit:
             raise ConfigDriveError(f"{source}: drive inflates past the {limit}-byte limit")
@@ -178,6 +178,6 @@ class _Base64Pieces:
         try:
             data = base64.b64decode(chunk, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise ConfigDriveError(f"{self.source}: not base64 ({exc})") from None
+            raise ConfigDriveError(f"{self.source}: not base64 ({exc})") from exc
         self.padded = chunk.endswith(b"=")
         return data

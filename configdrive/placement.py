@@ -11,7 +11,6 @@ offset: no partition node or udev is needed for that.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 from partition.config_partition import (CONFIG_LABELS, DEFAULT_MBR_TYPE, DEFAULT_SIZE, ConfigPartition,
@@ -19,14 +18,13 @@ from partition.config_partition import (CONFIG_LABELS, DEFAULT_MBR_TYPE, DEFAULT
                                         plan_config_partition)
 from partition.device import Target, open_target
 from partition.errors import PartitionError
-from partition.probe import probe_filesystem
 from partition.rescan import reread
 from partition.tables import Partition, Table, fix_backup_gpt, read_table
 from partition.verify import read_back
 
+from .builder import DEFAULT_LABEL
 from .content import Content
-from .drive import DEFAULT_LABEL, MAX_DRIVE_BYTES, build, read_image, write_image
-from .errors import ConfigDriveError
+from .convert import drive_for_disk
 
 # Where every filesystem signature a config drive or an old filesystem could show lives
 # (FAT/ext boot sectors, ISO 9660 descriptors at 32 KiB, btrfs at 64 KiB is covered by
@@ -61,7 +59,7 @@ def place_config_drive(device: str, drive: str | bytes | Content, *,
             start, room = plan_config_partition(table, config_size, source=device)
         _inside(target, start, room)
         notes = list(table.notes)
-        image, fs, conversion = _drive_image(drive, table.sector_size, room, format=format, label=label,
+        image, fs, conversion = drive_for_disk(drive, table.sector_size, room, format=format, label=label,
                                              size=size, versions=versions, ec2=ec2, validate=validate)
         if conversion:
             notes.append(conversion)
@@ -99,64 +97,6 @@ def refresh_disk(device: str) -> dict[str, Any]:
         rescan = reread(device, target.fd, table.partitions)
     return {"table": table.kind, "gpt_fixed": fixed, "rescan": rescan.method or None,
             "notes": table.notes + rescan.notes}
-
-
-def _drive_image(drive: str | bytes | Content, sector_size: int, room: int, *, format: str | None,
-                 label: str, size: int | None, versions, ec2: bool, validate: bool):
-    """(image bytes, its Filesystem, a note when it was converted) in the form the target
-    can mount. On disks with sectors over 512 bytes that is vfat, since ISO 9660 cannot be
-    mounted there, with FAT sectors of the disk's size: Linux refuses a FAT whose logical
-    sectors are smaller than the device's."""
-    needs_vfat = sector_size > 512
-    # A vfat drive fills the partition it goes into unless a size was asked for.
-    vfat_options = dict(format="vfat", size=size or min(room, MAX_DRIVE_BYTES), sector_size=sector_size)
-    if isinstance(drive, Content):
-        fmt = "vfat" if needs_vfat else (format or "iso")
-        options = vfat_options if fmt == "vfat" else {"format": fmt}
-        image = build(drive, None, label=label, versions=versions, ec2=ec2, validate=validate, **options)
-        note = (f"{sector_size}-byte sectors: ISO 9660 cannot be mounted there, drive built as vfat"
-                if needs_vfat and format != "vfat" else "")
-        return image, _probe(image, "the built drive"), note
-    source = "drive" if isinstance(drive, bytes) else str(drive)
-    image = drive if isinstance(drive, bytes) else load_drive(str(drive))
-    fs = _probe(image, source)
-    if not needs_vfat:
-        return image, fs, ""
-    if fs.type == "iso9660":
-        why = f"ISO 9660 cannot be mounted there, {source} converted to vfat"
-    else:
-        fat_sector = int.from_bytes(image[11:13], "little")   # the boot sector's BPB_BytsPerSec
-        if fat_sector >= sector_size:
-            return image, fs, ""
-        why = (f"Linux cannot mount a FAT with {fat_sector}-byte sectors there, "
-               f"{source} rewritten with {sector_size}-byte sectors")
-    tree = read_image(io.BytesIO(image), fs.type, source)
-    out = io.BytesIO()
-    write_image(tree, out, label=fs.label, **vfat_options)
-    image = out.getvalue()
-    return image, _probe(image, f"{source} (converted)"), f"{sector_size}-byte sectors: {why}"
-
-
-def load_drive(spec: str, http_options: dict | None = None) -> bytes:
-    """A drive image from a file or http(s) URL holding either the image itself or the
-    ironic API's packed form (gzip+base64), at most MAX_DRIVE_BYTES. ``http_options``: as
-    for an image's download (partition.source.HttpSource)."""
-    from partition.source import open_source
-    from .pack import unpack
-    with open_source(spec, **(http_options or {})) as src:
-        data = src.read_upto(MAX_DRIVE_BYTES + 1)
-    if len(data) > MAX_DRIVE_BYTES:
-        raise ConfigDriveError(f"{spec}: larger than the {MAX_DRIVE_BYTES}-byte limit for a config drive")
-    if probe_filesystem(io.BytesIO(data)) is not None:
-        return data
-    return unpack(data, source=spec)
-
-
-def _probe(image: bytes, source: str):
-    fs = probe_filesystem(io.BytesIO(image))
-    if fs is None:
-        raise ConfigDriveError(f"{source}: not an ISO 9660 or vfat config drive")
-    return fs
 
 
 def _inside(target: Target, start: int, size: int) -> None:

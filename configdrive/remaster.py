@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import base64
 import os
-import re
-import stat
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .content import Content, InjectedFile
 from .errors import ConfigDriveError
+from .jsondoc import parse_json
 from .layout import RANDOM_SEED_BYTES, add_injected_files, json_bytes
 
 
@@ -97,7 +95,6 @@ def _rewrite_meta_data(tree: dict[str, bytes], versions: list[str], changes: Cha
 
 def _existing_document(tree: dict[str, bytes], path: str, source: str) -> dict[str, Any]:
     """The drive's JSON object at ``path`` ({} when absent), to be changed key by key."""
-    from .content import parse_json
     if path not in tree:
         return {}
     doc = parse_json(tree[path], f"{source}/{path}")
@@ -106,88 +103,3 @@ def _existing_document(tree: dict[str, bytes], path: str, source: str) -> dict[s
     return doc
 
 
-# nova's content paths: /content/NNNN (api/metadata/base.py, "%04i" % index).
-NOVA_CONTENT_PATH = re.compile(r"/content/[0-9]{4}")
-
-
-def carry_over_files(meta_data: dict[str, Any], meta_data_path: str) -> list[InjectedFile]:
-    """nova's meta_data.json taken from a drive (``X/openstack/<version>/meta_data.json``)
-    refers to its injected files as ``files`` entries whose content is
-    ``X/openstack/content/NNNN``. Those found there become injected files (the layout
-    numbers them anew, in the same order) and their entries leave ``meta_data``; an entry
-    whose file is not there stays, for validation to report.
-
-    Only nova's exact ``/content/NNNN`` form is followed, and never through a symlink: the
-    document may come from someone else, and must not pull host files into a drive."""
-    entries = meta_data.get("files")
-    if meta_data_path == "-" or not isinstance(entries, list):
-        return []
-    content_dir = Path(meta_data_path).parent.parent / "content"
-    kept: list[Any] = []
-    carried: list[InjectedFile] = []
-    for entry in entries:
-        data = None
-        if isinstance(entry, dict) and isinstance(entry.get("path"), str) \
-                and isinstance(entry.get("content_path"), str) and NOVA_CONTENT_PATH.fullmatch(entry["content_path"]):
-            data = _read_regular_file(content_dir / entry["content_path"].rsplit("/", 1)[1])
-        if data is None:
-            kept.append(entry)
-        else:
-            carried.append(InjectedFile(entry["path"], data))
-    if carried:
-        if kept:
-            meta_data["files"] = kept
-        else:
-            del meta_data["files"]
-    return carried
-
-
-def _read_regular_file(path: Path) -> bytes | None:
-    """The bytes of ``path`` if it is a regular file (not a link), else None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as fp:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return fp.read()
-
-
-def changes_from_options(*, ironic: str | None = None, meta_data: str | None = None,
-                         user_data: str | None = None, network_data: str | None = None,
-                         vendor_data: str | None = None, vendor_data2: str | None = None,
-                         ec2: str | None = None, files: Iterable[str] = (), ssh_keys: Iterable[str] = (),
-                         random_seed: bool = False, **shortcuts: str | None) -> Changes:
-    """The changes that ``build --from`` options name (paths, ``-`` for stdin)."""
-    from .content import (MAX_INPUT_BYTES, load_document, parse_file_option, parse_json, read_bytes,
-                          read_ssh_keys)
-    changes = Changes(random_seed=random_seed)
-    if ironic is not None:
-        obj = parse_json(read_bytes(ironic, "ironic configdrive", MAX_INPUT_BYTES), ironic)
-        given = Content.from_ironic(obj, ironic)
-        if "meta_data" in obj:
-            changes.meta_data = given.meta_data
-        if "user_data" in obj:
-            changes.user_data = given.user_data
-        for name, doc in (("network_data.json", given.network_data), ("vendor_data2.json", given.vendor_data2)):
-            if doc is not None:
-                changes.documents[name] = doc
-    if meta_data is not None:
-        # its files entries are kept as they are: they point into the drive's own content/
-        changes.meta_data = load_document(meta_data, "meta_data")
-    if user_data is not None:
-        changes.user_data = read_bytes(user_data, "user data", MAX_INPUT_BYTES)
-    for name, path, what in (("network_data.json", network_data, "network_data"),
-                             ("vendor_data.json", vendor_data, "vendor_data"),
-                             ("vendor_data2.json", vendor_data2, "vendor_data2")):
-        if path is not None:
-            changes.documents[name] = load_document(path, what)
-    if ec2 is not None:
-        changes.ec2 = load_document(ec2, "ec2_meta_data")
-    changes.files = [parse_file_option(spec) for spec in files]
-    keys = [pair for path in ssh_keys for pair in read_ssh_keys(path)]
-    changes.shortcuts = {k: v for k, v in shortcuts.items() if v is not None}
-    if keys:
-        changes.shortcuts["ssh_keys"] = keys
-    return changes

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .content import Content, InjectedFile, add_ssh_key
-from .drive import build, default_label, drive_tree, extract, write_image
+from .builder import build, default_label, drive_tree, write_image
+from .extract import extract
 from .errors import ConfigDriveError
 
 # A whole test disk: room for an OS image's partitions and a 64 MiB config partition.
@@ -96,7 +97,7 @@ class DriveMaker:
         ``read_config_drive``, or a NoCloud seed directory)."""
         built = content_from_kwargs(**content)
         if validate:   # as build() does
-            from .validate import check_content
+            from .buildcheck import check_content
             check_content(built, versions=versions, ec2=ec2)
         dest = self._path("config-drive-tree")
         dest.mkdir()

@@ -139,20 +139,20 @@ def _read_drive(name: str, scan, data: bytes) -> dict[str, bytes]:
 
 
 def iso(data: bytes) -> None:
-    from configdrive import iso as isomod
-    _read_drive("iso", isomod.scan, data)
+    from configdrive import isoreader
+    _read_drive("iso", isoreader.scan, data)
 
 
 def vfat(data: bytes) -> None:
-    from configdrive import vfat as vfatmod
-    _read_drive("vfat", vfatmod.scan, data)
+    from configdrive import fatreader
+    _read_drive("vfat", fatreader.scan, data)
 
 
 def drive(data: bytes) -> None:
     """What ``inspect``/``validate`` do with a file: probe, read (ISO, vfat, or a whole
     disk's config partition), summarise, validate."""
-    from configdrive.drive import open_drive
-    from configdrive.validate import validate_drive
+    from configdrive.drivecheck import validate_drive
+    from configdrive.reader import open_drive
     with memfile(data) as (_, path):
         found = open_drive(path)
         found.summary()
@@ -163,7 +163,7 @@ def disk(data: bytes) -> None:
     """A whole disk: its table, its config partition, the drive in it (through the window
     ``inspect DISK`` reads it by), work proportional to the disk's bytes."""
     from configdrive.disk import locate_drive_in_disk
-    from configdrive.drive import scan_image
+    from configdrive.reader import scan_image
     from configdrive.drivefiles import read_all
     with memfile(data) as (fd, path):
         with open(path, "rb") as fp:
@@ -194,9 +194,12 @@ def unpack(data: bytes) -> None:
 def json_input(data: bytes) -> None:
     """Every JSON input: each kind of document validated, the ironic object turned into
     content, validated, and laid out as ``build --no-validate`` would."""
-    from configdrive.content import Content, parse_json
+    from configdrive.content import Content
+    from configdrive.jsondoc import parse_json
     from configdrive.layout import build_tree
-    from configdrive.validate import SCHEMA_FILES, validate_bytes, validate_content
+    from configdrive.buildcheck import validate_content
+    from configdrive.schema import SCHEMA_FILES
+    from configdrive.validate import validate_bytes
     for kind in SCHEMA_FILES:
         validate_bytes(kind, data, f"fuzz.{kind}.json")
     doc = parse_json(data, "fuzz.json")

@@ -17,6 +17,8 @@ from .probe import Filesystem, probe_filesystem
 from .tables import Partition, Table, add_partition
 
 CONFIG_NAME = "config-v2"
+# The labels cloud-init's blkid search accepts (DataSourceConfigDrive.py); glean and
+# ironic look for the same.
 CONFIG_LABELS = ("config-2", "CONFIG-2")
 DEFAULT_MBR_TYPE = 0x99
 DEFAULT_SIZE = 64 << 20

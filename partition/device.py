@@ -207,20 +207,20 @@ def lock_target(path: str | os.PathLike, *, create: bool = False):
     created = False
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    except FileNotFoundError as exc:
         if not create:
             raise PartitionError(f"{path}: no such device or file (--create makes a disk image "
-                                 "file there)") from None
+                                 "file there)") from exc
         if os.path.realpath(path).startswith("/dev/"):
             raise PartitionError(f"{path}: no such device; a disk image file is never created "
-                                 "under /dev") from None
+                                 "under /dev") from exc
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise PartitionError(f"{path}: cannot create: {exc.strerror}") from None
+            raise PartitionError(f"{path}: cannot create: {exc.strerror}") from exc
         created = True
     except OSError as exc:
-        raise PartitionError(f"{path}: cannot open: {exc.strerror}") from None
+        raise PartitionError(f"{path}: cannot open: {exc.strerror}") from exc
     key = _identity(os.fstat(fd))
     if key in _HELD:                   # already ours (a nested call in this deploy)
         os.close(fd)
@@ -244,9 +244,9 @@ def lock_target(path: str | os.PathLike, *, create: bool = False):
 def _flock(fd: int, path: str) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    except BlockingIOError as exc:
         raise PartitionError(f"{path} is locked by another deploy writing to it: "
-                             "refused") from None
+                             "refused") from exc
 
 
 def open_target(path: str | os.PathLike, *, sector_size: int | None = None,
@@ -261,8 +261,8 @@ def open_target(path: str | os.PathLike, *, sector_size: int | None = None,
     path = os.fspath(path)
     try:
         st = os.stat(path)
-    except FileNotFoundError:
-        raise PartitionError(f"{path}: no such device or file") from None
+    except FileNotFoundError as exc:
+        raise PartitionError(f"{path}: no such device or file") from exc
     if stat.S_ISBLK(st.st_mode):
         target = _open_block(path, sector_size)
     elif not stat.S_ISREG(st.st_mode):
@@ -271,7 +271,7 @@ def open_target(path: str | os.PathLike, *, sector_size: int | None = None,
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
-            raise PartitionError(f"{path}: cannot open: {exc.strerror}") from None
+            raise PartitionError(f"{path}: cannot open: {exc.strerror}") from exc
         target = Target(path, fd, os.fstat(fd).st_size, sector_size or 512, is_block=False,
                         sector_size_known=sector_size is not None)
     key = _identity(os.fstat(target.fd))
@@ -297,7 +297,7 @@ def refuse_same_file(image_stat: os.stat_result | None, image_name: str, target:
     target_stat = os.fstat(target.fd)
     same = _identity(image_stat) == _identity(target_stat)
     if target.is_block:
-        sysdir = _sys_block(target.path)
+        sysdir = sys_block(target.path)
         if stat.S_ISBLK(image_stat.st_mode) and sysdir is not None:
             number = f"{os.major(image_stat.st_rdev)}:{os.minor(image_stat.st_rdev)}"
             same = same or number in _dev_numbers(sysdir)
@@ -310,6 +310,15 @@ def refuse_same_file(image_stat: os.stat_result | None, image_name: str, target:
     if same:
         raise PartitionError(f"{image_name}: the image is {target.path} itself (or lies on "
                              "it): refused")
+
+
+def disk_geometry(fp: BinaryIO) -> tuple[int, int | None]:
+    """Size and logical sector size of a block device; an image file's size and None
+    (its partition table tells the sector size)."""
+    st = os.fstat(fp.fileno())
+    if stat.S_ISBLK(st.st_mode):
+        return block_geometry(fp.fileno())
+    return st.st_size, None
 
 
 def block_geometry(fd: int) -> tuple[int, int]:
@@ -339,10 +348,14 @@ def _open_block(path: str, sector_size: int | None) -> Target:
 
 # -- busy check -----------------------------------------------------------------------
 
-def _sys_block(path: str) -> Path | None:
+def sys_block(path: str) -> Path | None:
     """/sys/block/NAME for a whole-disk device node, or /sys/class/block/NAME for a
-    partition (found by device number, so /dev/disk/by-id links work too)."""
-    rdev = os.stat(path).st_rdev
+    partition (found by device number, so /dev/disk/by-id links work too); None when the
+    node is gone or the kernel shows no such device."""
+    try:
+        rdev = os.stat(path).st_rdev
+    except OSError:
+        return None
     link = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
     return link.resolve() if link.exists() else None
 
@@ -362,7 +375,7 @@ def busy_reasons(path: str | os.PathLike) -> list[str]:
     """Why the block device ``path`` is in use: mounted partitions, swap, holders.
     Empty when nothing is found (the O_EXCL open still has the last word)."""
     path = os.fspath(path)
-    sysdir = _sys_block(path)
+    sysdir = sys_block(path)
     if sysdir is None:
         return []
     numbers = _dev_numbers(sysdir)

@@ -17,6 +17,7 @@ import struct
 import zlib
 
 from .errors import PartitionError
+from .gpt import SIGNATURE as GPT_SIGNATURE
 
 HEAD_BYTES = 64 << 10          # what detection looks at (ISO 9660's descriptor is at 32 KiB)
 MIN_DISK = 512                 # a disk image has at least one sector
@@ -33,7 +34,6 @@ CONTAINERS = [
 ]
 QCOW2_MAGIC = b"QFI\xfb"
 ISO_MAGIC_AT = 0x8001                           # "CD001" of the first volume descriptor
-GPT_SIGNATURE = b"EFI PART"
 
 
 def identify(head: bytes) -> str:

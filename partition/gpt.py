@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 from .errors import PartitionError
+from .mbr import BOOT_SIGNATURE, PROTECTIVE_TYPE
 
 SIGNATURE = b"EFI PART"
 REVISION = 0x00010000
@@ -27,7 +28,6 @@ DEFAULT_ENTRIES = 128
 NAME_CHARS = 36                               # UTF-16LE code units in an entry name
 # Linux filesystem data, what sgdisk's default type 8300 means.
 LINUX_FS_TYPE = uuid.UUID("0fc63daf-8483-4772-8e79-3d69d8477de4")
-PROTECTIVE_TYPE = 0xEE
 
 
 @dataclass
@@ -247,7 +247,7 @@ def protective_mbr(disk_bytes: int, sector_size: int) -> bytes:
     mbr = bytearray(512)
     # status 0, CHS start 0/0/2, type 0xEE, CHS end "beyond CHS", LBA 1, size
     struct.pack_into("<B3sB3sII", mbr, 446, 0, b"\x00\x02\x00", PROTECTIVE_TYPE, b"\xff\xff\xff", 1, sectors)
-    mbr[510:512] = b"\x55\xaa"
+    mbr[510:512] = BOOT_SIGNATURE
     return bytes(mbr)
 
 
@@ -256,7 +256,7 @@ def _fit_protective_mbr(fp: BinaryIO, disk_bytes: int, sector_size: int) -> None
     fp.seek(0)
     mbr = fp.read(512)
     types = [mbr[446 + 16 * i + 4] for i in range(4)]
-    if mbr[510:512] != b"\x55\xaa" or types[0] != PROTECTIVE_TYPE or any(types[1:]):
+    if mbr[510:512] != BOOT_SIGNATURE or types[0] != PROTECTIVE_TYPE or any(types[1:]):
         return
     sectors = min(disk_bytes // sector_size - 1, 0xFFFFFFFF)
     fixed = bytearray(mbr)

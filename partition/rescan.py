@@ -23,16 +23,15 @@ import ctypes
 import errno
 import fcntl
 import os
-import shutil
 import stat
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .device import busy_reasons
+from .device import busy_reasons, sys_block
 from .errors import PartitionError
 from .tables import Partition
+from .tools import run, which
 
 # <linux/fs.h>, <linux/blkpg.h>
 BLKRRPART = 0x125F
@@ -61,7 +60,7 @@ class Rescan:
 
 def kernel_partitions(disk: str) -> dict[int, tuple[int, int, str]]:
     """{number: (start byte, size in bytes, name)} of the partitions the kernel knows."""
-    sysdir = _sysdir(disk)
+    sysdir = sys_block(disk)
     found = {}
     if sysdir is None:
         return found
@@ -180,7 +179,7 @@ def _holders_of(disk: str, name: str) -> str:
 def _openers(disk: str, partitions: set[str]) -> list[str]:
     """Processes with a partition's node open (by device number, whatever its path)."""
     numbers = {}
-    sysdir = _sysdir(disk)
+    sysdir = sys_block(disk)
     for name in partitions:
         try:
             numbers[(sysdir / name / "dev").read_text().strip()] = name
@@ -209,11 +208,12 @@ def _openers(disk: str, partitions: set[str]) -> list[str]:
 
 
 def _settle(notes: list[str]) -> None:
-    if not Path("/run/udev/control").exists() or shutil.which("udevadm") is None:
+    exe = which("udevadm")
+    if not Path("/run/udev/control").exists() or exe is None:
         # devtmpfs still makes the partition nodes; only udev's links are missing.
         notes.append("udev is not running: no /dev/disk/by-* links for the new partitions")
         return
-    proc = subprocess.run(["udevadm", "settle", "--timeout=30"], capture_output=True)
+    proc = run(exe, ["settle", "--timeout=30"])
     if proc.returncode != 0:
         notes.append("udevadm settle timed out; device links may appear later")
 
@@ -227,12 +227,3 @@ def _wait_for_node(disk: str, want: Partition, retries: int, delay: float) -> st
                 return f"/dev/{name}"
         time.sleep(delay)
     return None
-
-
-def _sysdir(disk: str) -> Path | None:
-    try:
-        rdev = os.stat(disk).st_rdev
-    except OSError:
-        return None
-    link = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
-    return link.resolve() if link.exists() else None

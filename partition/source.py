@@ -23,6 +23,7 @@ minute, once kept a deploy alive for hours):
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import stat
@@ -39,6 +40,9 @@ DEADLINE = 2 * 3600    # seconds for the whole download, retries included
 READ_PIECE = 1 << 20   # at most this much per socket read, so the deadline is checked often
 ENV_RETRIES, ENV_DEADLINE = "CONFIGDRIVE_HTTP_RETRIES", "CONFIGDRIVE_HTTP_DEADLINE"
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+# Each retry is logged at INFO; the caller decides where that goes (the command prints it
+# on stderr unless --quiet, an ironic agent sends it to its own log).
+log = logging.getLogger(__name__)
 
 
 class Source(io.RawIOBase):
@@ -102,7 +106,7 @@ class _Budget:
             raise PartitionError(f"{self.url}: {why} (no retries left; {ENV_RETRIES} sets them)")
         self.retries -= 1
         delay = min(self.delay, self.left(at))
-        print(f"configdrive: {self.url}: {why}; retrying in {delay:g}s", file=sys.stderr)
+        log.info("%s: %s; retrying in %gs", self.url, why, delay)
         time.sleep(delay)
         self.delay *= 2
 
@@ -173,7 +177,7 @@ class HttpSource(Source):
             except urllib.error.HTTPError as exc:
                 exc.close()
                 if exc.code < 500:
-                    raise PartitionError(f"{self.url}: HTTP {exc.code} {exc.reason}") from None
+                    raise PartitionError(f"{self.url}: HTTP {exc.code} {exc.reason}") from exc
                 why = f"HTTP {exc.code}"
             except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
                 if isinstance(exc, PartitionError):
@@ -280,7 +284,7 @@ def check_url(url: str) -> None:
         parts = urllib.parse.urlsplit(url)
         parts.port     # parsing the port raises for a bad one
     except ValueError as exc:
-        raise PartitionError(f"{url}: not a valid URL ({exc})") from None
+        raise PartitionError(f"{url}: not a valid URL ({exc})") from exc
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise PartitionError(f"{url}: not a valid http(s) URL (no host)")
 
@@ -309,7 +313,7 @@ def open_source(spec: str | os.PathLike, **http_options) -> Source:
     try:
         fp = open(spec, "rb", buffering=0)
     except OSError as exc:
-        raise PartitionError(f"{spec}: cannot open: {exc.strerror}") from None
+        raise PartitionError(f"{spec}: cannot open: {exc.strerror}") from exc
     st = os.fstat(fp.fileno())
     if stat.S_ISREG(st.st_mode):
         source = FileSource(fp, spec, path=spec, size=st.st_size)

@@ -104,7 +104,7 @@ def _parse(reader, fp: BinaryIO, disk_bytes: int, sector_size: int, source: str)
     try:
         return reader(fp, disk_bytes, sector_size)
     except PartitionError as exc:
-        raise PartitionError(f"{source}: {exc}") from None
+        raise PartitionError(f"{source}: {exc}") from exc
 
 
 # -- nothing a table says is trusted ------------------------------------------------------

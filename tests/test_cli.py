@@ -134,6 +134,24 @@ def test_debug_shows_the_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr.decode()
 
 
+@pytest.mark.parametrize("args, cause", [
+    (["build", "-o", "{tmp}/x.iso", "--meta-data", "{tmp}/nope"], "FileNotFoundError"),   # inputs.py
+    (["inspect", "{tmp}/nope"], "FileNotFoundError"),                                     # reader.py
+    (["build", "-o", "{tmp}/x.iso", "--meta-data", "{tmp}/bad.json"], "JSONDecodeError"),  # jsondoc.py
+])
+def test_debug_shows_the_cause_and_the_plain_error_stays_one_line(tmp_path, args, cause):
+    """--debug shows the whole chain: the OSError or parser error our one-line refusal was
+    raised from, not only the refusal; without it the user sees that one line alone."""
+    (tmp_path / "bad.json").write_text('{"uuid": }')
+    argv = [a.format(tmp=tmp_path) for a in args]
+    plain = configdrive(*argv, check=False)
+    assert plain.returncode == 1 and plain.stderr.decode().count("\n") == 1
+    assert plain.stderr.decode().startswith("configdrive: error: ")
+    debug = configdrive("--debug", *argv, check=False).stderr.decode()
+    assert cause in debug and "The above exception was the direct cause" in debug
+    assert "ConfigDriveError" in debug
+
+
 def test_inspect_a_directory_and_the_openstacksdk_shape(tmp_path):
     image = tmp_path / "sdk.iso"
     configdrive("build", "--example", "--versions", "2012-08-10,latest", "--no-ec2", "-o", image)

@@ -69,7 +69,7 @@ def images(served):
 
 @pytest.fixture(scope="module")
 def packed_drive():
-    from configdrive.drive import build
+    from configdrive.builder import build
     from configdrive.pack import pack
     return pack(build(sample_content(), None, format="iso"))
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from configdrive import iso, isonames
+from configdrive import iso, isonames, isoreader
 from configdrive.content import Content
 from configdrive.errors import ConfigDriveError
 from configdrive.layout import build_tree
@@ -232,7 +232,7 @@ def test_reader_reads_genisoimage_output(tmp_path):
     tree = build_tree(full_content())
     tree.update(awkward_tree())
     with open(genisoimage(tree, tmp_path), "rb") as fp:
-        assert iso.read(fp, source="genisoimage.iso") == tree
+        assert isoreader.read(fp, source="genisoimage.iso") == tree
 
 
 @pytest.mark.parametrize("flags", [
@@ -242,21 +242,21 @@ def test_reader_reads_genisoimage_output(tmp_path):
 def test_reader_gives_usable_paths_without_rock_ridge(tmp_path, flags):
     tree = build_tree(full_content())
     with open(genisoimage(tree, tmp_path, flags=["-quiet", *flags]), "rb") as fp:
-        assert iso.read(fp, source="other.iso") == tree
+        assert isoreader.read(fp, source="other.iso") == tree
 
 
 def test_reader_refuses_a_truncated_image_with_one_line(tmp_path):
     data = genisoimage(build_tree(full_content()), tmp_path).read_bytes()
     for cut in (len(data) - 1, len(data) // 2, 40000):
         with pytest.raises(ConfigDriveError) as caught:
-            iso.read(io.BytesIO(data[:cut]), source="cut.iso")
+            isoreader.read(io.BytesIO(data[:cut]), source="cut.iso")
         message = str(caught.value)
         assert message == f"cut.iso: truncated ISO 9660 image: {cut} bytes, its volume descriptor declares {len(data)}"
 
 
 def test_reader_refuses_a_file_that_is_no_iso(tmp_path):
     with pytest.raises(ConfigDriveError, match=r"^junk\.bin: not an ISO 9660 image"):
-        iso.read(io.BytesIO(b"\0" * 70000), source="junk.bin")
+        isoreader.read(io.BytesIO(b"\0" * 70000), source="junk.bin")
 
 
 @settings(max_examples=60, deadline=None)
@@ -268,7 +268,7 @@ def test_reader_turns_any_damage_into_one_error(flips):
     for offset, value in flips:
         damaged[offset] = value
     try:
-        iso.read(io.BytesIO(bytes(damaged)), source="bad.iso")
+        isoreader.read(io.BytesIO(bytes(damaged)), source="bad.iso")
     except ConfigDriveError as exc:
         assert str(exc).startswith("bad.iso: ") and "\n" not in str(exc)
 

@@ -9,8 +9,9 @@ import json
 
 import pytest
 
-from configdrive.content import Content, content_from_files
-from configdrive.drive import extract
+from configdrive.content import Content
+from configdrive.inputs import content_from_files
+from configdrive.extract import extract
 from configdrive.errors import ConfigDriveError
 from configdrive.examples import example_paths
 from configdrive.layout import build_tree

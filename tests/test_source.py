@@ -226,3 +226,22 @@ def test_checksum_file_over_http(server, disk, tmp_path):
     summary = write_image(f"{url}/disk.img", str(target), checksum=f"{url}/SHA256SUMS",
                           http_options=FAST)
     assert summary["checksum"]["verified"] and same(target, disk)
+
+
+def test_http_retry_lines_are_the_commands_and_quiet_silences_them(server, disk, tmp_path):
+    """partition/ only logs a retry; the command prints it (one line naming the URL and the
+    status), and --quiet leaves stderr empty on success."""
+    handler, url = server
+    (tmp_path / "img.raw").write_bytes(disk.read_bytes())
+    for quiet in (False, True):
+        handler.fail += [503]
+        target = tmp_path / f"out-{quiet}.raw"
+        target.write_bytes(bytes(disk.stat().st_size))
+        proc = configdrive("deploy", *(["--quiet"] if quiet else []), "--device", target,
+                           "--image", f"{url}/img.raw", "--http-retries", "1")
+        assert same(target, disk)
+        retries = [line for line in proc.stderr.decode().splitlines() if "retrying in" in line]
+        if quiet:
+            assert proc.stderr == b""
+        else:
+            assert retries == [f"configdrive: {url}/img.raw: HTTP 503; retrying in 1s"]

@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from configdrive import validate
+from configdrive import pathcheck, schema as schemas, validate
 from configdrive.content import Content, InjectedFile
-from configdrive.drive import MAX_DRIVE_BYTES
+from configdrive.drivefiles import MAX_DRIVE_BYTES
 from configdrive.layout import build_tree
-from configdrive.validate import (CLOUD_INIT_VERSIONS, Problem, check_content, cloud_init_version,
-                                  validate_content, validate_paths)
+from configdrive.buildcheck import check_content, validate_content
+from configdrive.drivecheck import CLOUD_INIT_VERSIONS, cloud_init_version
+from configdrive.pathcheck import validate_paths
+from configdrive.problems import Problem
 from configdrive.errors import ConfigDriveError
 
 from conftest import SYSTEM_PYTHON, cloud_init_read, configdrive, run
@@ -49,12 +51,12 @@ SCHEMA_NAMES = sorted(p.name for p in files("configdrive.schemas").iterdir() if 
 
 
 def test_every_schema_is_shipped_and_used():
-    assert set(SCHEMA_NAMES) == set(validate.SCHEMA_FILES.values())
+    assert set(SCHEMA_NAMES) == set(schemas.SCHEMA_FILES.values())
 
 
 @pytest.mark.parametrize("name", SCHEMA_NAMES)
 def test_schema_is_valid_draft_2020_12(name):
-    schema = validate.load_schema(name)
+    schema = schemas.load_schema(name)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     Draft202012Validator.check_schema(schema)
 
@@ -62,7 +64,7 @@ def test_schema_is_valid_draft_2020_12(name):
 def test_schemas_in_the_checkout_are_the_installed_ones():
     root = Path(__file__).resolve().parent.parent / "schemas"
     for name in SCHEMA_NAMES:
-        assert json.loads((root / name).read_text()) == validate.load_schema(name)
+        assert json.loads((root / name).read_text()) == schemas.load_schema(name)
 
 
 # -- the corpus -----------------------------------------------------------------------
@@ -137,12 +139,12 @@ def test_problem_line_format():
 
 
 def test_kind_from_name():
-    assert validate.kind_from_name("x/openstack/latest/meta_data.json") == "meta_data"
-    assert validate.kind_from_name("node1.vendor_data2.json") == "vendor_data2"
-    assert validate.kind_from_name("ec2/latest/meta-data.json") == "ec2_meta_data"
-    assert validate.kind_from_name("my-node.ironic.json") == "ironic"
-    assert validate.kind_from_name("user-data") == "user_data"
-    assert validate.kind_from_name("notes.json") is None
+    assert pathcheck.kind_from_name("x/openstack/latest/meta_data.json") == "meta_data"
+    assert pathcheck.kind_from_name("node1.vendor_data2.json") == "vendor_data2"
+    assert pathcheck.kind_from_name("ec2/latest/meta-data.json") == "ec2_meta_data"
+    assert pathcheck.kind_from_name("my-node.ironic.json") == "ironic"
+    assert pathcheck.kind_from_name("user-data") == "user_data"
+    assert pathcheck.kind_from_name("notes.json") is None
 
 
 def test_kind_option_overrides_the_name(tmp_path):

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from configdrive import vfat
-from configdrive.drive import read_directory
+from configdrive import fatgeometry, fatreader, vfat
+from configdrive.reader import read_directory
 from configdrive.errors import ConfigDriveError
 from configdrive.layout import build_tree
 
@@ -304,7 +304,7 @@ def test_larger_sectors_keep_every_file_for_mtools_and_our_reader(tmp_path, sect
     assert_fsck_clean(image)
     assert mcopy_out(image, tmp_path / "out") == TRICKY_TREE
     with open(image, "rb") as fp:
-        assert vfat.read(fp, source=str(image)) == TRICKY_TREE
+        assert fatreader.read(fp, source=str(image)) == TRICKY_TREE
 
 
 @pytest.mark.parametrize("sector_size", [256, 520, 8192, "4096", None])
@@ -330,7 +330,7 @@ def test_reads_a_drive_made_by_mkfs_vfat_and_mcopy(tmp_path, nova_tree, size_kib
     run("mkfs.vfat", "-S", sector_size, "-n", "config-2", "-C", image, size_kib)
     run("mcopy", "-s", "-i", image, *sorted(source.iterdir()), "::/")
     with open(image, "rb") as fp:
-        assert vfat.read(fp, source=str(image)) == nova_tree
+        assert fatreader.read(fp, source=str(image)) == nova_tree
 
 
 def test_reads_long_names_as_mtools_writes_them(tmp_path):
@@ -344,7 +344,7 @@ def test_reads_long_names_as_mtools_writes_them(tmp_path):
     image = tmp_path / "img"
     run("mkfs.vfat", "-n", "config-2", "-C", image, 1024)
     run("mcopy", "-i", image, *sorted(source.iterdir()), "::/", env=UTF8)
-    assert vfat.read(open(image, "rb")) == names
+    assert fatreader.read(open(image, "rb")) == names
 
 
 def test_reads_at_an_offset_from_a_stream_positioned_anywhere(tmp_path):
@@ -354,39 +354,39 @@ def test_reads_at_an_offset_from_a_stream_positioned_anywhere(tmp_path):
     disk.write_bytes(b"\xaa" * MiB + image.getvalue() + b"\xbb" * 4096)
     with open(disk, "r+b") as fp:
         fp.seek(12345)
-        assert vfat.read(fp, source=str(disk), offset=MiB) == TRICKY_TREE
+        assert fatreader.read(fp, source=str(disk), offset=MiB) == TRICKY_TREE
         assert not fp.closed
     assert disk.read_bytes()[MiB:MiB + 4 * MiB] == image.getvalue()   # read-write handle left as it was
     image.seek(777)
-    assert vfat.read(image) == TRICKY_TREE
+    assert fatreader.read(image) == TRICKY_TREE
 
 
 def test_damaged_images_are_refused_naming_the_source(tmp_path, nova_tree):
     good = io.BytesIO()
     vfat.write(nova_tree, good, size=4 * MiB, epoch=EPOCH)
     data = good.getvalue()
-    geo = vfat.geometry_for(4 * MiB)
+    geo = fatgeometry.geometry_for(4 * MiB)
 
     with pytest.raises(ConfigDriveError, match=r"^junk\.img: .*FAT"):
-        vfat.read(io.BytesIO(os.urandom(MiB)), source="junk.img")
+        fatreader.read(io.BytesIO(os.urandom(MiB)), source="junk.img")
     with pytest.raises(ConfigDriveError, match=r"^cut\.img: "):
-        vfat.read(io.BytesIO(data[:geo.data_offset + 4096]), source="cut.img")
+        fatreader.read(io.BytesIO(data[:geo.data_offset + 4096]), source="cut.img")
     looped = bytearray(data)   # FAT12: cluster 3 (directory ec2/2009-04-04) points to itself
     for copy in range(2):
         at = geo.fat_offset + copy * geo.fat_sectors * 512 + 4   # entries 2 and 3 share bytes 3..5
         looped[at] = (looped[at] & 0x0F) | 0x30
         looped[at + 1] = 0x00
     with pytest.raises(ConfigDriveError, match=r"^loop\.img: "):
-        vfat.read(io.BytesIO(bytes(looped)), source="loop.img")
+        fatreader.read(io.BytesIO(bytes(looped)), source="loop.img")
 
 
 def test_import_and_use_never_load_pyfilesystem2_or_pkg_resources():
     """pyfatfs' file-level API imports PyFilesystem2 ("fs"), whose __init__ needs
     pkg_resources, gone from setuptools 81 and absent from Python 3.12 venvs."""
     code = ("import io, sys\n"
-            "from configdrive import vfat\n"
+            "from configdrive import fatreader, vfat\n"
             "buf = io.BytesIO(); vfat.write({'a/b': b'x'}, buf, epoch=0)\n"
-            "assert vfat.read(buf) == {'a/b': b'x'}\n"
+            "assert fatreader.read(buf) == {'a/b': b'x'}\n"
             "loaded = sorted(m for m in ('fs', 'pkg_resources') if m in sys.modules)\n"
             "assert not loaded, loaded\n")
     proc = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)

@@ -9,11 +9,7 @@ serve attaches the guest's root, the steps run, and the handler always detaches.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import logging
-import signal
-import threading
 from typing import Any
 
 from ..content import Content
@@ -23,7 +19,7 @@ from .guestroot import GuestRoot, GuestStat
 from .steps import InjectionError, plan, run_steps
 from .target import Target
 
-__all__ = ["inject", "inject_from_args", "Handler", "GuestRoot", "GuestStat", "InjectionError",
+__all__ = ["inject", "Handler", "GuestRoot", "GuestStat", "InjectionError",
            "DEFAULT_ORDER", "ENTRY_POINT_GROUP", "NoHandlerError"]
 
 log = logging.getLogger("configdrive.inject")
@@ -85,34 +81,3 @@ def _detach_after_failure(handler: Handler) -> None:
         handler.detach()
     except Exception as exc:
         log.warning("handler %s: teardown failed: %s", handler.name, exc)
-
-
-def inject_from_args(args: argparse.Namespace, content: Content) -> dict[str, Any]:
-    """The ``configdrive inject`` command: progress lines on stderr (unless --quiet),
-    and SIGTERM treated like Ctrl-C so that teardown still runs."""
-    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
-    stderr = logging.StreamHandler()
-    stderr.setFormatter(logging.Formatter("configdrive: %(message)s"))
-    log.addHandler(stderr)
-    log.setLevel(level)
-    try:
-        with _sigterm_as_interrupt():
-            return inject(args.image, content, handlers=args.handlers, partition=args.partition)
-    finally:
-        log.removeHandler(stderr)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -217,7 +217,7 @@ class DebugfsHandler(Handler):
         try:
             fd = os.open(target.path, flags)
         except OSError as exc:
-            raise ToolError(f"{target.path}: cannot open for writing ({exc.strerror})") from None
+            raise ToolError(f"{target.path}: cannot open for writing ({exc.strerror})") from exc
         self.cleanup.callback(os.close, fd)
         root = DebugfsRoot(f"/dev/fd/{fd}?offset={self.slice.offset}", pass_fds=(fd,))
         features = root._debugfs(["features"])

@@ -46,7 +46,7 @@ def render(network_data: dict[str, Any]) -> str:
     try:
         return _render(network_data)
     except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigDriveError(f"network_data: cannot render etc/network/interfaces ({exc!s})") from None
+        raise ConfigDriveError(f"network_data: cannot render etc/network/interfaces ({exc!s})") from exc
 
 
 def _render(network_data: dict[str, Any]) -> str:

@@ -89,7 +89,7 @@ def load(name: str) -> type[Handler]:
         try:
             ref = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
-            raise ConfigDriveError(f"handler {name}: cannot load {module}:{attr} ({exc})") from None
+            raise ConfigDriveError(f"handler {name}: cannot load {module}:{attr} ({exc})") from exc
     if not (isinstance(ref, type) and issubclass(ref, Handler)):
         raise ConfigDriveError(f"handler {name}: {ref!r} is not a configdrive.inject Handler")
     return ref

@@ -48,11 +48,11 @@ class HostDirRoot(GuestRoot):
                 st = None
             if st is not None and GuestStat.from_mode(st.st_mode, 0, 0).kind == "symlink":
                 raise GuestPathError(
-                    f"guest path {show(part)}: is a symbolic link; refusing to follow it") from None
-            raise GuestPathError(f"guest path {show(part)}: is not a directory") from None
+                    f"guest path {show(part)}: is a symbolic link; refusing to follow it") from exc
+            raise GuestPathError(f"guest path {show(part)}: is not a directory") from exc
         if exc.errno == errno.ENOENT:
-            raise GuestPathError(f"guest path {show(part)}: does not exist") from None
-        raise GuestPathError(f"guest path {show(part)}: {exc.strerror}") from None
+            raise GuestPathError(f"guest path {show(part)}: does not exist") from exc
+        raise GuestPathError(f"guest path {show(part)}: {exc.strerror}") from exc
 
     def lstat(self, path: GuestPath) -> GuestStat | None:
         with self._parent(path) as pfd:
@@ -119,5 +119,5 @@ class HostDirRoot(GuestRoot):
 
     def _refuse_file(self, pfd: int, path: GuestPath, exc: OSError):
         if exc.errno == errno.ELOOP:
-            raise GuestPathError(f"guest path {show(path)}: is a symbolic link; refusing to follow it") from None
-        raise GuestPathError(f"guest path {show(path)}: {exc.strerror}") from None
+            raise GuestPathError(f"guest path {show(path)}: is a symbolic link; refusing to follow it") from exc
+        raise GuestPathError(f"guest path {show(path)}: {exc.strerror}") from exc

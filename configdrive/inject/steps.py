@@ -145,7 +145,7 @@ def run_steps(root: GuestRoot, content: Content, image: str) -> tuple[list[str],
             if isinstance(exc, OSError):
                 exc = ConfigDriveError(exc.strerror or str(exc))
             if mandatory:
-                raise InjectionError(f"{image}: injecting {name} failed: {exc}") from None
+                raise InjectionError(f"{image}: injecting {name} failed: {exc}") from exc
             message = one_line(f"{image}: injecting {name} failed, skipped: {exc}")
             log.warning("%s", message)
             warnings.append(message)

@@ -3,10 +3,13 @@ guest's root filesystem (a partition's byte range, or the whole image)."""
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from dataclasses import dataclass
+
+from partition.device import disk_geometry
+from partition.errors import PartitionError
+from partition.tables import read_table
 
 from ..errors import ConfigDriveError
 from .tools import run_tool
@@ -48,7 +51,7 @@ class Target:
             with open(path, "rb") as f:
                 head = f.read(512)
         except OSError as exc:
-            raise ConfigDriveError(f"{path}: cannot read image ({exc.strerror})") from None
+            raise ConfigDriveError(f"{path}: cannot read image ({exc.strerror})") from exc
         return cls(path, image_format(head), partition)
 
 
@@ -78,7 +81,7 @@ class Slice:
 def locate(raw: str, partition: str) -> Slice:
     """Find the requested filesystem on a raw image file or block device.
 
-    The partition table is read by sfdisk (GPT and MBR), the filesystem type by blkid's
+    The partition table is read by partition/tables.py, the filesystem type by blkid's
     low-level probe; neither needs root for a file."""
     parts = _partitions(raw)
     if partition == "none" or (partition == "auto" and not parts):
@@ -101,18 +104,19 @@ def locate(raw: str, partition: str) -> Slice:
 
 
 def _partitions(raw: str) -> list[tuple[int, int, int]]:
-    """(number, offset, size) in bytes for each partition; [] when there is no table."""
-    proc = run_tool("sfdisk", "--json", raw, check=False)
-    if proc.returncode != 0:
+    """(number, offset, size) in bytes for each partition; [] when there is no table.
+    Read by partition/tables.py, the one table reader (GPT and MBR, logical partitions
+    numbered from 5 as Linux numbers them)."""
+    try:
+        with open(raw, "rb") as fp:
+            table = read_table(fp, *disk_geometry(fp), source=raw)
+    except OSError as exc:
+        raise ConfigDriveError(f"{raw}: cannot read the partition table ({exc.strerror or exc})") from exc
+    except PartitionError as exc:
+        raise ConfigDriveError(str(exc)) from exc
+    if table is None:
         return []
-    table = json.loads(proc.stdout)["partitiontable"]
-    sector = int(table.get("sectorsize", 512))
-    parts = []
-    for entry in table.get("partitions", []):
-        node = entry["node"]
-        digits = len(node) - len(node.rstrip("0123456789"))
-        parts.append((int(node[-digits:]), entry["start"] * sector, entry["size"] * sector))
-    return parts
+    return [(p.number, p.start, p.size) for p in table.partitions]
 
 
 def fs_type(raw: str, offset: int) -> str:

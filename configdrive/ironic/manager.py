@@ -41,7 +41,8 @@ from partition.source import open_source
 
 from ..errors import ConfigDriveError
 from ..pack import unpack
-from ..placement import load_drive, place_config_drive, refresh_disk
+from ..fetch import load_drive
+from ..placement import place_config_drive, refresh_disk
 from .config import settings
 from .request import BadRequest, Decline, Request, read_image_info
 
@@ -178,7 +179,7 @@ class _Expected(Expected):
         try:
             super().check(actual, image_name)
         except PartitionError as exc:
-            raise _Mismatch(str(exc), self.hexdigest, actual) from None
+            raise _Mismatch(str(exc), self.hexdigest, actual) from exc
 
 
 # -- the write --------------------------------------------------------------------------
@@ -231,7 +232,7 @@ def _cached(url: str, expected: _Expected, http_options: dict):
                 try:
                     cache.write(chunk)
                 except OSError as exc:
-                    raise PartitionError(f"{cache.name}: caching {url} failed: {exc.strerror}") from None
+                    raise PartitionError(f"{cache.name}: caching {url} failed: {exc.strerror}") from exc
         cache.flush()
         expected.check(hasher.hexdigest(), url)
         LOG.info("configdrive: downloaded %s to %s and verified its %s: %s", url, cache.name,
@@ -272,14 +273,19 @@ def _checksum_error(exc: PartitionError, request: Request):
                       cause.expected, cause.actual)
 
 
-def _from_download(exc: BaseException) -> bool:
-    """Raised while fetching bytes (partition/source.py), not while reading them."""
-    while exc.__cause__ is not None:
+def _from_download(exc: BaseException | None) -> bool:
+    """Raised while fetching bytes (partition/source.py), not while reading them: some
+    error of the chain was raised there (its own cause, urllib's HTTPError or an
+    OSError, was raised inside urllib or the socket layer)."""
+    source = os.path.join("partition", "source.py")
+    while exc is not None:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None and tb.tb_frame.f_code.co_filename.endswith(source):
+            return True
         exc = exc.__cause__
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and tb.tb_frame.f_code.co_filename.endswith(os.path.join("partition", "source.py"))
+    return False
 
 
 # -- after the image ---------------------------------------------------------------------

@@ -88,10 +88,10 @@ def tool_tree(name: str, data: bytes, work: Path) -> dict[str, bytes] | None:
 
 
 def our_tree(name: str, data: bytes) -> dict[str, bytes] | None:
-    from configdrive import iso, vfat
+    from configdrive import fatreader, isoreader
     from configdrive.errors import ConfigDriveError
     try:
-        return (iso if name == "iso" else vfat).read(io.BytesIO(data), source="fuzz")
+        return (isoreader if name == "iso" else fatreader).read(io.BytesIO(data), source="fuzz")
     except ConfigDriveError:
         return None
 

@@ -392,6 +392,47 @@ def test_mbr_crafted_partitions_and_chains_are_refused(tmp_path, drive, case):
     refused_everywhere(disk.path, drive, names=names(disk))
 
 
+# -- the same tables in a guest image handed to the legacy injector -------------------------
+#
+# inject reads a guest image's table with the reader deploy trusts (partition/tables.py;
+# it ran sfdisk --json before): a table refused above is refused there too, naming the
+# same partition, and the image is left as it was. debugfs alone: it reads the file
+# itself, so no kernel parses the crafted table.
+
+INJECT_GPT = ["covers LBA 0", "inside the root partition", "past the disk's end", "at LBA 2^63"]
+INJECT_MBR = ["logical 0x99 over its own EBR", "primary 0x99 past the disk's end",
+              "EBR chain loops back to itself", "5000 logical partitions"]
+
+
+def inject_refused(disk: Path, names: str) -> str:
+    need_tool("debugfs")
+    return refused("inject", disk, "--handlers", "debugfs", "--hostname", "node-7", watch=[disk], names=names)
+
+
+@pytest.mark.parametrize("case", INJECT_GPT)
+def test_inject_refuses_a_crafted_gpt_in_the_guest_image(tmp_path, case):
+    disk = gpt_disk(tmp_path)
+    first, last = GEOMETRY[case](disk)
+    set_entry(disk, 3, first, last)
+    inject_refused(disk.path, names=f"GPT partition 3 (LBA {first} to {last})")
+
+
+@pytest.mark.parametrize("case", ["75 entries of 8 MiB (600 MiB, inside the disk)", "entry size 100"])
+def test_inject_refuses_an_absurd_gpt_header_in_the_guest_image(tmp_path, case):
+    size, fields, names = HEADERS[case]
+    disk = gpt_disk(tmp_path, size=size)
+    set_headers(disk.path, **fields)
+    inject_refused(disk.path, names=names)
+
+
+@pytest.mark.parametrize("case", INJECT_MBR)
+def test_inject_refuses_a_crafted_mbr_in_the_guest_image(tmp_path, case):
+    craft, names = MBR_CASES[case]
+    disk = mbr_disk(tmp_path)
+    craft(disk)
+    inject_refused(disk.path, names=names(disk))
+
+
 # -- --mbr-type -----------------------------------------------------------------------------
 
 def mbr_primaries_disk(tmp_path) -> Path:
