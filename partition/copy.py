@@ -51,6 +51,7 @@ from typing import Iterator
 
 from .checksum import Expected, parse_checksum
 from .device import Target, lock_target, open_target, refuse_same_file
+from .direct import DirectWrites
 from .errors import PartitionError
 from .image import Image, open_image
 from .progress import Progress, human
@@ -320,10 +321,12 @@ class _Writer:
     the head goes down), cover only bytes the image holds zeros in (dd semantics: nothing
     past its end), and fail like any write (the target is wiped).
 
-    Dirty pages are bounded without stalling: every SYNC_EVERY bytes of data make a
-    window that another thread has the kernel write out (``_writeback_job``), so that
-    pwrite goes on filling the page cache while the disk is busy (on one thread the two
-    took turns: a fifth of a 1 GiB deploy's time went to sync_file_range)."""
+    Data goes to a block device around the page cache (O_DIRECT, partition/direct.py);
+    what still goes through it (a file's data, part-sector ends, small pieces) is bounded
+    without stalling: every SYNC_EVERY such bytes make a window that another thread has
+    the kernel write out (``_writeback_job``), so that pwrite goes on filling the page
+    cache while the disk is busy (on one thread the two took turns: a fifth of a 1 GiB
+    deploy's time went to sync_file_range)."""
 
     def __init__(self, target: Target, limit: int | None, progress: Progress,
                  fingerprints: Fingerprints | None = None, zeroed_to: int = 0):
@@ -334,9 +337,10 @@ class _Writer:
         self.data_bytes = 0
         self._zeros: tuple[int, int] | None = None     # a pending zero run (offset, length)
         self._window = 0                               # start of the unflushed window
-        self._dirty = 0                                # data bytes written in it
+        self._dirty = 0                                # bytes it left in the page cache
         self._writeback: _Background | None = None     # started at the first window
         self._zeroing: _Background | None = None       # started at the first zero run
+        self._data = DirectWrites(target)              # O_DIRECT onto a block device
 
     def write(self, offset: int, length: int, data) -> None:
         if self.limit is not None and offset + length > self.limit:
@@ -355,9 +359,9 @@ class _Writer:
                 self._zeros = (start, offset + length - start)
         else:
             self._flush_zeros()
-            self.target.pwrite(data, offset)
+            cached = self._data.write(data, offset)    # O_DIRECT where it can (direct.py)
             self.data_bytes += length
-            self._dirty += length
+            self._dirty += cached
         self.end = offset + length
         if self._dirty >= SYNC_EVERY:
             if self._writeback is None:
@@ -372,7 +376,9 @@ class _Writer:
         self.stop()
 
     def stop(self) -> None:
-        """Wait for both threads (even when the first raises); raise the first error."""
+        """Wait for both threads (even when the first raises); raise the first error.
+        The O_DIRECT descriptor is closed too (opened again by a later write)."""
+        self._data.close()
         workers = [w for w in (self._zeroing, self._writeback) if w is not None]
         self._zeroing = self._writeback = None
         error = None
