@@ -272,10 +272,11 @@ def _zero_ends(target: Target) -> None:
 
 def _zeroed_already(target: Target) -> int:
     """The end of the range ``[HOLD, end)`` that reads back as zeros before anything is
-    written to it (the writer skips zero extents there): a file this deploy made is
-    sparse (ftruncate) and all zeros as far as it goes; on any other target nothing is
-    known to be zero (HOLD: none)."""
-    return max(HOLD, target.size) if target.created else HOLD
+    written to it (the writer skips zero extents there): all of a file this deploy made
+    (new, sparse: what is not written is a hole, and copy_image grows it to the image's
+    end; zeroing it would also race the zeroing thread's growing of the file against the
+    data written past it); on any other target nothing is known to be zero (HOLD: none)."""
+    return 1 << 63 if target.created else HOLD
 
 
 def wipe_disk(path: str) -> str:
