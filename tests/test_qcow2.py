@@ -7,6 +7,7 @@ before a byte reaches the target (its hash is the same before and after).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import struct
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need_tool, out, run
+from conftest import loop_device, need_tool, out, run
 from partition.copy import write_image
 from partition.errors import PartitionError
 
@@ -119,6 +120,40 @@ def test_written_in_place_equal_qemu(options, tmp_path):
             f"write -P 0x66 {10 * MiB} 1536")        # the unaligned tail
     target, _ = ours(image, tmp_path)
     assert same(target, qemu_raw(image))
+
+
+@pytest.mark.parametrize("on", ["used-file", "used-loop-device", "used-4kn-loop-device"])
+@pytest.mark.parametrize("options", ["cluster_size=512", "extended_l2=on", "compat=1.1"])
+def test_written_in_place_onto_a_used_disk_equals_qemu(options, on, tmp_path):
+    """Onto a disk full of old bytes every zero run must be zeroed, not skipped: runs of
+    512 bytes (small clusters) and 2 KiB (subclusters), which share pages with data and
+    are zeroed in line, beside the whole-page runs zeroed on the writer's zeroing thread;
+    and data whose part-sector ends go through the page cache while its middle is written
+    with O_DIRECT (on 4 KiB sectors a 512-byte cluster is a part-sector piece). What
+    lands must equal qemu-img's own conversion byte for byte, past the first and before
+    the last MiB as much as within them."""
+    need_tool("qemu-img", "qemu-io", "cmp")
+    image = tmp_path / "img.qcow2"
+    size = 6 * MiB + 3 * 512
+    run("qemu-img", "create", "-f", "qcow2", "-o", options, image, str(size))
+    qemu_io(image,
+            "write -P 0x5a 0 7k",
+            "write -P 0x5b 1040k 7k",                 # past the held-back first MiB:
+            "write -P 0x77 1050k 2k",                 # zeros between, inside two pages
+            "write -P 0x11 1536k 1k",                 # a lone 1 KiB in a zero cluster
+            "write -P 0x22 1600k 3k",
+            "write -P 0x33 2049k 1M",                 # 1 KiB past a page: its ends share
+                                                      # pages with the O_DIRECT middle
+            "write -z 2304k 4k",                      # a zero page inside the data
+            "write -P 0x44 4M 2560",
+            f"write -P 0x66 {6 * MiB} 1536")          # the unaligned tail
+    disk = tmp_path / "used.img"
+    disk.write_bytes(b"\xaa" * (size + 4096 - size % 4096))    # whole 4 KiB sectors
+    with contextlib.ExitStack() as stack:
+        target = disk if on == "used-file" else stack.enter_context(
+            loop_device(disk, sector_size=4096 if "4kn" in on else 512))
+        write_image(str(image), str(target))
+    run("cmp", "-n", str(size), disk, qemu_raw(image))
 
 
 def test_data_beyond_4_gib_sparse(tmp_path):
