@@ -75,7 +75,7 @@ class _StdlibReader(io.RawIOBase):
                     out = self._d.decompress(data, want)
             except (zlib.error, lzma.LZMAError) as exc:
                 raise PartitionError(f"{self._name}: corrupt {self._kind} data near compressed "
-                                     f"byte {self._consumed}: {exc}") from None
+                                     f"byte {self._consumed}: {exc}") from exc
             if out:
                 buf[: len(out)] = out
                 return len(out)
@@ -133,7 +133,7 @@ class _ZstdReader(io.RawIOBase):
             n = self._reader.readinto(buf)
         except self._error as exc:
             raise PartitionError(f"{self._name}: corrupt zstd data near compressed byte "
-                                 f"{self._frames.offset}: {exc}") from None
+                                 f"{self._frames.offset}: {exc}") from exc
         if n == 0:
             self._frames.finish()
         return n

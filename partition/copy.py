@@ -53,6 +53,7 @@ from .checksum import Expected, parse_checksum
 from .device import Target, lock_target, open_target, refuse_same_file
 from .direct import DirectWrites
 from .errors import PartitionError
+from .gpt import header_sector_size, write_empty_gpt
 from .image import Image, open_image
 from .progress import Progress, human
 from .verify import Fingerprints
@@ -62,15 +63,6 @@ SYNC_EVERY = 32 << 20     # start writeback of dirty pages after this many bytes
 QUEUE_DEPTH = 6           # chunks (of up to 4 MiB) read ahead of the writer
 ZEROING_DEPTH = 64        # zero runs waiting for the zeroing thread
 PAGE = os.sysconf("SC_PAGESIZE")   # zero runs go to that thread in whole pages (_Writer)
-GPT_SIGNATURE = b"EFI PART"
-
-
-def gpt_sector_size(head: bytes) -> int | None:
-    """The sector size an image's GPT was made for: its header sits in LBA 1."""
-    for size in (512, 4096):
-        if head[size: size + 8] == GPT_SIGNATURE:
-            return size
-    return None
 
 
 def write_image(image_spec: str, device: str, *, checksum: str | None = None,
@@ -202,7 +194,7 @@ def _refuse_misfit(image: Image, target: Target, head: bytes, pending: list) -> 
         raise PartitionError(f"{image.name}: virtual size {image.virtual_size} bytes "
                              f"({human(image.virtual_size)}) exceeds {target.path} "
                              f"({target.size} bytes)")
-    image_sector = gpt_sector_size(bytes(head[:4104]))
+    image_sector = header_sector_size(bytes(head[:4104]))
     if image_sector and image_sector != target.sector_size:
         if target.sector_size_known:
             raise PartitionError(f"{image.name}: GPT made for {image_sector}-byte sectors, but "
@@ -293,7 +285,6 @@ def wipe_disk(path: str) -> str:
 
 def _wipe(target: Target) -> str:
     """After a failure: a fresh empty partition table (the disk is blank, not a wreck)."""
-    from .gpt import write_empty_gpt
     try:
         if not target.is_block:
             target.grow_to(0)      # learn how far a file we created has grown

@@ -117,21 +117,6 @@ class Target:
             self.pwrite(memoryview(ZERO_BLOCK)[:n], offset)
             offset, length = offset + n, length - n
 
-    def zeroes_without_writing(self) -> bool:
-        """Whether ``write_zeros`` here makes a range of any length read back as zeros in
-        one call, without anyone writing zero buffers: a hole punched in a regular file,
-        or on a block device the kernel's "write zeroes" command with no fallback
-        (fallocate(PUNCH_HOLE) becomes REQ_OP_WRITE_ZEROES + BLKDEV_ZERO_NOFALLBACK, which
-        fails with EOPNOTSUPP unless the device guarantees zeros on read-back; never a
-        plain discard, which need not read back as zeros on a used disk).
-
-        Asked of the device itself, on its first logical sector: call this only once that
-        sector holds zeros already (copy.py zeroes the first MiB first), so the probe
-        changes nothing."""
-        mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-        return self.size >= self.sector_size and \
-            _libc().fallocate(self.fd, mode, 0, self.sector_size) == 0
-
     def grow_to(self, length: int) -> None:
         """A regular file: make it at least ``length`` bytes long (sparse) and update
         ``size`` to its actual length (writes past the end grow it too)."""

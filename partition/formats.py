@@ -17,7 +17,7 @@ import struct
 import zlib
 
 from .errors import PartitionError
-from .gpt import SIGNATURE as GPT_SIGNATURE
+from .gpt import SIGNATURE as GPT_SIGNATURE, header_sector_size
 
 HEAD_BYTES = 64 << 10          # what detection looks at (ISO 9660's descriptor is at 32 KiB)
 MIN_DISK = 512                 # a disk image has at least one sector
@@ -52,7 +52,7 @@ def identify(head: bytes) -> str:
 def partition_table(head: bytes) -> str | None:
     """"gpt" when LBA 1 (512 or 4096-byte sectors) holds a GPT header, "mbr" when the
     boot signature is there with at least one partition entry in use."""
-    if any(head[s: s + 8] == GPT_SIGNATURE for s in (512, 4096)):
+    if header_sector_size(head):
         return "gpt"
     if len(head) >= 512 and head[510:512] == b"\x55\xaa":
         entries = [head[446 + 16 * i: 462 + 16 * i] for i in range(4)]

@@ -85,6 +85,15 @@ class Gpt:
                         entry.first_lba, entry.last_lba, entry.attributes, encoded)
 
 
+def header_sector_size(head: bytes) -> int | None:
+    """The sector size a disk's GPT was made for, from its first bytes: the header sits in
+    LBA 1, at byte 512 or 4096. None when neither holds one."""
+    for size in (512, 4096):
+        if head[size: size + 8] == SIGNATURE:
+            return size
+    return None
+
+
 def parse_entry(array: bytes, index: int, entry_size: int = ENTRY_SIZE) -> GptEntry | None:
     type_le, unique_le, first, last, attributes, name = ENTRY.unpack_from(array, index * entry_size)
     if type_le == bytes(16):

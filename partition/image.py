@@ -134,7 +134,7 @@ def file_extents(fd: int, size: int, name: str) -> Iterator[Extent]:
                 data = os.pread(fd, n, data_at)
             except OSError as exc:
                 raise PartitionError(f"{name}: read of {n} bytes at byte {data_at} failed: "
-                                     f"{exc.strerror}") from None
+                                     f"{exc.strerror}") from exc
             if len(data) != n:
                 raise PartitionError(f"{name}: truncated while reading: ended at byte "
                                      f"{data_at + len(data)}, its length was {size} bytes")
@@ -153,7 +153,7 @@ def _seek(fd: int, offset: int, whence: int, size: int, name: str) -> int:
             return size
         if exc.errno == errno.EINVAL:
             return offset if whence == os.SEEK_DATA else size
-        raise PartitionError(f"{name}: lseek at byte {offset} failed: {exc.strerror}") from None
+        raise PartitionError(f"{name}: lseek at byte {offset} failed: {exc.strerror}") from exc
 
 
 class _Peek:

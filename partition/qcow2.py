@@ -273,7 +273,7 @@ class Qcow2:
             return data
         except OSError as exc:
             raise PartitionError(f"{self.name}: reading the {what} at byte {offset} failed: "
-                                 f"{exc.strerror}") from None
+                                 f"{exc.strerror}") from exc
 
     def _read_l1(self) -> list[int]:
         h = self.header
@@ -481,7 +481,7 @@ class Qcow2:
                 out = dctx.stream_reader(data).read(self.cluster)
         except errors as exc:
             raise PartitionError(f"{self.name}: compressed cluster at byte {coffset} (virtual "
-                                 f"byte {voff}) does not decompress: {exc}") from None
+                                 f"byte {voff}) does not decompress: {exc}") from exc
         if len(out) != self.cluster:
             raise PartitionError(f"{self.name}: compressed cluster at byte {coffset} (virtual "
                                  f"byte {voff}) holds {len(out)} bytes, not {self.cluster}")
