@@ -1,7 +1,8 @@
 """Expected image checksums and hashing while streaming.
 
 ``--checksum`` is ``ALGO:HEX`` (sha256, sha512, md5), or a checksum file or URL in the
-usual ``HEX  NAME`` form written by sha256sum (BSD ``SHA256 (NAME) = HEX`` also works).
+usual ``HEX  NAME`` form written by sha256sum (BSD ``SHA256 (NAME) = HEX`` also works, and
+a file holding one bare ``HEX`` too).
 The digest is over the image as published (the bytes of the file or download, before any
 decompression), as ironic and the *sum tools compute it.
 """
@@ -20,7 +21,9 @@ BY_LENGTH = {length: name for name, length in ALGORITHMS.items()}
 MAX_CHECKSUM_FILE = 1 << 20
 
 _SPEC = re.compile(r"^(md5|sha256|sha512):([0-9a-fA-F]+)$", re.IGNORECASE)
-_GNU_LINE = re.compile(r"^\\?([0-9a-fA-F]{32,128})\s+[* ]?(.*)$")
+# The name is optional: a file holding the digest alone is what ironic's image_checksum
+# URLs often serve (and IPA accepts), one line without a name.
+_GNU_LINE = re.compile(r"^\\?([0-9a-fA-F]{32,128})(?:\s+[* ]?(.*))?$")
 _BSD_LINE = re.compile(r"^(MD5|SHA256|SHA512)\s*\((.*)\)\s*=\s*([0-9a-fA-F]+)$", re.IGNORECASE)
 
 
@@ -56,7 +59,7 @@ def parse_checksum(spec: str, image_name: str, http_options: dict | None = None)
         if bsd:
             entries.append((bsd.group(3), bsd.group(2), bsd.group(1).lower()))
         elif gnu:
-            entries.append((gnu.group(1), gnu.group(2), None))
+            entries.append((gnu.group(1), gnu.group(2) or "", None))
     named = [e for e in entries if os.path.basename(e[1].strip().lstrip("*")) == wanted]
     chosen = named or (entries if len(entries) == 1 else [])
     if len(chosen) != 1:

@@ -190,6 +190,23 @@ def test_checksum_file_forms(gpt_image, tmp_path):
         write_image(str(gpt_image), str(tmp_path / "c.img"), checksum=_other_name_file(tmp_path))
 
 
+@pytest.mark.parametrize("algorithm", ["md5", "sha256", "sha512"])
+def test_checksum_file_with_the_digest_alone(gpt_image, tmp_path, algorithm):
+    """What IPA accepts from an image_checksum URL: the digest alone, typed by its length;
+    a wrong one is still a mismatch that leaves an empty table."""
+    digest = hashlib.new(algorithm, gpt_image.read_bytes()).hexdigest()
+    bare = tmp_path / "CHECKSUM"
+    bare.write_text(digest + "\n")
+    summary = write_image(str(gpt_image), str(tmp_path / "a.img"), checksum=str(bare))
+    assert summary["checksum"]["algorithm"] == algorithm
+    assert (tmp_path / "a.img").read_bytes()[:MiB] == gpt_image.read_bytes()[:MiB]
+    bare.write_text("0" * len(digest))
+    with disk_target(tmp_path) as dev:
+        with pytest.raises(PartitionError, match="checksum mismatch"):
+            write_image(str(gpt_image), dev, checksum=str(bare))
+        assert_not_the_image(dev, empty_table=True)
+
+
 def _other_name_file(tmp_path: Path) -> str:
     path = tmp_path / "OTHER"
     path.write_text(f"{'2' * 64}  a.raw\n{'3' * 64}  b.raw\n")
