@@ -60,6 +60,11 @@ def _libc():
     return libc
 
 
+def _libc_errno() -> int:
+    import ctypes
+    return ctypes.get_errno()
+
+
 class Target:
     """An open write target. ``size`` is the disk's size in bytes (for a regular file, its
     length); ``sector_size`` the logical sector size (512 for files unless told)."""
@@ -137,8 +142,18 @@ class Target:
         """Wait until this range is written out (bounds dirty memory; no cache flush:
         ``sync`` at the end does that)."""
         flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
-        if _libc().sync_file_range(self.fd, offset, length, flags) != 0:
-            self.sync()
+        if _libc().sync_file_range(self.fd, offset, length, flags) == 0:
+            return
+        code = _libc_errno()
+        if code in (errno.ENOSYS, errno.EINVAL, errno.ESPIPE):
+            self.sync()          # the call is not supported here: fsync does the same
+            return
+        # A write-out that failed (EIO, ENOSPC from a loop device over a full filesystem):
+        # the kernel reports it to this descriptor once, and sync_file_range has just
+        # consumed it, so the fsync that used to follow here returned 0 and the deploy
+        # went on to write the head over a disk whose pages never reached it.
+        raise PartitionError(f"{self.path}: writing out bytes {offset}-{offset + length - 1} "
+                             f"failed: {os.strerror(code)}")
 
     def sync(self) -> None:
         try:
