@@ -169,8 +169,9 @@ DRIVER = textwrap.dedent("""
         if threading.current_thread().name == "zeroing":
             calls[0] += 1
             if calls[0] == nth:
-                if action == "kill":
-                    os.kill(os.getpid(), signal.SIGKILL)
+                if action.startswith("sig"):
+                    os.kill(os.getpid(), getattr(signal, action.upper()))
+                    return real(self, offset, length)
                 from partition.errors import PartitionError
                 code = getattr(errno, action.upper())
                 raise PartitionError(f"{self.path}: zeroing {length} bytes at byte {offset} "
@@ -216,9 +217,68 @@ def test_zeroing_thread_failure_wipes_and_exits_1(gpt_image, tmp_path, error, nt
 def test_sigkill_while_the_zeroing_thread_works_leaves_no_table(gpt_image, tmp_path, nth):
     disk = used(tmp_path / "target.img", 12 * MiB)
     with loop_device(disk) as dev:
-        proc = subprocess.run([sys.executable, "-c", DRIVER, "kill", str(nth), dev, str(gpt_image)],
+        proc = subprocess.run([sys.executable, "-c", DRIVER, "sigkill", str(nth), dev, str(gpt_image)],
                               capture_output=True, timeout=120)
         assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+        assert not image_table_seen(dev)
+
+
+@pytest.mark.parametrize("nth", [1, 5, 30])
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_signal_while_the_zeroing_thread_works(gpt_image, tmp_path, signame, nth):
+    """A signal lands on the main thread while the zeroing thread is in a call. Ctrl-C
+    (SIGINT): the deploy stops, waits for that thread, wipes, and says so in one line.
+    SIGTERM ends deploy as the kernel's default does (no handler: cli.py treats it as
+    Ctrl-C for inject only): the state is a SIGKILL's, no table at all."""
+    disk = used(tmp_path / "target.img", 12 * MiB)
+    with loop_device(disk) as dev:
+        proc = subprocess.run([sys.executable, "-c", DRIVER, signame.lower(), str(nth), dev,
+                               str(gpt_image)], capture_output=True, timeout=120)
+        stderr = proc.stderr.decode()
+        assert not image_table_seen(dev)
+        if signame == "SIGTERM":
+            assert proc.returncode == -signal.SIGTERM, stderr
+            return
+        assert proc.returncode == 130, stderr
+        assert stderr == "configdrive: error: interrupted\n", stderr
+        assert "No problems found" in out("sgdisk", "-v", dev)
+
+
+def test_a_failed_deploy_drops_the_zeroing_still_queued(gpt_image, tmp_path, monkeypatch):
+    """A data write fails while zero runs wait for the zeroing thread (made slow here, as
+    a disk whose zeros the kernel writes itself is): none of the waiting runs is zeroed
+    after the failure (on such a disk each could be gigabytes written for nothing before
+    the error line); the disk is wiped."""
+    import threading
+    import time
+    import partition.copy as copy
+    from partition.device import Target
+    from partition.errors import PartitionError
+    failed = threading.Event()
+    after_failure = []
+    real_zeros, real_pwrite = Target.write_zeros, Target.pwrite
+
+    def slow_zeros(self, offset, length):
+        if threading.current_thread().name == "zeroing":
+            if failed.is_set():
+                after_failure.append(offset)
+            time.sleep(0.05)
+        return real_zeros(self, offset, length)
+
+    def failing_pwrite(self, data, offset):
+        if offset >= 6 * MiB and not failed.is_set():
+            failed.set()
+            raise PartitionError(f"{self.path}: write at byte {offset} failed: Input/output error")
+        return real_pwrite(self, data, offset)
+    monkeypatch.setattr(Target, "write_zeros", slow_zeros)
+    monkeypatch.setattr(Target, "pwrite", failing_pwrite)
+    disk = used(tmp_path / "target.img", 12 * MiB)
+    with loop_device(disk) as dev:
+        with pytest.raises(PartitionError, match="Input/output error"):
+            copy.write_image(str(gpt_image), dev)
+        monkeypatch.undo()
+        assert failed.is_set()
+        assert after_failure == [], f"zeroed after the failure at {after_failure}"
         assert not image_table_seen(dev)
 
 
