@@ -284,7 +284,12 @@ def open_target(path: str | os.PathLike, *, sector_size: int | None = None,
             target.close()
             raise
     if target.created and target.size == 0 and create_size:
-        os.ftruncate(target.fd, create_size)
+        try:
+            os.ftruncate(target.fd, create_size)
+        except OSError as exc:     # EFBIG: a qcow2 declaring a petabyte onto ext4
+            target.close()
+            raise PartitionError(f"{path}: cannot make a file of {create_size} bytes (the "
+                                 f"image's virtual size): {exc.strerror}") from exc
         target.size = create_size
     return target
 

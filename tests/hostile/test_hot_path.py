@@ -364,3 +364,29 @@ def test_device_that_loses_a_region_fails_the_deploy(full_tmpfs, tmp_path):
         outcome = run_measured("deploy", "--quiet", "--device", dev, "--image", image)
         assert_refused(outcome)
         assert not image_table_seen(dev)
+
+
+# -- a file the deploy creates (no zeroing calls at all) ----------------------------------------
+
+@pytest.mark.parametrize("declared", ["64T", "1P", "63P"])
+def test_created_file_for_a_huge_declared_size(tmp_path, declared):
+    """A qcow2 of a few hundred KiB declaring tens of terabytes to exabytes onto --create:
+    the new file is sized to the virtual size (sparse) where the filesystem allows it;
+    where it does not (EFBIG: ext4 stops at 16 TiB), the deploy is refused in one line
+    naming the file, and no file is left behind. Either way within the guards: nothing
+    is written or zeroed for the declared zeros."""
+    image = tmp_path / "huge.qcow2"
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=2M", image, declared)
+    run("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 64k", image)
+    target = tmp_path / "new.img"
+    outcome = run_measured("deploy", "--quiet", "--create", "--device", target, "--image", image)
+    virtual = int(out("qemu-img", "info", "--output=json", image).split('"virtual-size":')[1].split(",")[0])
+    if outcome.returncode == 0:
+        assert target.stat().st_size == virtual
+        assert target.stat().st_blocks * 512 < 16 * MiB          # sparse: only what was written
+        with open(target, "rb") as fp:
+            fp.seek(MiB)
+            assert fp.read(64 << 10) == b"\x5a" * (64 << 10)
+    else:
+        assert_refused(outcome, names=str(target))
+        assert not target.exists()
