@@ -139,6 +139,33 @@ def test_zero_runs_at_every_granularity_read_back_as_the_image(tmp_path, layout,
     run("cmp", "-n", str(IMAGE_SIZE), disk, ref)
 
 
+@pytest.mark.parametrize("sector", [512, 4096])
+@pytest.mark.parametrize("layout", ["512-data-512-zeros", "page-zeros-a-sector-off",
+                                    "64k-plus-a-sector-zeros"])
+def test_a_reader_during_the_deploy_sees_the_image_after_it(tmp_path, layout, sector):
+    """Another process reads the whole device over and over while the deploy writes it
+    (as udev's blkid does on a real machine): pages it caches meanwhile, between the
+    zeroing thread, the O_DIRECT writes and the page-cache writes, must not outlive the
+    deploy. With --verify our own read-back (its cache dropped) agrees, and so do `cmp`
+    through the cache and the backing file."""
+    from partition.copy import write_image
+    period, zeros, phase = LAYOUTS[layout]
+    raw = pattern_raw(tmp_path / "image.raw", IMAGE_SIZE, period, zeros, phase, seed=period)
+    image = qcow2_of(raw, 512)
+    ref = reference(image, "qcow2")
+    disk = used(tmp_path / "target.img", TARGET_SIZE)
+    with loop_device(disk, sector_size=sector) as dev:
+        reader = subprocess.Popen(["sh", "-c", f"while :; do cat {dev} > /dev/null; done"])
+        try:
+            summary = write_image(str(image), dev, verify=True)
+        finally:
+            reader.kill()
+            reader.wait()
+        assert summary["verified"]
+        run("cmp", "-n", str(IMAGE_SIZE), dev, ref)
+    run("cmp", "-n", str(IMAGE_SIZE), disk, ref)
+
+
 def test_many_tiny_zero_runs_stay_bounded(tmp_path):
     """65536 zero runs of 512 bytes between 512-byte data clusters (qcow2, 512-byte
     clusters) onto a used loop device: within the harness's hang and RSS guards, and the
