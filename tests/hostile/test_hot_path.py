@@ -189,13 +189,19 @@ def test_many_tiny_zero_runs_stay_bounded(tmp_path):
 DRIVER = textwrap.dedent("""
     import errno, os, signal, sys, threading
     from partition.device import Target
-    action, nth = sys.argv[1], int(sys.argv[2])
-    calls = [0]
+    action, nth = sys.argv[1], int(sys.argv[2])   # nth < 0: the first call past byte -nth
+    calls, fired = [0], []
     real = Target.write_zeros
+    def chosen(offset, length):
+        calls[0] += 1
+        hit = calls[0] == nth if nth > 0 else offset + length > -nth
+        if hit and not fired:
+            fired.append(offset)
+            return True
+        return False
     def write_zeros(self, offset, length):
         if threading.current_thread().name == "zeroing":
-            calls[0] += 1
-            if calls[0] == nth:
+            if chosen(offset, length):
                 if action.startswith("sig"):
                     os.kill(os.getpid(), getattr(signal, action.upper()))
                     return real(self, offset, length)
@@ -225,7 +231,9 @@ def image_table_seen(dev) -> bool:
     return GUID in probed or GUID in printed or " ROOT" in printed
 
 
-@pytest.mark.parametrize("nth", [1, 7, 40])
+# The 1st, 7th, 40th run; -7 MiB: the image's last run, in its held-back last MiB, zeroed
+# only after the checksum is proven.
+@pytest.mark.parametrize("nth", [1, 7, 40, -7 * MiB])
 @pytest.mark.parametrize("error", ["eio", "enospc"])
 def test_zeroing_thread_failure_wipes_and_exits_1(gpt_image, tmp_path, error, nth):
     disk = used(tmp_path / "target.img", 12 * MiB)
@@ -240,7 +248,7 @@ def test_zeroing_thread_failure_wipes_and_exits_1(gpt_image, tmp_path, error, nt
         assert "No problems found" in out("sgdisk", "-v", dev)
 
 
-@pytest.mark.parametrize("nth", [1, 5, 30])
+@pytest.mark.parametrize("nth", [1, 5, 30, -7 * MiB])
 def test_sigkill_while_the_zeroing_thread_works_leaves_no_table(gpt_image, tmp_path, nth):
     disk = used(tmp_path / "target.img", 12 * MiB)
     with loop_device(disk) as dev:
