@@ -129,14 +129,42 @@ def test_zero_runs_at_every_granularity_read_back_as_the_image(tmp_path, layout,
     disk = used(tmp_path / "target.img", TARGET_SIZE)
     if target == "file":
         write_image(str(image), str(disk))
-        run("cmp", "-n", str(IMAGE_SIZE), disk, ref)
-        assert disk.read_bytes()[IMAGE_SIZE:TARGET_SIZE - MiB] == b"\xff" * (TARGET_SIZE - MiB - IMAGE_SIZE)
-        return
-    with loop_as_found(disk, *TARGETS[target]) as dev:
-        write_image(str(image), dev)
-        run("cmp", "-n", str(IMAGE_SIZE), dev, ref)
-    # And past the page cache: the loop device's backing file holds the same bytes.
+    else:
+        with loop_as_found(disk, *TARGETS[target]) as dev:
+            write_image(str(image), dev)
+            run("cmp", "-n", str(IMAGE_SIZE), dev, ref)
+    # Past the page cache: the loop device's backing file holds the same bytes; past the
+    # image's end (dd semantics) the old bytes are left, up to the last MiB (zeroed).
     run("cmp", "-n", str(IMAGE_SIZE), disk, ref)
+    assert_old_bytes_past(disk, IMAGE_SIZE, TARGET_SIZE - MiB)
+
+
+def assert_old_bytes_past(disk: Path, start: int, end: int) -> None:
+    with open(disk, "rb") as fp:
+        fp.seek(start)
+        assert fp.read(end - start) == b"\xff" * (end - start), f"{disk}: changed past byte {start}"
+
+
+# A stream (stdin, gzip) is cut into zero runs by content, at 64 KiB grains; its length
+# need not be a multiple of any sector.
+@pytest.mark.parametrize("sector", [512, 4096])
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+@pytest.mark.parametrize("size", [IMAGE_SIZE, IMAGE_SIZE + 100, IMAGE_SIZE - 4095])
+@pytest.mark.parametrize("layout", ["page-zeros-a-sector-off", "64k-less-a-sector-zeros",
+                                    "64k-plus-a-sector-zeros", "64k-plus-a-sector-data"])
+def test_streams_onto_a_used_loop_device(tmp_path, layout, size, compression, sector):
+    import gzip
+    period, zeros, phase = LAYOUTS[layout]
+    raw = pattern_raw(tmp_path / "image.raw", size, period, zeros, phase, seed=size)
+    data = raw.read_bytes()
+    disk = used(tmp_path / "target.img", TARGET_SIZE)
+    with loop_device(disk, sector_size=sector) as dev:
+        outcome = run_measured("deploy", "--quiet", "--device", dev, "--image", "-",
+                               input=gzip.compress(data, 1) if compression == "gzip" else data)
+        assert outcome.returncode == 0, outcome.stderr
+        run("cmp", "-n", str(size), dev, raw)
+    run("cmp", "-n", str(size), disk, raw)
+    assert_old_bytes_past(disk, size, TARGET_SIZE - MiB)
 
 
 @pytest.mark.parametrize("sector", [512, 4096])
