@@ -453,3 +453,48 @@ def test_created_file_for_a_huge_declared_size(tmp_path, declared):
     else:
         assert_refused(outcome, names=str(target))
         assert not target.exists()
+
+
+# -- O_DIRECT refused part-way -----------------------------------------------------------------
+
+@pytest.mark.parametrize("sector", [512, 4096])
+@pytest.mark.parametrize("refused_at", [0, 1, 2, 4])
+@pytest.mark.parametrize("layout", ["page-zeros-a-sector-off", "64k-plus-a-sector-data"])
+def test_o_direct_refused_part_way(tmp_path, monkeypatch, layout, refused_at, sector):
+    """The device refuses O_DIRECT (EINVAL, nothing written, as a device-mapper stack with
+    a larger alignment than its logical sector does) at open (0) or at the n-th direct
+    write: that piece and the rest go through the page cache, beside the zeroing thread;
+    the disk equals qemu-img's conversion and no direct write follows the refusal."""
+    import fcntl
+    import os
+    import partition.direct as direct
+    from partition.copy import write_image
+    from partition.device import Target
+    from partition.errors import PartitionError
+    period, zeros, phase = LAYOUTS[layout]
+    raw = pattern_raw(tmp_path / "image.raw", IMAGE_SIZE, period, zeros, phase, seed=period)
+    image = qcow2_of(raw, 4096)
+    ref = reference(image, "qcow2")
+    direct_writes = []
+    real_open, real_pwrite = os.open, Target.pwrite
+
+    def refusing_open(path, flags, *mode):
+        if flags & os.O_DIRECT and refused_at == 0:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *mode)
+
+    def refusing_pwrite(self, data, offset):
+        if fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_DIRECT:
+            direct_writes.append(offset)
+            if len(direct_writes) == refused_at:
+                raise PartitionError("refused") from OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(self, data, offset)
+    monkeypatch.setattr(direct.os, "open", refusing_open)
+    monkeypatch.setattr(Target, "pwrite", refusing_pwrite)
+    disk = used(tmp_path / "target.img", TARGET_SIZE)
+    with loop_device(disk, sector_size=sector) as dev:
+        write_image(str(image), dev)
+        monkeypatch.undo()
+        run("cmp", "-n", str(IMAGE_SIZE), dev, ref)
+    run("cmp", "-n", str(IMAGE_SIZE), disk, ref)
+    assert len(direct_writes) == refused_at, direct_writes
