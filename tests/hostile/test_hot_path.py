@@ -263,9 +263,10 @@ def image_table_seen(dev) -> bool:
 # only after the checksum is proven.
 @pytest.mark.parametrize("nth", [1, 7, 40, -7 * MiB])
 @pytest.mark.parametrize("error", ["eio", "enospc"])
-def test_zeroing_thread_failure_wipes_and_exits_1(gpt_image, tmp_path, error, nth):
+@pytest.mark.parametrize("target", ["loop", "file"])
+def test_zeroing_thread_failure_wipes_and_exits_1(gpt_image, tmp_path, error, nth, target):
     disk = used(tmp_path / "target.img", 12 * MiB)
-    with loop_device(disk) as dev:
+    with (loop_device(disk) if target == "loop" else contextlib.nullcontext(str(disk))) as dev:
         proc = subprocess.run([sys.executable, "-c", DRIVER, error, str(nth), dev, str(gpt_image)],
                               capture_output=True, timeout=120)
         stderr = proc.stderr.decode()
