@@ -432,11 +432,11 @@ class _Background:
         self._queue.put(item)
 
     def close(self, discard: bool = False) -> None:
-        """Wait for the items submitted; with ``discard``, only for the one in progress:
-        after a failed deploy the zero runs still queued (up to ZEROING_DEPTH of them,
-        each as long as the image declares) were all zeroed before the error line and the
-        wipe, on a disk whose zeros the kernel writes itself gigabytes of writes for a
-        disk about to be wiped."""
+        """Wait for the items submitted; with ``discard``, only for the one in progress.
+        Why: after a failed deploy, the zero runs still queued (up to ZEROING_DEPTH, each
+        as long as the image declares) used to be zeroed before the error line and the
+        wipe; on a disk whose zeros the kernel writes itself, that can be gigabytes
+        written to a disk about to be wiped."""
         self._discard = self._discard or discard
         self._queue.put(None)
         self._thread.join()

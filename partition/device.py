@@ -60,11 +60,6 @@ def _libc():
     return libc
 
 
-def _libc_errno() -> int:
-    import ctypes
-    return ctypes.get_errno()
-
-
 class Target:
     """An open write target. ``size`` is the disk's size in bytes (for a regular file, its
     length); ``sector_size`` the logical sector size (512 for files unless told)."""
@@ -144,7 +139,8 @@ class Target:
         flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
         if _libc().sync_file_range(self.fd, offset, length, flags) == 0:
             return
-        code = _libc_errno()
+        import ctypes
+        code = ctypes.get_errno()
         if code in (errno.ENOSYS, errno.EINVAL, errno.ESPIPE):
             self.sync()          # the call is not supported here: fsync does the same
             return
