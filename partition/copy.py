@@ -142,7 +142,7 @@ def copy_image(image: Image, target: Target, *, expected: Expected | None = None
         reader.stop()
         if writer is not None:
             try:
-                writer.stop()          # its error, if any, is this one's consequence
+                writer.stop(discard=True)   # its error, if any, is this one's consequence
             except BaseException:
                 pass
         if touched and not preserve_on_error:
@@ -367,16 +367,17 @@ class _Writer:
         self._flush_zeros()
         self.stop()
 
-    def stop(self) -> None:
+    def stop(self, discard: bool = False) -> None:
         """Wait for both threads (even when the first raises); raise the first error.
-        The O_DIRECT descriptor is closed too (opened again by a later write)."""
+        The O_DIRECT descriptor is closed too (opened again by a later write). With
+        ``discard`` (the deploy failed) the work still queued is dropped, not done."""
         self._data.close()
         workers = [w for w in (self._zeroing, self._writeback) if w is not None]
         self._zeroing = self._writeback = None
         error = None
         for worker in workers:
             try:
-                worker.close()
+                worker.close(discard)
             except BaseException as exc:
                 error = error or exc
         if error is not None:
@@ -421,7 +422,7 @@ class _Background:
     next ``submit`` or by ``close``); the items after it are dropped."""
 
     def __init__(self, job, depth: int, name: str):
-        self._job, self._error = job, None
+        self._job, self._error, self._discard = job, None, False
         self._queue: queue.Queue = queue.Queue(depth)
         self._thread = threading.Thread(target=self._run, daemon=True, name=name)
         self._thread.start()
@@ -430,7 +431,13 @@ class _Background:
         self._raise()
         self._queue.put(item)
 
-    def close(self) -> None:
+    def close(self, discard: bool = False) -> None:
+        """Wait for the items submitted; with ``discard``, only for the one in progress.
+        Why: after a failed deploy, the zero runs still queued (up to ZEROING_DEPTH, each
+        as long as the image declares) used to be zeroed before the error line and the
+        wipe; on a disk whose zeros the kernel writes itself, that can be gigabytes
+        written to a disk about to be wiped."""
+        self._discard = self._discard or discard
         self._queue.put(None)
         self._thread.join()
         self._raise()
@@ -442,7 +449,7 @@ class _Background:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            if self._error is None:
+            if self._error is None and not self._discard:
                 try:
                     self._job(item)
                 except BaseException as exc:     # handed to the submitter, which raises it

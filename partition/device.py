@@ -137,8 +137,19 @@ class Target:
         """Wait until this range is written out (bounds dirty memory; no cache flush:
         ``sync`` at the end does that)."""
         flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
-        if _libc().sync_file_range(self.fd, offset, length, flags) != 0:
-            self.sync()
+        if _libc().sync_file_range(self.fd, offset, length, flags) == 0:
+            return
+        import ctypes
+        code = ctypes.get_errno()
+        if code in (errno.ENOSYS, errno.EINVAL, errno.ESPIPE):
+            self.sync()          # the call is not supported here: fsync does the same
+            return
+        # A write-out that failed (EIO, ENOSPC from a loop device over a full filesystem):
+        # the kernel reports it to this descriptor once, and sync_file_range has just
+        # consumed it, so the fsync that used to follow here returned 0 and the deploy
+        # went on to write the head over a disk whose pages never reached it.
+        raise PartitionError(f"{self.path}: writing out bytes {offset}-{offset + length - 1} "
+                             f"failed: {os.strerror(code)}")
 
     def sync(self) -> None:
         try:
@@ -269,7 +280,12 @@ def open_target(path: str | os.PathLike, *, sector_size: int | None = None,
             target.close()
             raise
     if target.created and target.size == 0 and create_size:
-        os.ftruncate(target.fd, create_size)
+        try:
+            os.ftruncate(target.fd, create_size)
+        except OSError as exc:     # EFBIG: a qcow2 declaring a petabyte onto ext4
+            target.close()
+            raise PartitionError(f"{path}: cannot make a file of {create_size} bytes (the "
+                                 f"image's virtual size): {exc.strerror}") from exc
         target.size = create_size
     return target
 
