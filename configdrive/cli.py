@@ -349,7 +349,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     drive = args.config_drive or (content_from_args(args) if has_content_options(args) else None)
     http = {k: v for k, v in (("deadline", args.http_deadline), ("retries", args.http_retries))
             if v is not None}
-    with _log_to_stderr(args):
+    # SIGTERM (systemd stopping the agent, ironic's abort) as Ctrl-C: without a handler
+    # the process dies with the disk in a SIGKILL's state (no table, no line saying why);
+    # with one, the copy and the placement wipe the disk and the error says so.
+    with _log_to_stderr(args), _sigterm_as_interrupt():
         summary = deploy(args.device, args.image, checksum=args.checksum, drive=drive,
                          preserve_on_error=args.preserve_on_error, verify=args.verify, quiet=args.quiet,
                          create=args.create, image_format=args.image_format, http_options=http,
@@ -419,7 +422,8 @@ def _log_to_stderr(args: argparse.Namespace) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM treated like Ctrl-C, so that an injection's teardown still runs."""
+    """SIGTERM treated like Ctrl-C, so that an injection's teardown and a failed deploy's
+    wipe still run."""
     import signal
     import threading
     if threading.current_thread() is not threading.main_thread():

@@ -91,4 +91,10 @@ def _deploy(device, image, checksum, drive, preserve_on_error, verify, quiet, pr
         # the drive not placed): as after a failed copy, leave no disk that boots.
         kind = ConfigDriveError if isinstance(exc, ConfigDriveError) else PartitionError
         raise kind(f"{exc} ({wipe_disk(str(device))})") from exc
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM (the command turns it into this) while the drive goes in: the
+        # job is not done, so no disk that boots without its drive either.
+        if image is not None and not preserve_on_error:
+            log.info(wipe_disk(str(device)))
+        raise
     return summary
