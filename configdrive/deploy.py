@@ -84,17 +84,16 @@ def _deploy(device, image, checksum, drive, preserve_on_error, verify, quiet, pr
             # No drive, but the image's GPT still has to fit this disk (backup at its end).
             from .placement import refresh_disk
             summary["table"] = refresh_disk(device)
-    except (ConfigDriveError, PartitionError) as exc:
+    except (ConfigDriveError, PartitionError, KeyboardInterrupt) as exc:
         if image is None or preserve_on_error:
             raise
-        # The image is down but the job failed (its table refused once read back whole,
-        # the drive not placed): as after a failed copy, leave no disk that boots.
+        # The image is down but the job failed or was stopped (its table refused once read
+        # back whole, the drive not placed, Ctrl-C or SIGTERM, which the command turns into
+        # KeyboardInterrupt): as after a failed copy, leave no disk that boots.
+        note = wipe_disk(str(device))
+        if isinstance(exc, KeyboardInterrupt):
+            log.info(note)
+            raise
         kind = ConfigDriveError if isinstance(exc, ConfigDriveError) else PartitionError
-        raise kind(f"{exc} ({wipe_disk(str(device))})") from exc
-    except KeyboardInterrupt:
-        # Ctrl-C or SIGTERM (the command turns it into this) while the drive goes in: the
-        # job is not done, so no disk that boots without its drive either.
-        if image is not None and not preserve_on_error:
-            log.info(wipe_disk(str(device)))
-        raise
+        raise kind(f"{exc} ({note})") from exc
     return summary

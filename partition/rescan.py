@@ -31,7 +31,7 @@ from pathlib import Path
 from .device import busy_reasons, sys_block
 from .errors import PartitionError
 from .tables import Partition
-from .tools import run, which
+from .tools import udev_settle
 
 # <linux/fs.h>, <linux/blkpg.h>
 BLKRRPART = 0x125F
@@ -91,7 +91,9 @@ def reread(disk: str, fd: int, partitions: list[Partition], want: Partition | No
             result.notes.append(f"{disk}: BLKRRPART failed ({error.strerror}); adding partitions with BLKPG")
         result.method = "BLKPG"
         _blkpg_add_missing(disk, fd, partitions, result.notes)
-    _settle(result.notes)
+    why = udev_settle(30)
+    if why:
+        result.notes.append(f"{why}: /dev/disk/by-* links for the new partitions may be missing")
     if want is not None:
         result.node = _wait_for_node(disk, want, retries, delay)
         if result.node is None:
@@ -205,17 +207,6 @@ def _openers(disk: str, partitions: set[str]) -> list[str]:
         if reason not in found:
             found.append(reason)
     return found
-
-
-def _settle(notes: list[str]) -> None:
-    exe = which("udevadm")
-    if not Path("/run/udev/control").exists() or exe is None:
-        # devtmpfs still makes the partition nodes; only udev's links are missing.
-        notes.append("udev is not running: no /dev/disk/by-* links for the new partitions")
-        return
-    proc = run(exe, ["settle", "--timeout=30"])
-    if proc.returncode != 0:
-        notes.append("udevadm settle timed out; device links may appear later")
 
 
 def _wait_for_node(disk: str, want: Partition, retries: int, delay: float) -> str | None:

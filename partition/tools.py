@@ -42,6 +42,17 @@ def run(exe: str, args: Sequence[str], *, input: bytes | None = None,
     return _run_capped([exe, *args], input, pass_fds, max_stdout)
 
 
+def udev_settle(timeout: int) -> str | None:
+    """Wait until udev has handled the kernel's device events (the /dev/disk/by-* links of
+    new or removed nodes); None once it has, else why the links may be missing."""
+    exe = which("udevadm")
+    if exe is None or not os.path.exists("/run/udev/control"):
+        return "udev is not running"   # devtmpfs still makes the nodes, not udev's links
+    if run(exe, ["settle", f"--timeout={timeout}"]).returncode != 0:
+        return "udevadm settle timed out"
+    return None
+
+
 def failure(cmd: Sequence[str], proc: subprocess.CompletedProcess) -> str:
     """How a failed tool is reported: ``COMMAND: exited N (LAST STDERR LINE)``."""
     why = proc.stderr.decode(errors="replace").strip().splitlines()

@@ -8,7 +8,7 @@ import subprocess
 import time
 from typing import Callable, TypeVar
 
-from partition.tools import failure, run, which
+from partition.tools import failure, run, udev_settle, which
 
 from ..errors import ConfigDriveError
 
@@ -54,10 +54,8 @@ def retry(action: Callable[[], T], what: str, attempts: int = 10, delay: float =
 
 
 def settle() -> None:
-    """Let udev finish creating or removing device nodes."""
-    exe = which("udevadm")
-    if exe:
-        run(exe, ["settle", "--timeout=5"])
+    """Let udev finish creating or removing device nodes (no wait where it does not run)."""
+    udev_settle(5)
 
 
 def wait_for(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
