@@ -198,7 +198,8 @@ def test_deep_nesting_is_refused_within_the_guards(tmp_path, depth, bracket):
     opening, closing = ("[" * depth, "]" * depth) if bracket == "[]" else ('{"a":' * depth, "}" * depth)
     path = tmp_path / "vendor_data.json"
     path.write_text("{\"x\": " + opening + inner + closing + "}")
-    refused("build", "-o", tmp_path / "d.iso", "--vendor-data", path, names=f"{path}: JSON nested deeper")
+    line = refused("build", "-o", tmp_path / "d.iso", "--vendor-data", path, names=f"{path}: byte ")
+    assert "JSON nested deeper than 64 levels" in line
 
 
 # -- text from the document in messages ---------------------------------------------------
