@@ -133,7 +133,8 @@ def content_ref_findings(doc: Any, present: set[str] | frozenset[str]) -> list[F
                  for i, e in enumerate(doc["files"]) if isinstance(e, dict)]
     if isinstance(doc.get("network_config"), dict):
         refs.append(("/network_config/content_path", doc["network_config"].get("content_path")))
-    return [Finding(ptr, f"{ref!r}: no such file on the drive (looked for openstack/{ref.strip('/')})")
+    return [Finding(ptr, f"{ref!r} climbs out of the drive's openstack/ ('..')" if ".." in ref.split("/") else
+                    f"{ref!r}: no such file on the drive (looked for openstack/{ref.strip('/')})")
             for ptr, ref in refs
             if isinstance(ref, str) and ref.strip("/") and ref.strip("/") not in present]
 

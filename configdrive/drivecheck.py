@@ -67,7 +67,7 @@ def validate_drive(drive: Drive) -> list[Problem]:
 
     under_openstack = frozenset(rel.removeprefix("openstack/") for rel in tree if rel.startswith("openstack/"))
     # Most version directories hold the same bytes: each distinct file is checked once
-    # (what validate_bytes finds does not depend on where the bytes are, only the name).
+    # (what its checks find does not depend on where the bytes are, only the name).
     checked: dict[tuple[str, bytes], list[Problem]] = {}
     for rel, data in tree.items():
         parts = rel.split("/")
@@ -80,11 +80,11 @@ def validate_drive(drive: Drive) -> list[Problem]:
                                     "JSON reader rejects"))
             data = data[len(UTF8_BOM):]
         if (kind, data) not in checked:
-            checked[kind, data] = validate_bytes(kind, data, "")
+            found = validate_bytes(kind, data, "")
+            if kind == "meta_data":
+                found += problems_at("", checks.content_ref_findings(parsed_or_none(data), under_openstack))
+            checked[kind, data] = found
         problems += [replace(problem, source=where(rel)) for problem in checked[kind, data]]
-        if kind == "meta_data":
-            doc = parsed_or_none(data)
-            problems += problems_at(where(rel), checks.content_ref_findings(doc, under_openstack))
 
     problems += _repeated_seed_problems(tree, versions, where)
     chosen = cloud_init_version(versions)

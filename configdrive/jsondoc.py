@@ -4,6 +4,7 @@ column."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from typing import Any
@@ -57,9 +58,14 @@ def parse_json(data: bytes, source: str) -> Any:
 
 def parsed_or_none(data: bytes | None) -> Any:
     """The JSON document in ``data``, or None when there is none or it does not parse: for
-    checks and lints that read a drive's document whose own validation reports it."""
-    if data is None:
-        return None
+    checks and lints that read a drive's document whose own validation reports it. The
+    same bytes are parsed once (a drive holds a copy in every version directory, and
+    several checks read each): callers read the document and never change it."""
+    return None if data is None else _parsed_or_none(data)
+
+
+@functools.lru_cache(maxsize=16)
+def _parsed_or_none(data: bytes) -> Any:
     try:
         return parse_json(data, "")
     except ConfigDriveError:

@@ -403,11 +403,10 @@ def test_build_validates_by_default_and_no_validate_skips(tmp_path):
     proc = configdrive("build", "-o", out, "--network-data", net, "--file", f"etc/x={net}", check=False)
     assert proc.returncode == 1
     assert not out.exists()
-    assert proc.stderr.decode().splitlines() == [
-        "configdrive: error: network_data: /networks/0/ip_address: '10.0.0.300' is not an IP address",
-        "configdrive: error: network_data: /networks/0/link: names no link: no link has id 'e0'",
-        "configdrive: error: files: /0/path: 'etc/x' is not an absolute path",
-    ]
+    assert proc.stderr.decode().splitlines() == [   # one line, every error named
+        "configdrive: error: network_data: /networks/0/ip_address: '10.0.0.300' is not an IP address; "
+        "network_data: /networks/0/link: names no link: no link has id 'e0'; "
+        "files: /0/path: 'etc/x' is not an absolute path"]
     skipped = configdrive("build", "-o", out, "--network-data", net, "--file", f"etc/x={net}", "--no-validate",
                           check=False)
     # past validation: whatever happens next is the image writer's business, not a validation error
