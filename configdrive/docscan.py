@@ -208,15 +208,16 @@ class _YamlScan:
                                              self.blocks[-1][0] if self.blocks else -1, header.group())
                 return
             else:
-                self.node(_BLOCK_PLAIN)
+                # before its line's ": ", a flow collection may be a key: one level deeper
+                self.node(_BLOCK_PLAIN, len(self.blocks) + (not key_seen))
             self.pos = _SPACES.match(data, self.pos).end()
 
-    def node(self, plain: re.Pattern) -> None:
-        """One node at ``pos``: a flow collection, a quoted or plain scalar, or an anchor,
-        tag or alias before one."""
+    def node(self, plain: re.Pattern, levels: int = 0) -> None:
+        """One node at ``pos`` below ``levels`` open collections: a flow collection, a
+        quoted or plain scalar, or an anchor, tag or alias before one."""
         data, char = self.data, self.data[self.pos]
         if char in b"[{":
-            self.flow()
+            self.flow(levels)
         elif char in b"\"'":
             match = (_DOUBLE_QUOTED if char == ord('"') else _SINGLE_QUOTED).match(data, self.pos)
             self.counter.value(self.pos)
@@ -230,10 +231,10 @@ class _YamlScan:
             self.counter.value(self.pos)
             self.pos = match.end() if match else self.pos + 1
 
-    def flow(self) -> None:
+    def flow(self, base: int) -> None:
         """A flow collection from its ``[`` or ``{`` to the bracket that closes it, across
-        lines; comments and quoted scalars in it are skipped."""
-        data, counter, base = self.data, self.counter, len(self.blocks)
+        lines, below ``base`` levels; comments and quoted scalars in it are skipped."""
+        data, counter = self.data, self.counter
         depth = 0
         while self.pos < len(data):
             char = data[self.pos]
