@@ -161,7 +161,9 @@ class _YamlScan:
                 break
             marker = _DOCUMENT_MARKER.match(data, self.pos) or _DIRECTIVE.match(data, self.pos)
             if marker:
-                self.blocks.clear()     # a new document: its structure starts afresh
+                # a new document, its structure afresh; "---" lines alone are empty documents
+                self.blocks.clear()
+                self.counter.value(self.pos)
                 self.pos = _SPACES.match(data, marker.end()).end()
             else:
                 self.pos = _INDENT.match(data, self.pos).end()
@@ -254,7 +256,8 @@ class _YamlScan:
                 newline = data.find(b"\n", self.pos)
                 self.pos = newline if newline >= 0 else len(data)
             elif char == ord(":") or char == ord("?") and data[self.pos + 1:self.pos + 2] in _BLANK:
-                self.pos += 1      # a value or an explicit key follows
+                counter.value(self.pos)     # a pair: "[: , : ]" is a list of {null: null}
+                self.pos += 1
             else:
                 self.node(_FLOW_PLAIN)
 

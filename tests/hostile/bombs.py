@@ -42,6 +42,8 @@ def yaml_bombs(size: int = 4 * MiB) -> dict[str, bytes]:
         "flow-mappings-deep": b"version: 2\nx: " + b"{a: " * (size // 5) + b"b" + b"}" * (size // 5) + b"\n",
         "flow-long": _fill(b"version: 2\nx: [", b"a", b"]\n", size),
         "flow-empty-maps": _fill(b"version: 2\nx: [", b"{}", b"]\n", size),
+        "flow-empty-pairs": _fill(b"version: 2\nx: [", b":", b"]\n", size),     # each {null: null}
+        "empty-documents": b"version: 2\n" + b"---\n" * (size // 4),
         "block-mappings-deep": b"version: 2\n" + b"".join(b" " * i + b"a:\n" for i in range(depth)),
         "block-sequences-deep": b"version: 2\nx:\n" + b"".join(b" " * (i + 1) + b"-\n" for i in range(depth)),
         "compact-sequences-deep": b"version: 2\nx: \n" + b"- " * (size // 2) + b"x\n",
