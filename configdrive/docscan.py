@@ -10,7 +10,8 @@ MiB to build; 40 KB of ``[`` as a network-config kept PyYAML's scanner busy for 
 costs one regular-expression match per token, and stops at the first value over a limit.
 
 The limits are far beyond any real metadata document and low enough that everything
-downstream stays within seconds and a few hundred MiB (docs/THREATS.md, "Metadata JSON"):
+downstream stays within seconds and a few hundred MiB (docs/THREATS.md, "Documents:
+depth and values against bytes"):
 
 - depth 64: nova's documents nest 4 levels (network_data.json: /networks/0/routes/0/...),
   a cloud-config in an ironic object a few more; every walker recurses per level.
@@ -22,8 +23,10 @@ downstream stays within seconds and a few hundred MiB (docs/THREATS.md, "Metadat
   ``validate`` and ``build`` check one by one: a drive's 64 MiB could hold 55 distinct
   documents at the limit above, a minute of checks.
 
-The scan is exact for well-formed documents; for a broken one it may count a little more
-or stop early (at an unterminated string), and the parser then reports the syntax error.
+The scan never counts fewer levels or values than the parser builds (tests/fuzz/
+test_docscan.py): JSON levels exactly; YAML a level more where a collection may be a key,
+and keys and pairs as values. For a broken document it may count more, or stop at an
+unterminated string; the parser then reports the syntax error.
 """
 
 from __future__ import annotations
