@@ -70,6 +70,9 @@ def check_yaml(data: bytes, source: str) -> None:
 
 
 class _Counter:
+    """Values and the depth open now; ``deepest`` is what the property tests compare with
+    the parsers' results."""
+
     def __init__(self, language: str, source: str, offset: int = 0):
         self.language, self.source, self.offset = language, source, offset
         self.depth = self.values = self.deepest = 0
