@@ -166,6 +166,16 @@ def test_a_block_scalar_ends_where_pyyaml_ends_it():
     assert counter.deepest == 2 + 4
 
 
+@pytest.mark.parametrize("text", [
+    b"a: b\n  \"\nc: [[[[x]]]]\nd: \"\n",               # the quote is more of the plain 'b'
+    b"x: [a\n  \", b, [[[[x]]]], \"c\"]\n",              # the same in flow context
+    b"x: [[['\n]]]' , [[[[x]]]]]]]\n",                   # closers inside a quoted scalar
+], ids=["block", "flow", "closers-quoted"])
+def test_quotes_hide_no_nesting(text):
+    """What PyYAML reads as structure after a quote is counted, wherever the quote is."""
+    assert counted(docscan.check_yaml, text).deepest >= 4
+
+
 # -- bombs within the caps, through every entry point that reads a document ------------------
 
 CPU_BOUND = 10.0

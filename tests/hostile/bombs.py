@@ -52,6 +52,10 @@ def yaml_bombs(size: int = 4 * MiB) -> dict[str, bytes]:
         # the same nesting with line breaks only YAML knows (PyYAML breaks lines there too)
         "line-separators-deep": b"version: 2\n" + b"".join(b" " * i + b"a:\xe2\x80\xa8" for i in range(depth)),
         "carriage-returns-deep": b"version: 2\r" + b"".join(b" " * i + b"a:\r" for i in range(depth)),
+        # a quote that is more of a plain scalar for PyYAML, hiding the nesting after it
+        # from a scan that took it for a quoted scalar
+        "quote-in-plain-block": b"version: 2\na: b\n  \"\nc: " + b"[" * 40_000 + b"]" * 40_000 + b"\nd: \"\n",
+        "quote-in-plain-flow": b"version: 2\nx: [a\n  \", b, " + b"[" * 40_000 + b"]" * 40_000 + b", \"c\"]\n",
         "alias-laughs": b"a: &a [x, x, x, x, x, x, x, x, x]\n" + b"".join(
             b"%c: &%c [*%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c]\n" % ((c, c) + (c - 1,) * 9)
             for c in range(ord("b"), ord("j"))) + b"version: 2\n",
