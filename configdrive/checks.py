@@ -242,7 +242,7 @@ def _interface_problem(value: str, family: int) -> str | None:
 def _netmask_problem(value: str, family: int) -> str | None:
     """A mask in address form (255.255.255.0, ffff:ffff::) or a prefix length."""
     bits = 32 if family == 4 else 128
-    if value.isdigit():
+    if value.isascii() and value.isdigit():   # "²".isdigit() is true, int() refuses it
         return None if int(value) <= bits else f"{value!r} is not a prefix length (0 to {bits})"
     try:
         mask = ipaddress.ip_address(value)

@@ -32,7 +32,8 @@ def problems_at(source: str, findings: Iterable[Finding]) -> list[Problem]:
 
 def pointer_key(pointer: str) -> list[tuple[int, int, str]]:
     # /links/10 after /links/9: compare list indexes as numbers
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in pointer.split("/")[1:]]
+    # isascii: "¹".isdigit() is true and int() refuses it
+    return [(0, int(p), "") if p.isascii() and p.isdigit() else (1, 0, p) for p in pointer.split("/")[1:]]
 
 
 def refusal(source: str, exc: ConfigDriveError) -> Problem:

@@ -432,3 +432,16 @@ def test_help_does_not_import_jsonschema():
     import subprocess, sys
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
     assert proc.returncode == 0, proc.stderr.decode()
+
+
+def test_digits_python_reads_as_digits_but_int_refuses_are_no_crash():
+    """"²".isdigit() is true and int("²") a ValueError: as a netmask and as a key in a
+    pointer they are findings, not tracebacks (found by tests/fuzz's json target)."""
+    net = {"links": [{"id": "e", "type": "phy", "ethernet_mac_address": "fa:16:3e:00:00:01"}],
+           "networks": [{"id": "n", "link": "e", "type": "ipv4", "ip_address": "10.0.0.2", "netmask": "²"}],
+           "services": []}
+    assert [str(p) for p in validate.validate_bytes("network_data", json.dumps(net).encode(), "n")] == [
+        "n: /networks/0/netmask: '²' is not a netmask"]
+    found = validate.validate_bytes("meta_data", json.dumps({"uuid": UUID, "public_keys": {"¹": 1, "2": 2}}).encode(),
+                                    "m")
+    assert [p.pointer for p in found] == ["/public_keys/2", "/public_keys/¹"]
