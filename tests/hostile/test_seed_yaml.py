@@ -105,3 +105,15 @@ def test_a_large_real_network_config_still_builds_and_validates(tmp_path):
         outcome = run_measured(*args)
         assert outcome.returncode == 0 and "error" not in outcome.stderr, (args, outcome.stderr)
         assert outcome.cpu < CPU_BOUND and outcome.peak_rss < RSS_GUARD, args
+
+
+@pytest.mark.parametrize("name", ["flow-open", "block-many-keys", "quote-in-plain-block"])
+def test_deploy_and_inject_refuse_yaml_bombs_before_touching_the_target(tmp_path, name):
+    config = tmp_path / "network-config"
+    config.write_bytes(YAML_BOMBS[name])
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(range(256)) * 4096)
+    for command in (("deploy", "--device", disk), ("inject", disk)):
+        line = refused(*command, "--hostname", "h", "--network-config", config, watch=[disk, config],
+                       names=f"{config}: ")
+        assert any(reason in line for reason in REFUSED_BY_COUNT), line
