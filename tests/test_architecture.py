@@ -180,7 +180,7 @@ def test_readme_layout_matches_the_tree():
 # docs/ARCHITECTURE.md's layers of configdrive/, bottom up: a module imports only modules
 # of its own layer or an earlier one.
 LAYERS = [
-    "errors jsondoc drivefiles",
+    "errors jsondoc drivefiles version",
     "checks problems schema content",
     "layout nocloud remaster inputs",
     "iso isonames isoreader vfat fatgeometry fatnames fatreader pack",
