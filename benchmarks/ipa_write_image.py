@@ -8,7 +8,14 @@ loop device, each through IPA's real deploy step (tests/ipa_agent.py in .peers/i
 Per run: wall time of the agent process, its peak RSS (wait4, children included, so
 qemu-img counts for IPA), and the peak temporary space: each run gets a fresh tmpfs as
 its TMPDIR (a ramdisk's /tmp is RAM too), whose use is sampled every 20 ms. Needs root
-(loop device, mount) and the IPA venv (scripts/install.sh).
+(loop device, mount) and the IPA venv (scripts/install.sh test).
+
+Both download a qcow2 whole first (IPA to its cache, verified; we likewise, since qcow2
+needs random access); IPA then runs `qemu-img convert -t directsync -S 0`, which writes
+every block, zeros included, with O_DSYNC, while we zero runs of zeros with one call and
+flush three times. Our writer runs inside the agent's process, hence its higher RSS. A
+raw image is streamed by both (IPA with ironic's default `stream_raw_images`), with no
+temporary space.
 """
 
 from __future__ import annotations
@@ -95,7 +102,7 @@ def main() -> int:
     ap.add_argument("--one", choices=["ours", "ipa"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not AGENT_PYTHON.exists():
-        raise SystemExit(f"{AGENT_PYTHON} is missing: run scripts/install.sh")
+        raise SystemExit(f"{AGENT_PYTHON} is missing: run scripts/install.sh test")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ipa-bench-"))
     www = work / "www"
     www.mkdir(parents=True, exist_ok=True)

@@ -39,10 +39,11 @@ _CLOCK_LOCK = threading.Lock()
 # -- writing -------------------------------------------------------------------------
 
 def write(tree: Mapping[str, bytes], out: BinaryIO, *, label: str = "config-2",
-          epoch: int | None = None, publisher: str = PUBLISHER) -> None:
+          epoch: int | None = None, publisher: str = PUBLISHER, application: str = APPLICATION) -> None:
     """Write ``tree`` ({relative POSIX path: bytes}, files only) as an ISO 9660 image with
     Joliet and Rock Ridge 1.09 to ``out``, volume label ``label``, publisher identifier
-    ``publisher`` (nova writes "OpenStack Nova X.Y.Z" there).
+    ``publisher`` (nova writes "OpenStack Nova X.Y.Z" there) and application identifier
+    ``application``.
 
     With ``epoch`` (SOURCE_DATE_EPOCH) every date in the image is that instant, so equal
     inputs give byte-identical images; without it, the current time. Dates are UTC.
@@ -67,7 +68,7 @@ def write(tree: Mapping[str, bytes], out: BinaryIO, *, label: str = "config-2",
         # genisoimage does not; level 4 is only needed to let lowercase and "." pass
         # its name checks, so it is raised after the descriptors exist.
         iso.new(interchange_level=3, vol_ident=label, pub_ident_str=publisher,
-                app_ident_str=APPLICATION, joliet=3, rock_ridge="1.09")
+                app_ident_str=application, joliet=3, rock_ridge="1.09")
         iso.interchange_level = 4
         for path in sorted(dirs, key=_depth_first):
             iso.add_directory(primary[path], rr_name=_basename(path), joliet_path=joliet[path])

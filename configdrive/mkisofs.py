@@ -113,13 +113,14 @@ def _raise(exc: OSError) -> None:
 def make_image(options: dict[str, str]) -> None:
     from . import iso
     from .builder import source_date_epoch
+    from .version import version
     tree = read_source_tree(options["source"])   # everything read before the output is touched
     output = Path(options["output"])
     existed = output.exists()
     try:
         with open(output, "wb") as fp:           # O_TRUNC: the same inode the caller holds
             iso.write(tree, fp, label=options["label"], publisher=options["publisher"],
-                      epoch=source_date_epoch())
+                      epoch=source_date_epoch(), application=f"configdrive-mkisofs {version()}")
     except BaseException:
         with contextlib.suppress(OSError):
             if existed:

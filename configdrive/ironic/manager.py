@@ -43,6 +43,7 @@ from ..errors import ConfigDriveError
 from ..pack import unpack
 from ..fetch import load_drive
 from ..placement import place_config_drive, refresh_disk
+from ..version import version
 from .config import settings
 from .request import BadRequest, Decline, Request, read_image_info
 
@@ -80,7 +81,7 @@ class ConfigDriveHardwareManager(hardware.HardwareManager):
         if configdrive is None:      # as IPA's prepare_image: older ironic sent it inside
             configdrive = image_info.pop("configdrive", None)
         device = hardware.dispatch_to_managers("get_os_install_device", permit_refresh=True)
-        LOG.info("configdrive: writing image %s to %s", request.image_id, device)
+        LOG.info("configdrive %s: writing image %s to %s", version(), request.image_id, device)
         http_options = _http_options(request)
         drive = _load_config_drive(configdrive, http_options) if configdrive else None
         expected = _expected(request, http_options)
