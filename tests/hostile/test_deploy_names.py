@@ -133,6 +133,9 @@ def test_name_repointed_while_the_image_streams(tmp_path, disks, image, kind):
     assert "LABEL=config-2" in probed, probed
     assert summary["target"]["dev"] == number(disks["A"]), summary["target"]
     assert summary["target"]["name"] == disks["A"]
+    # The lines a person reads name it too: the name given, and the disk it led to.
+    assert f"to {name} (block device {number(disks['A'])}, {disks['A']}): " in outcome.stderr
+    assert f"of {name} (block device {number(disks['A'])}, {disks['A']})" in outcome.stderr
 
 
 @pytest.mark.parametrize("kind", ["link", "node"])
