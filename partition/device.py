@@ -382,24 +382,23 @@ def _open_handle(handle: int, path: str) -> int:
             raise PartitionError(f"{path}: cannot open: {exc.strerror}") from exc
         error = exc
     reasons = busy_reasons_of(sys_dev(st.st_rdev))
-    if not reasons and _flocked(handle):
-        raise PartitionError(f"{path} is locked by another deploy writing to it: refused") from error
-    raise PartitionError(f"{path} is busy: {'; '.join(reasons) or 'the kernel refuses exclusive access (mounted, swap, or held by another program)'}") from error
+    if not reasons:
+        _refuse_if_locked(handle, path)    # another deploy's O_EXCL: its flock names it
+    raise PartitionError(f"{path} is busy: " + ("; ".join(reasons) or "the kernel refuses exclusive "
+                         "access (mounted, swap, or held by another program)")) from error
 
 
-def _flocked(handle: int) -> bool:
-    """Whether another process holds our flock on the node (asked only to word a refusal)."""
+def _refuse_if_locked(handle: int, path: str) -> None:
+    """Refuse as :func:`_flock` does if another deploy holds the node's flock (asked only
+    to word a refusal: the lock taken here, if free, is let go at once)."""
     try:
         fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return False
+        return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
+        _flock(fd, path)
     finally:
         os.close(fd)
-    return False
 
 
 def _target(path: str, fd: int, sector_size: int | None, created: bool) -> Target:
