@@ -103,7 +103,7 @@ def reread(target: Target, partitions: list[Partition], want: Partition | None =
         result.method = "BLKRRPART"
     else:
         if error is not None and error.errno != errno.EINVAL:
-            result.notes.append(f"{disk}: BLKRRPART failed ({error.strerror}); adding partitions with BLKPG")
+            result.notes.append(f"{disk}: BLKRRPART failed ({error.strerror}); partitions updated with BLKPG")
         result.method = "BLKPG"
         _blkpg_add_missing(target, partitions, result.notes)
     why = udev_settle(30)

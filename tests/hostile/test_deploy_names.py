@@ -251,3 +251,37 @@ def test_one_device_from_first_open_to_last_write(tmp_path_factory, disks, image
 def _outcome(proc: subprocess.CompletedProcess) -> Outcome:
     """A finished process in the harness's terms (no RSS figure under strace)."""
     return Outcome(proc.returncode, proc.stdout, proc.stderr.decode(errors="replace"), 0.0, 0)
+
+
+def test_identity_tells_a_reattached_loop_device_from_the_one_before(tmp_path):
+    """What a second descriptor is checked against (Target.reopen): the device number
+    alone does not tell two disks apart that took the same number one after the other (a
+    loop device detached and attached to another file, a re-plugged disk); the kernel's
+    disk sequence number does."""
+    from partition.device import identity_of
+    first, second = tmp_path / "first.img", tmp_path / "second.img"
+    for path in (first, second):
+        path.write_bytes(bytes(4 * MiB))
+
+    def identity(dev: str) -> tuple:
+        fd = os.open(dev, os.O_RDONLY)
+        try:
+            return identity_of(fd)
+        finally:
+            os.close(fd)
+    # Not conftest.loop_device: its clean-up would detach the number even when another
+    # process has taken it in between.
+    attached = run("losetup", "--find", "--show", first, check=False)
+    if attached.returncode != 0:
+        pytest.skip("no loop device")
+    dev = attached.stdout.decode().strip()
+    before = identity(dev)
+    run("losetup", "-d", dev)
+    if run("losetup", dev, second, check=False).returncode != 0:
+        pytest.skip(f"{dev} was taken by another process once free")
+    try:
+        after = identity(dev)
+    finally:
+        run("losetup", "-d", dev)
+    assert before[:2] == after[:2]                   # the same block device number
+    assert None not in (before[2], after[2]) and before != after
