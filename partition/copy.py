@@ -299,8 +299,8 @@ def _wipe(target: Target) -> str:
         target.sync()
         notes = reread(target, []).notes
     except (PartitionError, OSError) as exc:
-        return f"{target.path} could not be wiped either: {exc}"
-    return "; ".join([f"{target.path} now holds an empty partition table", *notes])
+        return f"{target.named} could not be wiped either: {exc}"
+    return "; ".join([f"{target.named} now holds an empty partition table", *notes])
 
 
 class _Writer:

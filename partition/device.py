@@ -93,6 +93,12 @@ class Target:
         return self.identity[1] if self.is_block else None
 
     @property
+    def named(self) -> str:
+        """The name given and, for a block device, the number it led to when opened: how
+        a message about a change to the disk names it (the name may lead elsewhere by now)."""
+        return f"{self.path} ({describe_identity(self.identity)})" if self.is_block else self.path
+
+    @property
     def sysfs(self) -> Path | None:
         """The disk's directory in sysfs, by device number (never by the user's name)."""
         return sys_dev(self.rdev) if self.is_block else None

@@ -148,10 +148,12 @@ def test_failure_wipes_the_disk_written_not_the_one_named_now(tmp_path, disks, i
     args = ["--checksum", "sha256:" + "0" * 64] if failure == "checksum" else \
         ["--config-drive", tmp_path / "not-a-drive.bin", "--config-size", "8M"]
     (tmp_path / "not-a-drive.bin").write_bytes(random.Random(3).randbytes(64 << 10))
-    refused("deploy", "--quiet", "--device", name, "--image", "-", *args,
-            input=image.read_bytes(), watch=[disks["B"]],
-            names="checksum" if failure == "checksum" else "not-a-drive.bin",
-            before_input=repoint_once_opened(name, kind, disks["B"]))
+    line = refused("deploy", "--quiet", "--device", name, "--image", "-", *args,
+                   input=image.read_bytes(), watch=[disks["B"]],
+                   names="checksum" if failure == "checksum" else "not-a-drive.bin",
+                   before_input=repoint_once_opened(name, kind, disks["B"]))
+    # The line names the disk wiped, not only the name that leads to B by now.
+    assert f"{name} (block device {number(disks['A'])}) now holds an empty partition table" in line
     assert no_table(disks["A"]), out("sgdisk", "-p", disks["A"])
     assert OLD_GUIDS["B"] in out("sgdisk", "-p", disks["B"]).upper()
 
