@@ -179,6 +179,10 @@ def walk(top: str | os.PathLike) -> Iterator[Entry]:
                 for name in names:
                     entry_parts = (*parts, name)
                     rel = "/".join(entry_parts)
+                    if not _is_utf8(name):
+                        # ISO 9660 (Rock Ridge, Joliet) and FAT names are written as text;
+                        # such a name could only be changed or lost on the way
+                        raise Refused(entry_parts, "the name is not UTF-8")
                     # lstat only spares opening a device or FIFO at all; what is used is
                     # decided by fstat of the descriptor opened below
                     try:
@@ -216,6 +220,15 @@ def walk(top: str | os.PathLike) -> Iterator[Entry]:
             os.close(fd)
 
 
+def _is_utf8(name: str) -> bool:
+    """False for a name whose bytes are not UTF-8 (os.listdir keeps them as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class HeldFile:
     """A regular file's bytes read through the descriptor that was judged, as a file object
     for pycdlib's ``add_fp``: exactly ``size`` bytes (fstat's when opened), read with pread
@@ -238,14 +251,18 @@ class HeldFile:
         n = self.size - self._pos if n is None or n < 0 else min(n, self.size - self._pos)
         if n <= 0:
             return b""
-        data = os.pread(self.fd, n, self._pos)
-        if not data:
-            # pycdlib would pad a short file silently and shift nothing: the image would
-            # hold bytes that were never in the file
-            raise ConfigDriveError(f"{self.name}: {self.size} bytes when opened, ended at byte "
-                                   f"{self._pos} while being read (changed during the build)")
-        self._pos += len(data)
-        return data
+        # all n bytes or an error: pycdlib takes a short read for the end of the file and
+        # pads the rest silently, so the image would hold bytes that were never in it
+        pieces = []
+        while n:
+            data = os.pread(self.fd, n, self._pos)
+            if not data:
+                raise ConfigDriveError(f"{self.name}: {self.size} bytes when opened, ended at byte "
+                                       f"{self._pos} while being read (changed during the build)")
+            pieces.append(data)
+            self._pos += len(data)
+            n -= len(data)
+        return b"".join(pieces)
 
     def close(self) -> None:
         if self.fd >= 0:

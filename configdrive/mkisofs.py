@@ -101,12 +101,6 @@ def read_source_tree(root: str) -> dict[str, HeldFile]:
             if entry.fd is None:
                 raise ConfigDriveError(f"{full}: {entry.why} (configdrive-mkisofs writes regular files only)")
             tree[entry.rel] = HeldFile(entry.fd, entry.st.st_size, full)
-            try:
-                entry.rel.encode("utf-8")
-            except UnicodeEncodeError:
-                # Rock Ridge and Joliet names are written as UTF-8 text; genisoimage would
-                # pass the bytes through as they are, an image no reader names the same way
-                raise ConfigDriveError(f"{full}: the name is not UTF-8") from None
     except Refused as exc:
         close_all(tree)
         raise ConfigDriveError(f"{os.path.join(root, *exc.parts)}: {exc.why}") from exc

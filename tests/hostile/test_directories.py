@@ -11,6 +11,7 @@ thread flipping the entry in a loop; the images are read back with isoinfo and x
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import socket
 import stat
@@ -92,14 +93,18 @@ def test_mkisofs_refuses_what_is_not_a_regular_file(tmp_path, secret, kind, wher
 
 
 @pytest.mark.parametrize("name", [b"user_data\xff", b"\x80", b"caf\xe9", b"dir\xfe/file"], ids=range(4))
-def test_mkisofs_refuses_a_name_that_is_not_utf8(tmp_path, name):
+@pytest.mark.parametrize("command", ["mkisofs", "build-from"])
+def test_a_name_that_is_not_utf8_is_refused(tmp_path, name, command):
     source = os.fsencode(drive_dir(tmp_path))
     path = os.path.join(source, b"openstack", name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as fp:
         fp.write(b"x")
     image = tmp_path / "out.iso"
-    refused("-o", image, *ARGS, os.fsdecode(source), exe=MKISOFS, names="not UTF-8")
+    if command == "mkisofs":
+        refused("-o", image, *ARGS, os.fsdecode(source), exe=MKISOFS, names="not UTF-8")
+    else:
+        refused("build", "--from", os.fsdecode(source), "--hostname", "n", "-o", image, names="not UTF-8")
     assert not image.exists()
 
 
@@ -371,3 +376,18 @@ def test_extract_never_writes_through_a_flipping_destination(tmp_path, secret):
         thread.join()
     assert flips
     assert sorted(os.listdir(outside)) == ["shadow"] and secret.read_bytes() == SECRET
+
+
+def test_a_file_that_shrinks_while_the_image_is_written_is_refused_not_padded(tmp_path):
+    """pycdlib pads a short read silently: the image would hold bytes never in the file."""
+    from configdrive import iso
+    from configdrive.mkisofs import close_all, read_source_tree
+    source, at = _source_for_race(tmp_path)
+    at.write_bytes(MINE * 1000)
+    tree = read_source_tree(str(source))       # judged and sized here
+    try:
+        os.truncate(at, 100)                   # then cut short by someone else
+        with pytest.raises(ConfigDriveError, match=f"{at}: {len(MINE) * 1000} bytes when opened, ended at byte 100"):
+            iso.write(tree, io.BytesIO())
+    finally:
+        close_all(tree)
