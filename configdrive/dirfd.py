@@ -166,7 +166,7 @@ def walk(top: str | os.PathLike) -> Iterator[Entry]:
     try:
         root = open_top(top)
     except OSError as exc:
-        raise Refused([os.fspath(top)], exc.strerror or str(exc)) from exc
+        raise Refused((), exc.strerror or str(exc)) from exc       # () : the top itself
     stack: list[tuple[int, tuple[str, ...]]] = [(root, ())]
     try:
         while stack:

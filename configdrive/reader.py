@@ -5,6 +5,7 @@ reading is bounded by configdrive/drivefiles.py's caps."""
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -82,5 +83,5 @@ def read_directory(root: Path) -> dict[str, bytes]:
             budget.charge(len(data), f"file {entry.rel}")
             tree[entry.rel] = data
     except Refused as exc:
-        raise ConfigDriveError(f"{root}/{'/'.join(exc.parts)}: {exc.why}") from exc
+        raise ConfigDriveError(f"{os.path.join(root, *exc.parts)}: {exc.why}") from exc
     return tree
