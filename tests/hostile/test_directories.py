@@ -268,8 +268,8 @@ class Flipper:
 
 def _race(read_once) -> int:
     """Call ``read_once`` until RACE_SECONDS pass; returns how many reads were made. The
-    interpreter switches threads as often as it can meanwhile, so the flipper's renames
-    land between any two steps of a read, as another process's would."""
+    interpreter switches threads as often as it can meanwhile, so a flipping thread's
+    renames land between any two steps of a read, as another process's would."""
     reads, end = 0, time.monotonic() + RACE_SECONDS
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
