@@ -361,11 +361,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                          validate=args.validate)
     if args.json:
         print(json.dumps(_versioned(summary), indent=2))
+    written = _written(args.device, summary["target"])
     if summary["image"]:
         s = summary["image"]
         _say(args, f"{PROG}: wrote {s['source']} ({s['format']}"
                    f"{', a hybrid ISO' if s['detected'] == 'iso-hybrid' else ''}"
-                   f"{', ' + s['compression'] if s['compression'] else ''}) to {args.device}: "
+                   f"{', ' + s['compression'] if s['compression'] else ''}) to {written}: "
                    f"{s['virtual_size']} bytes in {s['seconds']:.1f}s"
                    f"{', ' + s['checksum']['algorithm'] + ' verified' if s['checksum'] else ''}"
                    f"{', read back and verified' if s['verified'] else ''}")
@@ -373,10 +374,20 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         c, p = summary["config_drive"], summary["config_drive"]["partition"]
         _say(args, f"{PROG}: wrote the {c['drive']['format']} drive labelled {c['drive']['label']} to "
                    f"partition {p['number']} ({'created, ' if p['created'] else ''}found by {p['identity']}) "
-                   f"at byte {p['start']} of {args.device}{', node ' + p['node'] if p['node'] else ''}")
+                   f"at byte {p['start']} of {written}{', node ' + p['node'] if p['node'] else ''}")
         for note in c["notes"]:
             _say(args, f"{PROG}: note: {note}")
     return 0
+
+
+def _written(name: str, target: dict) -> str:
+    """The device a deploy wrote, as the summary line names it: the name given, and the
+    device that name led to when the deploy opened it (major:minor, kernel name, by-id
+    name), which is the one written even if the name points elsewhere by now."""
+    if target["kind"] == "file":
+        return name
+    known = ", ".join(x for x in (target["name"], target["by_id"]) if x)
+    return f"{name} (block device {target['dev']}{', ' + known if known else ''})"
 
 
 def cmd_inject(args: argparse.Namespace) -> int:

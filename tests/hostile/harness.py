@@ -71,9 +71,11 @@ os._exit(os.waitstatus_to_exitcode(status))
 
 
 def run_measured(*args, input: bytes | None = None, env: dict | None = None,
-                 hang_guard: float = HANG_GUARD, exe: str = EXE) -> Outcome:
+                 hang_guard: float = HANG_GUARD, exe: str = EXE, before_input=None) -> Outcome:
     """Run the installed command through the launcher; kill it at the hang guard (which
-    fails the case). The peak RSS is the command's own (see LAUNCHER)."""
+    fails the case). The peak RSS is the command's own (see LAUNCHER). ``before_input``:
+    called once the command runs, before ``input`` is written (what a case does to the
+    world while the command waits for its stdin)."""
     import selectors
     start = time.monotonic()
     report_r, report_w = os.pipe()
@@ -85,6 +87,8 @@ def run_measured(*args, input: bytes | None = None, env: dict | None = None,
                                 start_new_session=True, pass_fds=(report_w,))
     finally:
         os.close(report_w)
+    if before_input is not None:
+        before_input()
     if input is not None:
         try:
             proc.stdin.write(input)
@@ -141,12 +145,13 @@ def assert_refused(outcome: Outcome, *, names: str | None = None,
 
 def refused(*args, watch=(), names: str | None = None, input: bytes | None = None,
             env: dict | None = None, hang_guard: float = HANG_GUARD,
-            rss_guard: int = RSS_GUARD, exe: str = EXE) -> str:
+            rss_guard: int = RSS_GUARD, exe: str = EXE, before_input=None) -> str:
     """Run a hostile case and hold it to the whole promise: refused in one line, within
     the guards, every path in ``watch`` byte-identical afterwards. ``exe``: another of our
     commands (configdrive-mkisofs), judged under its own name."""
     before = {str(p): digest(p) for p in watch}
-    outcome = run_measured(*args, input=input, env=env, hang_guard=hang_guard, exe=exe)
+    outcome = run_measured(*args, input=input, env=env, hang_guard=hang_guard, exe=exe,
+                           before_input=before_input)
     line = assert_refused(outcome, names=names, rss_guard=rss_guard, prog=Path(exe).name)
     after = {str(p): digest(p) for p in watch}
     changed = [p for p in before if before[p] != after[p]]
