@@ -22,10 +22,10 @@ from conftest import (ROOT, add_partitions, cloud_init_read, loop_device, make_g
                       need_tool, out, run, sample_content)
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import RangeServer  # noqa: E402 (the benchmark's server: one for both)
+from ipa_process import agent_venv  # noqa: E402
 
 MiB = 1 << 20
 PEER = ROOT / ".peers" / "ipa"
-AGENT_VENV = ROOT / "build" / "ipa-peer"
 DRIVER = Path(__file__).with_name("ipa_agent.py")
 DISK_GUID = "5b1e2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 OURS, GENERIC = "ConfigDriveHardwareManager", "GenericHardwareManager"
@@ -35,19 +35,10 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="session")
 def agent_python() -> Path:
-    """The IPA venv with configdrive (this checkout) installed into it as a ramdisk build
-    would: ``pip install --no-deps .`` (its dependencies are in peers.sh's line). Into a
-    copy of .peers/ipa of this checkout's own (build/ipa-peer): .peers is shared by
-    every worktree of the repository (each links it), and an install there tests
-    whichever checkout installed last."""
-    if not (PEER / "bin" / "python").exists():
+    """The IPA venv with this checkout installed into a copy of its own (ipa_process.py)."""
+    python = agent_venv(ROOT)
+    if python is None:
         pytest.skip(f"{PEER} is missing: scripts/install.sh (scripts/peers.sh) makes it")
-    stamp = (PEER / ".installed").read_text() if (PEER / ".installed").exists() else ""
-    if not (AGENT_VENV / ".installed").exists() or (AGENT_VENV / ".installed").read_text() != stamp:
-        shutil.rmtree(AGENT_VENV, ignore_errors=True)
-        shutil.copytree(PEER, AGENT_VENV, symlinks=True)
-    python = AGENT_VENV / "bin" / "python"
-    run(python, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", ROOT)
     return python
 
 
