@@ -182,7 +182,8 @@ def assert_deployed(found: dict, raw: Path, with_drive: bool) -> None:
 
 def succeeded(found: dict) -> dict:
     result = found["result"]
-    assert result["command_status"] == "SUCCEEDED", (result, found.get("log", "")[-4000:])
+    assert result["command_status"] == "SUCCEEDED", \
+        (result.get("command_error"), found.get("log", "")[-4000:])
     return result
 
 
@@ -292,27 +293,40 @@ def test_a_mirror_that_always_drops_then_a_good_one(agent_python, mirrors, tmp_p
 
 def test_redeploy_in_one_agent(agent_python, mirrors, packed_drive, tmp_path):
     """A second write_image of the same image id in the same agent (the conductor retries
-    a deployment): we write the image again, since the disk may have changed since (here a
-    later step scribbled over the root partition), and place the config drive: one config
-    partition, the image byte for byte."""
+    a deployment) after a later step scribbled over the root partition. We write the
+    image again and place the config drive: the image byte for byte, one config
+    partition, the same command result as the first time. IPA skips the write (its
+    cached_image_id: the scribble stays) and adds the config drive again: its lookup of
+    the existing config partition reads labels from udev's database (lsblk -o LABEL),
+    empty where udev does not run, as here, so it makes a second one, and on this disk
+    there is no room for it: the step fails."""
     root, _, _ = mirrors
     info = image_info(mirrors, "disk.qcow2")
+    scribble = b"\xde\xad" * (MiB // 2)
 
     def twice(agent, dev):
         first = agent.write_image(NODE, dict(info), packed_drive)
         assert first["command_status"] == "SUCCEEDED", first
         with open(dev, "r+b") as fp:           # a later deploy step fails half-way
             fp.seek(MiB)
-            fp.write(b"\xde\xad" * (MiB // 2))
+            fp.write(scribble)
         second = agent.write_image(NODE, dict(info), packed_drive)
+        with open(dev, "rb") as fp:
+            fp.seek(MiB)
+            kept = fp.read(len(scribble)) == scribble
         return {"result": second, "first": first, "uuids": agent.partition_uuids(),
-                "root_uuid": disk_identifier(dev)}
+                "root_uuid": disk_identifier(dev), "scribble_kept": kept}
 
     ours = run_side(agent_python, tmp_path, "ours", twice)
+    ipa = run_side(agent_python, tmp_path, "ipa", twice)
     result = succeeded(ours)
     assert result["command_result"] == ours["first"]["command_result"]
     assert "written again" in ours["log"]
+    assert not ours["scribble_kept"]
     assert_deployed(ours, root / "disk.raw", with_drive=True)
     assert len(config_partitions(ours["disk"])) == 1
     with loop_device(tmp_path / "node-disk-ours") as dev:
         image_bytes_on_disk(dev, root / "disk.raw")
+    assert ipa["scribble_kept"]
+    assert ipa["result"]["command_status"] == "FAILED"
+    assert "Failed to create config drive" in ipa["result"]["command_error"]["details"]
