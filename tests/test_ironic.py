@@ -482,6 +482,7 @@ def test_no_url_reachable_is_ipas_download_error(agent_python, served, images, t
         assert outcome["error"]["type"] == "ImageDownloadError"
         assert "a.raw: HTTP 404" in outcome["error"]["details"]
         assert "b.raw: HTTP 404" in outcome["error"]["details"]
+        assert "not retried: the server answered 404" in outcome["error"]["details"]
         assert digest(dev) == before
 
 

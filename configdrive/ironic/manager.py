@@ -227,7 +227,7 @@ def _write(request: Request, checksum: str, device: str, http_options: dict,
                 if status:
                     LOG.warning("configdrive: %s; not retried: the server answered %d, it "
                                 "will not serve this URL; next URL", exc, status)
-                    failures[url] = f"{exc} (not retried)"
+                    failures[url] = f"{exc} (not retried: the server answered {status})"
                 else:
                     LOG.warning("configdrive: %s", exc)
                     failures[url] = str(exc)
