@@ -45,11 +45,19 @@ class Mirrors(RangeServer):
     def __init__(self, root):
         super().__init__(root)
         self.cut: dict[str, int] = {}
+        self.unavailable: dict[str, int] = {}     # NAME: answer 503 this many times
         self._local = threading.local()
         self._lock = threading.Lock()
 
     def serve(self, handler) -> None:
         name = handler.path.lstrip("/")
+        with self._lock:
+            busy = self.unavailable.get(name, 0) > 0
+            if busy:
+                self.unavailable[name] -= 1
+        if busy:
+            handler.send_error(503)
+            return
         path = self.root / name
         self._local.name, self._local.handler = name, handler
         self._local.middle = path.stat().st_size // 2 if path.is_file() else 0
@@ -252,8 +260,12 @@ def test_404_then_a_good_mirror(agent_python, mirrors, tmp_path):
     assert "gone.qcow2: HTTP 404" in ours["log"] and "not retried" in ours["log"]
     assert "retry 1 of" not in ours["log"]
     assert_deployed(ours, mirrors[0] / "disk.raw", with_drive=False)
+    # IPA 13 retries the 404 all the same (its check ``resp and resp.status_code < 500``
+    # reads a 4xx Response as false), then stops at it: the second URL is never tried.
     assert ipa["result"]["command_status"] == "FAILED"
+    assert ipa["result"]["command_error"]["type"] == "ImageDownloadFatalError"
     assert "404" in ipa["result"]["command_error"]["details"]
+    assert ipa["log"].count("Unable to connect to") == 2
 
 
 @pytest.mark.parametrize("name", ["big.raw", "big.qcow2"])
@@ -270,6 +282,22 @@ def test_a_mirror_that_drops_mid_stream(agent_python, mirrors, tmp_path, name):
         succeeded(found[who])
         assert_deployed(found[who], mirrors[0] / "big.raw", with_drive=False)
     assert "retry 1 of 2" in found["ours"]["log"]
+    ours, ipa = (found[w]["result"]["command_result"]["deploy_result"]["result"] for w in ("ours", "ipa"))
+    assert ours == ipa.replace(found["ipa"]["dev"], found["ours"]["dev"])
+
+
+def test_a_mirror_that_answers_503_twice(agent_python, mirrors, tmp_path):
+    """A 5xx is transient: retried, image_download_connection_retries times, as IPA
+    retries it. Both succeed with the same result."""
+    info = image_info(mirrors, "disk.qcow2")
+    found = {}
+    for who in ("ours", "ipa"):
+        mirrors[2].unavailable["disk.qcow2"] = 2
+        found[who] = run_side(agent_python, tmp_path, who, deploy_once(dict(info)), retries=2)
+        assert mirrors[2].unavailable["disk.qcow2"] == 0
+        succeeded(found[who])
+        assert_deployed(found[who], mirrors[0] / "disk.raw", with_drive=False)
+    assert "HTTP 503" in found["ours"]["log"] and "retry 2 of 2" in found["ours"]["log"]
     ours, ipa = (found[w]["result"]["command_result"]["deploy_result"]["result"] for w in ("ours", "ipa"))
     assert ours == ipa.replace(found["ipa"]["dev"], found["ours"]["dev"])
 

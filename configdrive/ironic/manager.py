@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import ssl
 import time
 import urllib.request
@@ -114,7 +115,7 @@ def _decline(why: str):
 def _ipa_error(kind, cause: Exception | str, *args):
     """IPA's error type (what ironic and operators match on) carrying our one line."""
     error = kind(*args)
-    error.details = f"configdrive: {cause}"
+    error.details = f"configdrive: {_download_line(cause)}"
     return error
 
 
@@ -153,7 +154,7 @@ def _http_options(request: Request) -> dict:
                          urllib.request.HTTPSHandler(context=context))}
 
 
-def _retrying(what: str, fetch):
+def _retrying(fetch):
     """``fetch()`` again after a transient failure (a connection error, a 5xx, a stream cut
     off), CONF.image_download_connection_retries times, CONF.image_download_connection_
     retry_interval seconds apart, as IPA's _download_with_proxy and _download_image do.
@@ -165,9 +166,10 @@ def _retrying(what: str, fetch):
         except PartitionError as exc:
             if _http_status(exc) or not _raised_in(exc, _SOURCE) or attempt == retries:
                 raise
-            LOG.warning("configdrive: %s: %s; retry %d of %d in %g s", what, exc, attempt + 1,
-                        retries, CONF.image_download_connection_retry_interval)
-            time.sleep(CONF.image_download_connection_retry_interval)
+            line = _download_line(exc)
+        LOG.warning("configdrive: %s; retry %d of %d in %g s", line, attempt + 1, retries,
+                    CONF.image_download_connection_retry_interval)
+        time.sleep(CONF.image_download_connection_retry_interval)
 
 
 def _load_config_drive(configdrive, http_options: dict) -> bytes:
@@ -178,7 +180,7 @@ def _load_config_drive(configdrive, http_options: dict) -> bytes:
         if not isinstance(configdrive, str):
             raise ConfigDriveError("the configdrive argument: neither a URL nor a gzip+base64 string")
         if configdrive.startswith(("http://", "https://")):
-            image = _retrying(configdrive, lambda: load_drive(configdrive, http_options))
+            image = _retrying(lambda: load_drive(configdrive, http_options))
         else:
             image = unpack(configdrive, source="the configdrive argument")
     except (ConfigDriveError, PartitionError) as exc:
@@ -191,7 +193,7 @@ def _checksum(request: Request, http_options: dict) -> str:
     """``ALGO:HEX``, a checksum file's URL read here (with the step's proxies and TLS,
     retried as IPA retries it) so that deploy gets the digest itself."""
     try:
-        expected = _retrying(request.checksum, lambda: parse_checksum(
+        expected = _retrying(lambda: parse_checksum(
             request.checksum, request.urls[0], http_options))
     except PartitionError as exc:
         raise _ipa_error(errors.ImageDownloadError, exc, request.image_id, str(exc))
@@ -221,20 +223,24 @@ def _write(request: Request, checksum: str, device: str, http_options: dict,
             try:
                 summary = _deploy_one(request, url, checksum, device, http_options, drive)
             except (PartitionError, ConfigDriveError) as exc:
-                if isinstance(exc, ConfigDriveError) or not _raised_in(exc, _SOURCE):
-                    raise _final_error(exc, request, url, device, checksum)
-                status = _http_status(exc)
-                if status:
-                    LOG.warning("configdrive: %s; not retried: the server answered %d, it "
-                                "will not serve this URL; next URL", exc, status)
-                    failures[url] = f"{exc} (not retried: the server answered {status})"
-                else:
-                    LOG.warning("configdrive: %s", exc)
-                    failures[url] = str(exc)
-                    transient.append(url)
-                continue
-            _log_summary(url, summary, device, time.monotonic() - started)
-            return
+                failed = exc
+            else:
+                _log_summary(url, summary, device, time.monotonic() - started)
+                return
+            # Logged here, outside the except block: oslo.log appends the exception being
+            # handled to a warning logged inside one (formatters._get_error_summary),
+            # which would say it all twice.
+            if isinstance(failed, ConfigDriveError) or not _raised_in(failed, _SOURCE):
+                raise _final_error(failed, request, url, device, checksum) from failed
+            status, line = _http_status(failed), _download_line(failed)
+            if status:
+                LOG.warning("configdrive: %s; not retried: the server answered %d, it will "
+                            "not serve this URL; next URL", line, status)
+                failures[url] = f"{line} (not retried: the server answered {status})"
+            else:
+                LOG.warning("configdrive: %s", line)
+                failures[url] = line
+                transient.append(url)
         if not transient or attempt == retries:
             break
         urls = transient
@@ -340,6 +346,12 @@ def _raised_in(exc: BaseException, files: tuple[str, ...]) -> bool:
         if any(f in name if f.startswith(os.sep) else name.endswith(f) for f in files):
             return True
     return False
+
+
+def _download_line(exc: BaseException) -> str:
+    """The failure's line without what partition/source.py adds about its own retry
+    budget, which this manager sets to none (it retries whole requests itself)."""
+    return re.sub(r" \(no retries left; \w+ sets them\)", "", str(exc))
 
 
 def _http_status(exc: BaseException) -> int | None:
