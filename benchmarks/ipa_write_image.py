@@ -13,7 +13,7 @@ its error is printed), and one with room for IPA's timed runs. Per run: wall tim
 write_image command, peak RSS of the agent process (VmHWM in /proc/PID/status, read
 before it ends; qemu-img, IPA's child, is not in it) and peak use of the tmpfs (sampled
 every 20 ms). Medians of --runs runs. Needs root (loop devices, mount, unshare) and the
-IPA venv (scripts/install.sh).
+IPA venv (scripts/install.sh test).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def main() -> int:
     args = ap.parse_args()
     python = agent_venv(ROOT)
     if python is None:
-        raise SystemExit(f"{ROOT / '.peers' / 'ipa'} is missing: run scripts/install.sh")
+        raise SystemExit(f"{ROOT / '.peers' / 'ipa'} is missing: run scripts/install.sh test")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ipa-bench-"))
     www = work / "www"
     www.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ from partition.source import open_source
 from ..errors import ConfigDriveError
 from ..pack import unpack
 from ..fetch import load_drive
+from ..version import version
 from .config import settings
 from .request import BadRequest, Decline, Request, read_image_info
 
@@ -89,7 +90,7 @@ class ConfigDriveHardwareManager(hardware.HardwareManager):
             # only way to promise "this disk holds this image" is to write it.
             LOG.info("configdrive: image %s was written by this agent before; written again "
                      "(no copy is kept, and the disk may have changed since)", request.image_id)
-        LOG.info("configdrive: writing image %s to %s", request.image_id, device)
+        LOG.info("configdrive %s: writing image %s to %s", version(), request.image_id, device)
         http_options = _http_options(request)
         drive = _load_config_drive(configdrive, http_options) if configdrive else None
         checksum = _checksum(request, http_options)
