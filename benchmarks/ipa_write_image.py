@@ -133,7 +133,7 @@ def main() -> int:
                 runs[who].append(run)
         starved = one_run(python, work, url, digest, size, False, small)
     if starved["ok"]:
-        print(f"IPA's own path on a {args.small_tmpfs_mib} MiB tmpfs: it succeeded (unexpected)")
+        print(f"IPA's own path on a {args.small_tmpfs_mib} MiB tmpfs succeeds: the image fits there")
     else:
         print(f"IPA's own path on a {args.small_tmpfs_mib} MiB tmpfs fails: {starved['error']}")
 
