@@ -24,6 +24,7 @@ TEST_DEBS=(
   genisoimage xorriso mtools dosfstools     # isoinfo/genisoimage/xorriso, mcopy, fsck.fat
   gdisk fdisk parted util-linux kpartx      # sgdisk, sfdisk, partx, losetup, blkid
   qemu-utils                                # qemu-img, qemu-io, qemu-nbd
+  lshw                                      # ironic-python-agent exits at start-up without it
   cryptsetup-bin                            # LUKS containers deploy must refuse by name
   e2fsprogs                                 # mkfs.ext4 -d, debugfs, e2fsck (injector)
   openssl                                   # openssl passwd -6 (injector: etc/shadow hash)
