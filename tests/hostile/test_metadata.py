@@ -331,3 +331,17 @@ def test_large_real_documents_still_build_validate_and_inspect(tmp_path):
         assert "error" not in outcome.stderr and outcome.cpu < CPU_BOUND and outcome.peak_rss < RSS_GUARD, args
         if args[0] == "inspect":
             assert json.loads(outcome.stdout)["links"] == 1000
+
+
+@pytest.mark.parametrize("mib", [8, 60])
+def test_a_large_string_is_refused_by_the_drive_it_would_make(tmp_path, mib):
+    """One value, so no count stops it: a meta_data.json of ``mib`` MiB goes into every
+    version directory, a drive past 64 MiB (60 MiB made a 692 MB ISO with 882 MiB of RSS,
+    exit 0). Each directory's copy is one object now, and the build is refused."""
+    path = tmp_path / "meta_data.json"
+    path.write_text(json.dumps({"uuid": UUID, "meta": {"x": "a" * (mib << 20)}}))
+    out = tmp_path / "drive.iso"
+    outcome = run_measured("build", "-o", out, "--meta-data", path)
+    line = assert_refused(outcome, names="more than a config drive holds (67108864 bytes)")
+    assert "meta_data.json alone is" in line and "written 11 times" in line
+    assert outcome.cpu < CPU_BOUND and not out.exists()
