@@ -73,6 +73,7 @@ def validate_build(content: Content, tree: dict[str, bytes], label: str = "confi
     keeps ``build --strict`` and ``validate --strict`` in agreement. ``consumers``: the
     config-drive consumers' lints (not for a NoCloud seed)."""
     problems = validate_content(content, versions, ec2, consumers=consumers)
+    problems += _tree_capacity_problems(tree, source, problems)
     # The same finding again in each version directory's copy says nothing new; leaving it
     # out never turns a failing build into a passing one (one of equal severity remains).
     seen = {(p.message, p.severity) for p in problems}
@@ -81,6 +82,21 @@ def validate_build(content: Content, tree: dict[str, bytes], label: str = "confi
             seen.add((problem.message, problem.severity))
             problems.append(problem)
     return problems
+
+
+def _tree_capacity_problems(tree: dict[str, bytes], source: str, found: list[Problem]) -> list[Problem]:
+    """A tree larger than a config drive holds, when the content's capacity check (user
+    data, injected files) has not said so already: a large meta_data.json or
+    network_data.json is written into every version directory (a 60 MiB meta_data.json
+    made a 692 MB drive)."""
+    size = sum(map(len, tree.values()))
+    if size <= MAX_DRIVE_BYTES or any(p.severity == "error" and p.source in ("user_data", "files") for p in found):
+        return []
+    largest = max(tree, key=lambda path: len(tree[path]))
+    copies = sum(1 for data in tree.values() if data == tree[largest])
+    return [Problem(source, "", f"the drive's files take {size} bytes, more than a config drive holds "
+                    f"({MAX_DRIVE_BYTES} bytes): {largest} alone is {len(tree[largest])} bytes"
+                    + (f", written {copies} times" if copies > 1 else ""))]
 
 
 def check_build(content: Content, tree: dict[str, bytes], **options: Any) -> None:

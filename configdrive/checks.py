@@ -133,7 +133,8 @@ def content_ref_findings(doc: Any, present: set[str] | frozenset[str]) -> list[F
                  for i, e in enumerate(doc["files"]) if isinstance(e, dict)]
     if isinstance(doc.get("network_config"), dict):
         refs.append(("/network_config/content_path", doc["network_config"].get("content_path")))
-    return [Finding(ptr, f"{ref!r}: no such file on the drive (looked for openstack/{ref.strip('/')})")
+    return [Finding(ptr, f"{ref!r} climbs out of the drive's openstack/ ('..')" if ".." in ref.split("/") else
+                    f"{ref!r}: no such file on the drive (looked for openstack/{ref.strip('/')})")
             for ptr, ref in refs
             if isinstance(ref, str) and ref.strip("/") and ref.strip("/") not in present]
 
@@ -241,7 +242,7 @@ def _interface_problem(value: str, family: int) -> str | None:
 def _netmask_problem(value: str, family: int) -> str | None:
     """A mask in address form (255.255.255.0, ffff:ffff::) or a prefix length."""
     bits = 32 if family == 4 else 128
-    if value.isdigit():
+    if value.isascii() and value.isdigit():   # "²".isdigit() is true, int() refuses it
         return None if int(value) <= bits else f"{value!r} is not a prefix length (0 to {bits})"
     try:
         mask = ipaddress.ip_address(value)

@@ -254,17 +254,15 @@ def _remastered(args: argparse.Namespace):
 
 
 def _report_validation(problems, strict: bool) -> None:
-    """Warnings are printed; errors (and, with --strict, warnings) stop the build with
-    every problem listed."""
+    """Errors (and, with --strict, warnings) stop the build in one line (``validate``
+    lists each); when the build goes on, its warnings are printed."""
     from .errors import ConfigDriveError
+    from .problems import refusal_line
     errors = [p for p in problems if p.severity == "error" or strict]
-    for p in problems:
-        if p not in errors:
-            print(f"{PROG}: warning: {p}", file=sys.stderr)
     if errors:
-        for p in errors[:-1]:
-            print(f"{PROG}: error: {p}", file=sys.stderr)
-        raise ConfigDriveError(str(errors[-1]))
+        raise ConfigDriveError(refusal_line(errors))
+    for p in problems:
+        print(f"{PROG}: warning: {p}", file=sys.stderr)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -11,7 +11,9 @@ from partition.config_partition import CONFIG_LABELS
 
 from . import checks
 from .consumers import drive_lints
+from .docscan import MAX_DRIVE_VALUES, check_json
 from .drive import Drive
+from .errors import ConfigDriveError
 from .jsondoc import parsed_or_none
 from .layout import LATEST
 from .nocloud import is_seed, seed_problems
@@ -67,8 +69,9 @@ def validate_drive(drive: Drive) -> list[Problem]:
 
     under_openstack = frozenset(rel.removeprefix("openstack/") for rel in tree if rel.startswith("openstack/"))
     # Most version directories hold the same bytes: each distinct file is checked once
-    # (what validate_bytes finds does not depend on where the bytes are, only the name).
+    # (what its checks find does not depend on where the bytes are, only the name).
     checked: dict[tuple[str, bytes], list[Problem]] = {}
+    values_left = MAX_DRIVE_VALUES
     for rel, data in tree.items():
         parts = rel.split("/")
         kind = _DRIVE_FILES.get(parts[0], {}).get(parts[-1]) if len(parts) == 3 else None
@@ -80,11 +83,16 @@ def validate_drive(drive: Drive) -> list[Problem]:
                                     "JSON reader rejects"))
             data = data[len(UTF8_BOM):]
         if (kind, data) not in checked:
-            checked[kind, data] = validate_bytes(kind, data, "")
+            values_left -= _values(data)
+            if values_left < 0:    # the checks would walk every value of every document
+                return problems + [Problem(where(rel), "", f"the drive's distinct documents hold more than "
+                                           f"{MAX_DRIVE_VALUES} JSON values by this one (a drive's checks read "
+                                           "at most that many)")]
+            found = validate_bytes(kind, data, "")
+            if kind == "meta_data":
+                found += problems_at("", checks.content_ref_findings(parsed_or_none(data), under_openstack))
+            checked[kind, data] = found
         problems += [replace(problem, source=where(rel)) for problem in checked[kind, data]]
-        if kind == "meta_data":
-            doc = parsed_or_none(data)
-            problems += problems_at(where(rel), checks.content_ref_findings(doc, under_openstack))
 
     problems += _repeated_seed_problems(tree, versions, where)
     chosen = cloud_init_version(versions)
@@ -97,6 +105,14 @@ def validate_drive(drive: Drive) -> list[Problem]:
     if chosen != LATEST and LATEST in versions:
         problems += _latest_only_problems(tree, chosen, where)
     return problems + lint_problems(drive_lints(drive), lambda rel: where(rel) if rel else base)
+
+
+def _values(data: bytes) -> int:
+    """The values of a JSON document; 0 for one its own checks refuse unparsed."""
+    try:
+        return check_json(data, "")
+    except ConfigDriveError:
+        return 0
 
 
 def _repeated_seed_problems(tree: dict[str, bytes], versions: list[str], where) -> list[Problem]:

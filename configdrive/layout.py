@@ -73,6 +73,9 @@ def build_tree(content: Content, versions: str | Iterable[str] | None = None,
     chosen = parse_versions(versions)
     tree: dict[str, bytes] = {}
     meta_data, content_files = _with_injected_files(content)
+    # Version directories mostly hold the same bytes: one object for each distinct file,
+    # so that a large document costs its size once, not once per directory.
+    distinct: dict[bytes, bytes] = {}
 
     for version in chosen:
         base = f"openstack/{version}/"
@@ -86,11 +89,13 @@ def build_tree(content: Content, versions: str | Iterable[str] | None = None,
             # nova draws a fresh seed for every directory; only when asked, so that builds
             # stay reproducible by default.
             meta["random_seed"] = base64.b64encode(os.urandom(RANDOM_SEED_BYTES)).decode()
-        tree[base + "meta_data.json"] = json_bytes(meta)
+        data = json_bytes(meta)
+        tree[base + "meta_data.json"] = distinct.setdefault(data, data)
         if content.user_data is not None:
             tree[base + "user_data"] = content.user_data
         for name, doc in documents.items():
-            tree[base + name] = json_bytes(doc)
+            data = json_bytes(doc)
+            tree[base + name] = distinct.setdefault(data, data)
     tree.update(content_files)
 
     if ec2:

@@ -23,6 +23,7 @@ import json
 from typing import Any, Mapping
 
 from .content import Content
+from .docscan import check_yaml
 from .errors import ConfigDriveError
 
 LABEL = "cidata"
@@ -190,6 +191,9 @@ def load_yaml(data: bytes, source: str) -> Any:
     import yaml
     try:
         text = data.decode("utf-8-sig")
+        # Before PyYAML sees it: its scanner is quadratic in the depth of flow collections,
+        # and everything after it walks what it builds.
+        check_yaml(data, source)
         # No aliases: nine nested lists of nine aliases each are a billion strings to
         # anything that walks the document ("billion laughs", CVE-2003-1564 in XML), and
         # no seed needs them.
@@ -205,8 +209,6 @@ def load_yaml(data: bytes, source: str) -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
         raise ConfigDriveError(f"{source}: {where}invalid YAML ({getattr(exc, 'problem', None) or exc})") from exc
-    except RecursionError as exc:
-        raise ConfigDriveError(f"{source}: YAML nested too deeply") from exc
 
 
 def parse_network_config(data: bytes, source: str) -> dict[str, Any]:

@@ -32,7 +32,8 @@ def problems_at(source: str, findings: Iterable[Finding]) -> list[Problem]:
 
 def pointer_key(pointer: str) -> list[tuple[int, int, str]]:
     # /links/10 after /links/9: compare list indexes as numbers
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in pointer.split("/")[1:]]
+    # isascii: "¹".isdigit() is true and int() refuses it
+    return [(0, int(p), "") if p.isascii() and p.isdigit() else (1, 0, p) for p in pointer.split("/")[1:]]
 
 
 def refusal(source: str, exc: ConfigDriveError) -> Problem:
@@ -43,7 +44,25 @@ def refusal(source: str, exc: ConfigDriveError) -> Problem:
 def raise_errors(problems: Iterable[Problem]) -> None:
     errors = [p for p in problems if p.severity == "error"]
     if errors:
-        raise ConfigDriveError("; ".join(map(str, errors)))
+        raise ConfigDriveError(refusal_line(errors))
+
+
+# Findings a refusal spells out; ``validate`` lists every one.
+SHOWN_ERRORS = 3
+
+
+def refusal_line(errors: list[Problem]) -> str:
+    """The one line that refuses ``errors``: the first few distinct findings, each with the
+    number of other files that have it too (every version directory holds a copy of a
+    document), then how many more there are. Thousands of findings, one per entry of a
+    wide document, stay one short line."""
+    copies: dict[tuple[str, str], list[Problem]] = {}
+    for problem in errors:
+        copies.setdefault((problem.pointer, problem.message), []).append(problem)
+    shown = [str(same[0]) + (f" (also in {len(same) - 1} more file{'s' * (len(same) > 2)})" if len(same) > 1 else "")
+             for same in list(copies.values())[:SHOWN_ERRORS]]
+    rest = len(copies) - SHOWN_ERRORS
+    return "; ".join(shown) + (f"; and {rest} more error{'s' * (rest > 1)} (validate lists each)" if rest > 0 else "")
 
 
 def lint_problems(lints, where) -> list[Problem]:

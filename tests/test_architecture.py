@@ -180,7 +180,7 @@ def test_documented_layout_matches_the_tree():
 # docs/ARCHITECTURE.md's layers of configdrive/, bottom up: a module imports only modules
 # of its own layer or an earlier one.
 LAYERS = [
-    "errors jsondoc drivefiles version dirfd",
+    "errors docscan jsondoc drivefiles version dirfd",
     "checks problems schema content",
     "layout nocloud remaster inputs",
     "iso isonames isoreader vfat fatgeometry fatnames fatreader pack",

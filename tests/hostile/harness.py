@@ -34,6 +34,7 @@ class Outcome:
     stderr: str
     seconds: float
     peak_rss: int          # bytes
+    cpu: float = 0.0       # seconds of CPU, user and system: what a busy machine does not inflate
 
 
 def digest(path) -> str:
@@ -61,7 +62,7 @@ if pid == 0:
     finally:
         os._exit(127)
 _, status, usage = os.wait4(pid, 0)
-os.write(report, str(usage.ru_maxrss * 1024).encode())
+os.write(report, b"%d %f" % (usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime))
 os.close(report)
 if os.WIFSIGNALED(status):
     signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
@@ -118,10 +119,10 @@ def run_measured(*args, input: bytes | None = None, env: dict | None = None,
                 open_streams -= 1
     proc.wait()
     with os.fdopen(report_r, "rb") as fp:
-        peak = int(fp.read() or 0)
+        peak, cpu = (fp.read() or b"0 0").split()
     return Outcome(proc.returncode, b"".join(chunks[proc.stdout]),
                    b"".join(chunks[proc.stderr]).decode(errors="replace"),
-                   time.monotonic() - start, peak)
+                   time.monotonic() - start, int(peak), float(cpu))
 
 
 def assert_refused(outcome: Outcome, *, names: str | None = None,

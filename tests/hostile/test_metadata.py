@@ -15,8 +15,9 @@ import math
 
 import pytest
 
+import bombs
 from conftest import configdrive, need_tool, run
-from harness import refused, run_measured
+from harness import RSS_GUARD, assert_refused, digest, refused, run_measured
 
 UUID = "83679162-1378-4288-a2d4-70e13ec132aa"
 VALID = {
@@ -198,7 +199,8 @@ def test_deep_nesting_is_refused_within_the_guards(tmp_path, depth, bracket):
     opening, closing = ("[" * depth, "]" * depth) if bracket == "[]" else ('{"a":' * depth, "}" * depth)
     path = tmp_path / "vendor_data.json"
     path.write_text("{\"x\": " + opening + inner + closing + "}")
-    refused("build", "-o", tmp_path / "d.iso", "--vendor-data", path, names=f"{path}: JSON nested deeper")
+    line = refused("build", "-o", tmp_path / "d.iso", "--vendor-data", path, names=f"{path}: byte ")
+    assert "JSON nested deeper than 64 levels" in line
 
 
 # -- text from the document in messages ---------------------------------------------------
@@ -245,3 +247,101 @@ def test_inputs_larger_than_a_drive_are_refused_without_reading_them_whole(tmp_p
         outcome = run_measured("validate", named)
         assert outcome.returncode == 1 and outcome.peak_rss < 400 << 20
         assert "larger than 67108864 bytes" in outcome.stderr
+
+
+# -- documents that are small to send and large to parse (issue 20) ----------------------
+# Each is refused by docscan's count before json builds an object: one line naming the
+# file, the byte, and the limit, within the harness's guards and under 10 s of CPU.
+
+JSON_BOMBS = bombs.json_bombs(4 << 20)
+REFUSED_BY_COUNT = ("more than 100000 JSON values", "JSON nested deeper than 64 levels")
+CPU_BOUND = 10.0       # seconds of CPU, however busy the machine (wall time is the harness's)
+
+
+def refused_by_count(*args, names: str, watch=()) -> str:
+    before = {str(p): digest(p) for p in watch}
+    outcome = run_measured(*args)
+    line = assert_refused(outcome, names=names)
+    assert any(reason in line for reason in REFUSED_BY_COUNT), line
+    assert outcome.cpu < CPU_BOUND, f"{outcome.cpu:.1f} s of CPU"
+    assert before == {str(p): digest(p) for p in watch}, line
+    return line
+
+
+@pytest.mark.parametrize("option", ["--meta-data", "--network-data", "--vendor-data", "--vendor-data2",
+                                    "--ec2-meta-data", "--ironic"])
+@pytest.mark.parametrize("bomb", sorted(JSON_BOMBS))
+def test_json_bombs_are_refused_by_count_for_every_build_option(tmp_path, bomb, option):
+    path = tmp_path / f"{bomb}.json"
+    data = JSON_BOMBS[bomb]
+    path.write_bytes(b'{"meta_data": ' + data + b"}" if option == "--ironic" else data)
+    out = tmp_path / "drive.iso"
+    refused_by_count("build", "-o", out, option, path, names=f"{path}: byte ", watch=[path])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("bomb", sorted(JSON_BOMBS))
+def test_json_bombs_are_refused_by_validate_and_deploy(tmp_path, bomb):
+    path = tmp_path / f"{bomb}.meta_data.json"
+    path.write_bytes(JSON_BOMBS[bomb])
+    outcome = run_measured("validate", path)
+    assert outcome.returncode == 1 and outcome.stderr.count("\n") == 1 and outcome.cpu < CPU_BOUND
+    assert outcome.stderr.startswith(f"error: {path}: /: byte "), outcome.stderr
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(range(256)) * 4096)
+    refused_by_count("deploy", "--device", disk, "--meta-data", path, names=f"{path}: byte ", watch=[disk, path])
+
+
+@pytest.mark.parametrize("name", ["meta_data.json", "network_data.json"])
+@pytest.mark.parametrize("bomb", ["wide-empty-objects", "many-keys", "deep-arrays"])
+def test_json_bombs_on_a_drive_are_refused_by_inspect_and_validate(tmp_path, bomb, name):
+    root = _drive_dir(tmp_path, name, JSON_BOMBS[bomb])
+    doc = f"{root}/openstack/latest/{name}"
+    refused_by_count("inspect", root, names=f"{doc}: byte ")
+    outcome = run_measured("validate", root)
+    assert outcome.returncode == 1 and outcome.cpu < CPU_BOUND and "Traceback" not in outcome.stderr
+    assert any(line.startswith(f"error: {doc}: /: byte ") for line in outcome.stderr.splitlines()), outcome.stderr
+
+
+def test_the_issues_60_mib_document_is_refused_in_a_second(tmp_path):
+    """The report: 4 MiB of ``[{}, {}, ...]`` took 69-87 s and 566 MiB; 60 MiB ran past
+    300 s at 7 GiB."""
+    path = tmp_path / "meta_data.json"
+    path.write_bytes(bombs.json_bombs(60 << 20)["wide-empty-objects"])
+    assert 59 << 20 < path.stat().st_size <= 64 << 20
+    line = refused_by_count("build", "-o", tmp_path / "d.iso", "--meta-data", path, names=f"{path}: byte ")
+    assert "more than 100000 JSON values" in line
+
+
+def test_large_real_documents_still_build_validate_and_inspect(tmp_path):
+    """What a big deployment writes passes: 1,000 links and networks (40,000 values), 500
+    SSH keys, a 1 MiB user-data script, under the same guards."""
+    net = tmp_path / "network_data.json"
+    net.write_bytes(bombs.json_text(bombs.large_network_data(1000)))
+    meta = tmp_path / "meta_data.json"
+    meta.write_bytes(bombs.json_text(bombs.large_meta_data(500)))
+    user = tmp_path / "user-data"
+    user.write_bytes(bombs.large_user_data())
+    image = tmp_path / "drive.iso"
+    for args in (("build", "-o", image, "--network-data", net, "--meta-data", meta, "--user-data", user),
+                 ("validate", net, meta), ("inspect", "--json", image), ("validate", image),
+                 ("build", "--from", image, "--hostname", "node-8", "-o", tmp_path / "again.iso")):
+        outcome = run_measured(*args)
+        assert outcome.returncode == 0, (args, outcome.stderr)
+        assert "error" not in outcome.stderr and outcome.cpu < CPU_BOUND and outcome.peak_rss < RSS_GUARD, args
+        if args[0] == "inspect":
+            assert json.loads(outcome.stdout)["links"] == 1000
+
+
+@pytest.mark.parametrize("mib", [8, 60])
+def test_a_large_string_is_refused_by_the_drive_it_would_make(tmp_path, mib):
+    """One value, so no count stops it: a meta_data.json of ``mib`` MiB goes into every
+    version directory, a drive past 64 MiB (60 MiB made a 692 MB ISO with 882 MiB of RSS,
+    exit 0). Each directory's copy is one object now, and the build is refused."""
+    path = tmp_path / "meta_data.json"
+    path.write_text(json.dumps({"uuid": UUID, "meta": {"x": "a" * (mib << 20)}}))
+    out = tmp_path / "drive.iso"
+    outcome = run_measured("build", "-o", out, "--meta-data", path)
+    line = assert_refused(outcome, names="more than a config drive holds (67108864 bytes)")
+    assert "meta_data.json alone is" in line and "written 11 times" in line
+    assert outcome.cpu < CPU_BOUND and not out.exists()

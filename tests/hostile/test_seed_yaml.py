@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from harness import HANG_GUARD, RSS_GUARD, refused, run_measured
+import bombs
+from harness import HANG_GUARD, RSS_GUARD, assert_refused, refused, run_measured
 
 BAD_NETWORK_CONFIG = {
     "version-3": b"version: 3\nethernets: {}\n",
@@ -49,3 +50,70 @@ def test_seed_meta_data_is_read_bounded(tmp_path, name):
     checked = run_measured("validate", seed)
     assert checked.returncode == 1 and checked.stderr.count("\n") == 1
     assert f"{seed}/meta-data: /: " in checked.stderr and "Traceback" not in checked.stderr
+
+
+# -- YAML that is small to send and large to parse (issue 20) ----------------------------
+# 40 KB of "[" kept PyYAML's scanner busy for 64-105 s (it checks every open flow level
+# for every token); docscan counts depth and values first, in one pass.
+
+YAML_BOMBS = bombs.yaml_bombs(4 << 20)
+REFUSED_BY_COUNT = ("more than 100000 YAML values", "YAML nested deeper than 64 levels",
+                    "YAML alias refused")
+CPU_BOUND = 10.0
+
+
+@pytest.mark.parametrize("name", sorted(YAML_BOMBS))
+def test_build_refuses_yaml_bombs_by_count(tmp_path, name):
+    config = tmp_path / "network-config"
+    config.write_bytes(YAML_BOMBS[name])
+    out = tmp_path / "seed.img"
+    outcome = run_measured("build", "-o", out, "--format", "nocloud", "--network-config", config)
+    line = assert_refused(outcome, names=f"{config}: ")
+    assert any(reason in line for reason in REFUSED_BY_COUNT), line
+    assert outcome.cpu < CPU_BOUND, f"{outcome.cpu:.1f} s of CPU"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["flow-open", "flow-long", "block-mappings-deep", "line-separators-deep",
+                                  "block-many-keys"])
+@pytest.mark.parametrize("file", ["network-config", "meta-data"])
+def test_seeds_holding_yaml_bombs_are_read_bounded(tmp_path, name, file):
+    """inspect shows the seed (without the fields of a meta-data it cannot read); validate
+    refuses it in one line naming the file and the limit; both under 10 s of CPU."""
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    (seed / "meta-data").write_bytes(b"instance-id: i-1\n")
+    (seed / "user-data").write_bytes(b"")
+    (seed / file).write_bytes(YAML_BOMBS[name])
+    shown = run_measured("inspect", "--json", seed)
+    assert shown.returncode == 0 and shown.peak_rss < RSS_GUARD and shown.cpu < CPU_BOUND, shown.stderr
+    assert json.loads(shown.stdout)["uuid"] == (None if file == "meta-data" else "i-1")
+    checked = run_measured("validate", seed)
+    assert checked.returncode == 1 and checked.stderr.count("\n") == 1 and checked.cpu < CPU_BOUND
+    assert checked.stderr.startswith(f"error: {seed}/{file}: /: byte "), checked.stderr
+    assert any(reason in checked.stderr for reason in REFUSED_BY_COUNT), checked.stderr
+
+
+def test_a_large_real_network_config_still_builds_and_validates(tmp_path):
+    """1,000 interfaces with addresses, routes and DNS (216 KiB, comments and flow
+    collections included) pass, as cloud-init takes them."""
+    config = tmp_path / "network-config"
+    config.write_bytes(bombs.large_network_config(1000))
+    seed = tmp_path / "seed.iso"
+    for args in (("build", "-o", seed, "--format", "nocloud", "--network-config", config,
+                  "--user-data", config), ("validate", seed), ("inspect", seed)):
+        outcome = run_measured(*args)
+        assert outcome.returncode == 0 and "error" not in outcome.stderr, (args, outcome.stderr)
+        assert outcome.cpu < CPU_BOUND and outcome.peak_rss < RSS_GUARD, args
+
+
+@pytest.mark.parametrize("name", ["flow-open", "block-many-keys", "quote-in-plain-block"])
+def test_deploy_and_inject_refuse_yaml_bombs_before_touching_the_target(tmp_path, name):
+    config = tmp_path / "network-config"
+    config.write_bytes(YAML_BOMBS[name])
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(range(256)) * 4096)
+    for command in (("deploy", "--device", disk), ("inject", disk)):
+        line = refused(*command, "--hostname", "h", "--network-config", config, watch=[disk, config],
+                       names=f"{config}: ")
+        assert any(reason in line for reason in REFUSED_BY_COUNT), line
