@@ -307,15 +307,26 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
         on_spool(f"{source.name}: qcow2 {why}: spooling to a temporary file first (qcow2 "
                  "needs random access)")
     import tempfile
+    where = spool_dir or tempfile.gettempdir()
+    known = source.size if not compression else None
+    if known is not None:
+        _check_spool_room(where, known, source.name)
     spool = tempfile.TemporaryFile(dir=spool_dir, prefix="configdrive-qcow2-")
     closers.append(spool.close)
-    meter = Progress(f"spooling {source.name}", source.size if not compression else None,
-                     enabled=on_spool is not None)
+    meter = Progress(f"spooling {source.name}", known, enabled=on_spool is not None)
     while True:
         data = stream.read(CHUNK)
         if not data:
             break
-        spool.write(data)
+        try:
+            spool.write(data)
+        except OSError as exc:
+            # A length known only at the end (stdin, a compressed stream): say where the
+            # room ran out and how much it had taken, not a bare "No space left on device".
+            raise PartitionError(f"{source.name}: spooling the qcow2 to {where} failed after "
+                                 f"{meter.done} bytes: {exc.strerror} (it needs the whole "
+                                 "image's size there; TMPDIR names another directory)"
+                                 ) from exc
         meter.update(meter.done + len(data))
     meter.finish()
     spool.flush()
@@ -324,6 +335,21 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
     closers.append(qcow.close)
     return Image(source.name, "qcow2", compression, qcow.virtual_size, qcow.extents,
                  lambda: digest, closers, detected="qcow2")
+
+
+def _check_spool_room(where: str, needed: int, name: str) -> None:
+    """Refuse a spool that cannot fit before its first byte is written: the error names
+    the directory and the size it needed (it used to be a bare "No space left on device"
+    once the disk was full)."""
+    try:
+        st = os.statvfs(where)
+    except OSError as exc:
+        raise PartitionError(f"{name}: the spool directory {where} cannot be used: "
+                             f"{exc.strerror}") from exc
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        raise PartitionError(f"{name}: spooling the qcow2 needs {needed} bytes in {where}, "
+                             f"which has {free} free (TMPDIR names another directory)")
 
 
 class _HashFile(threading.Thread):

@@ -61,6 +61,7 @@ MAX_SNAPSHOTS = 65536
 MAX_BACKING_NAME = 1023
 READ_RUN = 4 << 20     # the most we read (and hand on) at once
 COMPRESSED_READ_FACTOR = 8   # compressed clusters may read at most this many times the file
+OWNER_PAGE = 64        # clusters per page of the ownership map
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,14 @@ class Qcow2:
         self.csize_mask = (1 << (h.cluster_bits - 8)) - 1
         self._local = threading.local()   # a zstd context per thread (they are not shared)
         self._pool = None      # inflating threads, made for the first compressed run
-        # Who owns each cluster of the file: 0 nobody yet, else an owner tag (below).
-        self._owner = bytearray(-(-file_size // self.cluster) + 1)
+        # Who owns each cluster claimed so far (an owner tag, below), in pages of
+        # OWNER_PAGE clusters made as entries claim them: sized by the entries read, never
+        # by the file's size (a server may claim a terabyte for a 3.5 KB file, a sparse
+        # file may be 256 GiB apparent; one byte per cluster of that once took 2 GiB of
+        # RSS). About 3 bytes per cluster of a dense image, under 200 per scattered entry.
+        # The header, the L1 and the refcount table are kept as ranges.
+        self._owner: dict[int, bytearray] = {}
+        self._metadata_ranges: list[tuple[int, int]] = []
         self._claim_metadata()
         self._compressed_seen: set[int] = set()
         self._compressed_bytes = 0
@@ -128,7 +135,7 @@ class Qcow2:
         if self._compressed_bytes > COMPRESSED_READ_FACTOR * file_size + self.cluster:
             raise self._refuse(f"compressed clusters would read {self._compressed_bytes} bytes "
                                f"from a file of {file_size} (overlapping compressed data)")
-        self._owner = bytearray()         # only needed for the checks
+        self._owner = {}                  # only needed for the checks
         self._compressed_seen = set()
         self._l2_checked = True
 
@@ -247,20 +254,29 @@ class Qcow2:
     def _claim_metadata(self) -> None:
         """The header cluster, the L1 table and the refcount table belong to metadata."""
         h = self.header
-        self._owner[0] = self._METADATA
+        self._metadata_ranges = [(0, 0)]
         for offset, length in ((h.l1_table_offset, h.l1_size * 8),
                                (self._refcount_offset, self._refcount_bytes)):
             first, last = offset // self.cluster, (offset + max(length, 1) - 1) // self.cluster
-            self._owner[first: last + 1] = bytes([self._METADATA]) * (last + 1 - first)
+            self._metadata_ranges.append((first, last))
+
+    def _owner_of(self, index: int) -> int:
+        if any(first <= index <= last for first, last in self._metadata_ranges):
+            return self._METADATA
+        page = self._owner.get(index // OWNER_PAGE)
+        return page[index % OWNER_PAGE] if page is not None else 0
 
     def _claim(self, offset: int, owner: int, what: str) -> None:
         index = offset // self.cluster
-        previous = self._owner[index]
+        previous = self._owner_of(index)
         if previous:
             other = "qcow2 metadata" if previous == self._METADATA else "a data cluster"
             raise self._refuse(f"{what} at byte {offset} overlaps {other} (shared or cyclic "
                                "metadata)")
-        self._owner[index] = owner
+        page = self._owner.get(index // OWNER_PAGE)
+        if page is None:
+            page = self._owner[index // OWNER_PAGE] = bytearray(OWNER_PAGE)
+        page[index % OWNER_PAGE] = owner
 
     # -- tables ----------------------------------------------------------------------
     def _pread(self, offset: int, length: int, what: str) -> bytes:
@@ -323,7 +339,7 @@ class Qcow2:
                 if coffset in self._compressed_seen:
                     raise self._refuse(f"compressed cluster at byte {coffset} is mapped twice "
                                        f"({where})")
-                if self._owner[coffset // self.cluster] == self._METADATA:
+                if self._owner_of(coffset // self.cluster) == self._METADATA:
                     raise self._refuse(f"compressed cluster at byte {coffset} overlaps qcow2 "
                                        f"metadata ({where})")
                 self._compressed_seen.add(coffset)

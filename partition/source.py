@@ -127,8 +127,7 @@ class HttpSource(Source):
         self._pos, self._end = 0, None
         self._validator: tuple[str, str] | None = None     # ("ETag" | "Last-Modified", value)
         self._resp = self._open()
-        length = self._resp.headers.get("Content-Length")
-        self.size = int(length) if length and length.isdigit() else None
+        self.size = _content_length(self._resp.headers.get("Content-Length"))
         # Ranges may be asked for (qcow2 read in place): the server says it serves them.
         self.ranges = self._resp.headers.get("Accept-Ranges", "").strip().lower() == "bytes"
         etag = self._resp.headers.get("ETag")
@@ -241,6 +240,13 @@ class HttpSource(Source):
         if not self.closed:
             self._resp.close()
         super().close()
+
+
+def _content_length(text: str | None) -> int | None:
+    """The length a server states, or None when it states none we can use: ASCII digits
+    only (``str.isdigit`` accepts "²", which ``int`` then rejects with a traceback)."""
+    text = (text or "").strip()
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def _setting(given, env: str, default, kind):
