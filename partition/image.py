@@ -17,8 +17,10 @@ then wipes the target's tables (partition/copy.py).
 qcow2 needs random access (its metadata may lie anywhere, before or after the data), so:
 an uncompressed qcow2 in a local file is read in place with pread, and its checksum is
 computed by a thread reading the same file in order; an uncompressed qcow2 over http(s)
-from a server that serves byte ranges is read in place by Range requests, in one forward
-pass where the file's layout allows (partition/ranged.py: no spool, bounded memory); a
+from a server that serves byte ranges is read in place: its tables and the first MiB of
+its disk by a few Range requests, then its data in one forward pass in the file's order
+whatever the order of its clusters, each written at its virtual offset (``in_order``
+False; partition/ranged.py: no spool, memory bounded by the entries read); a
 qcow2 from stdin, inside a compressor or from a server without ranges is first spooled to
 an unlinked temporary file (hashing as it streams by, progress shown), which keeps memory
 bounded whatever the image size, and converted from there.
@@ -42,6 +44,7 @@ from .source import HttpSource, Source, open_source
 
 CHUNK = 4 << 20          # raw streams are read (and handed to the writer) this much at once
 ZERO_GRAIN = 64 << 10    # zero detection granularity inside data
+HEAD = 1 << 20           # the copier holds back this much of the disk's start (copy.HOLD)
 _ZERO_CHUNK = bytes(CHUNK)
 
 Extent = tuple[int, int, "bytes | memoryview | None"]   # offset, length, data (None: zeros)
@@ -61,6 +64,9 @@ class Image:
     _closers: list = field(default_factory=list)
     detected: str = "raw"              # what the content is (formats.identify), or "forced"
     origin: os.stat_result | None = None   # the local file or device read, if any
+    # False: after the first HEAD bytes (given first, in order) the extents come in any
+    # order (a qcow2 converted in its file's order), each once; virtual_size is known.
+    in_order: bool = True
 
     def extents(self) -> Iterator[Extent]:
         """The virtual disk in order; data extents are split where they hold runs of
@@ -291,14 +297,11 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
         source.close()       # the first answer told us what the file is; ranges from here
         ranged = RangedReader(source, hash_algorithm)
         closers.append(ranged.close)
-        qcow = Qcow2(ranged, source.size, source.name)
+        qcow = Qcow2(ranged, source.size, source.name, head_first=HEAD)
         closers.append(qcow.close)
-
-        def streamed() -> Iterator[Extent]:
-            ranged.follow()
-            yield from qcow.extents()
-        return Image(source.name, "qcow2", None, qcow.virtual_size, streamed, ranged.finish,
-                     closers, detected="qcow2")
+        return Image(source.name, "qcow2", None, qcow.virtual_size,
+                     lambda: qcow.extents_by_host(ranged.follow), ranged.finish, closers,
+                     detected="qcow2", in_order=False)
 
     why = (f"inside {compression}" if compression else
            "from a server that does not serve byte ranges" if isinstance(source, HttpSource)
