@@ -20,10 +20,14 @@ computed by a thread reading the same file in order; an uncompressed qcow2 over 
 from a server that serves byte ranges is read in place: its tables and the first MiB of
 its disk by a few Range requests, then its data in one forward pass in the file's order
 whatever the order of its clusters, each written at its virtual offset (``in_order``
-False; partition/ranged.py: no spool, memory bounded by the entries read); a
-qcow2 from stdin, inside a compressor or from a server without ranges is first spooled to
-an unlinked temporary file (hashing as it streams by, progress shown), which keeps memory
-bounded whatever the image size, and converted from there.
+False; partition/ranged.py: no spool, memory bounded by the entries read). From a server
+without ranges the same reads are whole-file passes, the first answer going on as the
+first: one for qemu-img's layout (two with a checksum: the hashing pass reads from the
+start), three at most (the first MiB's clusters lying behind the tables that map them).
+A qcow2 from stdin, inside a compressor or from a server that names no ETag or
+Last-Modified (a second request cannot be proven to get the same file) is first spooled
+to an unlinked temporary file (hashing as it streams by, progress shown), which keeps
+memory bounded whatever the image size, and converted from there.
 """
 
 from __future__ import annotations
@@ -291,21 +295,35 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
         return Image(source.name, "qcow2", None, qcow.virtual_size, qcow.extents, finish, closers,
                      detected="qcow2")
 
-    if isinstance(source, HttpSource) and not compression and source.ranges and source.size:
-        # Read in place by Range requests: no spool, memory bounded (partition/ranged.py).
-        from .ranged import RangedReader
-        source.close()       # the first answer told us what the file is; ranges from here
-        ranged = RangedReader(source, hash_algorithm)
+    if isinstance(source, HttpSource) and not compression and source.provable:
+        # Read in place by Range requests: no spool, memory bounded (partition/ranged.py);
+        # from a server without ranges, by passes through the whole file (tables, data).
+        # A server that names no ETag or Last-Modified cannot be proven to send the same
+        # file twice: spooled.
+        from .ranged import RangedReader, Unforwardable
+        if source.ranges:
+            source.close()   # the first answer told us what the file is; ranges from here
+            ranged = RangedReader(source, hash_algorithm)
+        else:                # the first answer goes on as the first pass
+            ranged = RangedReader(source, hash_algorithm, prefix=bytes(head))
         closers.append(ranged.close)
-        qcow = Qcow2(ranged, source.size, source.name, head_first=HEAD)
-        closers.append(qcow.close)
-        return Image(source.name, "qcow2", None, qcow.virtual_size,
-                     lambda: qcow.extents_by_host(ranged.follow), ranged.finish, closers,
-                     detected="qcow2", in_order=False)
+        try:
+            qcow = Qcow2(ranged, source.size, source.name, head_first=HEAD)
+        except Unforwardable:      # no ranges, tables far in or out of order: spooled
+            ranged.close()
+            hasher = hashlib.new(hash_algorithm) if hash_algorithm else None
+            fresh = source.range(0)
+            closers.append(fresh.close)
+            outer = stream = _Peek(HashingReader(fresh, hasher))
+        else:
+            closers.append(qcow.close)
+            return Image(source.name, "qcow2", None, qcow.virtual_size,
+                         lambda: qcow.extents_by_host(ranged.follow), ranged.finish, closers,
+                         detected="qcow2", in_order=False)
 
     why = (f"inside {compression}" if compression else
-           "from a server that does not serve byte ranges" if isinstance(source, HttpSource)
-           else "stream")
+           "from a server that names no ETag or Last-Modified, or without ranges and tables "
+           "far into the file or out of order" if isinstance(source, HttpSource) else "stream")
     if on_spool:
         on_spool(f"{source.name}: qcow2 {why}: spooling to a temporary file first (qcow2 "
                  "needs random access)")
@@ -333,7 +351,7 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
         meter.update(meter.done + len(data))
     meter.finish()
     spool.flush()
-    digest = drained()
+    digest = drained()      # reads ``outer``: the stream that went to the spool
     qcow = Qcow2(spool.fileno(), spool.tell(), source.name)
     closers.append(qcow.close)
     return Image(source.name, "qcow2", compression, qcow.virtual_size, qcow.extents,

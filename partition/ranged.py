@@ -37,6 +37,7 @@ FETCH_MIN = 64 << 10      # a Range request asks for at least this much (the hea
 PIECE = 1 << 20           # gaps are read (and hashed) in pieces of this size
 MAX_BLOCKS = 1 << 18      # block digests kept: 16 bytes each
 DIGEST = 16
+PREPASS = 64 << 20        # without ranges: how far into the file the tables may lie
 
 
 def _digest(data) -> bytes:
@@ -46,8 +47,16 @@ def _digest(data) -> bytes:
 class RangedReader:
     """``pread`` over an http(s) source that serves byte ranges (see the module doc)."""
 
-    def __init__(self, source: HttpSource, hash_algorithm: str | None = None):
+    def __init__(self, source: HttpSource, hash_algorithm: str | None = None,
+                 prefix: bytes | None = None):
+        """``prefix``: from a server without ranges, the bytes already read from
+        ``source``, which then goes on as the first pass (its first answer is not thrown
+        away)."""
         self.source, self.name, self.size = source, source.name, source.size
+        # A server without ranges answers every request with the whole file: each read
+        # behind the last one is a new pass through it (source.range reads up to the
+        # offset), so reads are made in the file's order: the tables, then the data.
+        self.ranges = source.ranges
         self.hasher = hashlib.new(hash_algorithm) if hash_algorithm else None
         self._stream: HttpSource | None = None
         self._pos = 0                 # where the stream is (the next byte it gives)
@@ -67,10 +76,15 @@ class RangedReader:
         self._spare = self.size * 3 // 4
         self._checks: list[tuple[int, int, bytes]] = []    # read_spans' runs, to compare
         self._next_check, self._open_checks = 0, []
+        self._prefix = prefix or b""
+        if prefix is not None:
+            self._stream, self._pos = source, len(prefix)
 
     def follow(self) -> None:
         self._following = True
         self._checks.sort()
+        if not self.ranges and self.hasher is not None:
+            self._reopen(0)        # the hashing pass: the whole file, in order, from its start
 
     def read_spans(self, spans, last: bool = False):
         """(offset, length, bytes) for every (offset, length) in ``spans``, by offset,
@@ -85,6 +99,9 @@ class RangedReader:
         the stream passes them (a server could answer a Range with other bytes than the
         download): no block is widened, so no byte outside the spans is fetched for it."""
         wanted = sorted({(o, n) for o, n in spans if o < self.size and n > 0})
+        if not self.ranges:
+            yield from ((o, n, self._forward(o, n)) for o, n in wanted)
+            return
         runs: list[list[int]] = []          # the union of the spans: [start, end]
         for offset, length in wanted:
             length = min(length, self.size - offset)      # short at the file's end
@@ -119,8 +136,13 @@ class RangedReader:
         length = max(0, min(length, self.size - offset))
         if not length:
             return b""
+        if not self.ranges and not self._following:
+            return self._forward(offset, length)
+        if not self.ranges and self.hasher is None and offset < self._pos:
+            self._reopen(offset)               # a new pass
         if self._following and offset >= self._pos:
-            if self.hasher is None and (offset - self._pos > WINDOW or self._stream is None):
+            if self.hasher is None and ((self.ranges and offset - self._pos > WINDOW)
+                                        or self._stream is None):
                 self._reopen(offset)           # nothing to hash in between: jump
             self._advance(offset)
             return self._take(length)
@@ -148,14 +170,36 @@ class RangedReader:
         while self._pos < offset:
             self._take(min(PIECE, offset - self._pos))
 
-    def _take(self, length: int) -> bytes:
+    def _forward(self, offset: int, length: int) -> bytes:
+        """Before ``follow``, from a server without ranges: read on from where the last
+        read ended, or start a new pass (a GET read through to ``offset``) for a read
+        behind it. Not hashed here (the hashing pass is the one after ``follow``), but
+        each read's digest is kept for that pass to compare."""
+        if offset + length <= len(self._prefix):
+            data = self._prefix[offset: offset + length]
+        else:
+            if offset < self._pos or offset + length > PREPASS:
+                # A second pass before the data's, or one far into the file: the spool
+                # (one download) costs less than reading the file twice or more.
+                raise Unforwardable(f"{self.name}: bytes {offset}..{offset + length - 1} "
+                                    "cannot be read on this pass")
+            if self._stream is None:
+                self._reopen(offset)
+            while self._pos < offset:
+                self._take(min(PIECE, offset - self._pos), hashing=False)
+            data = self._take(length, hashing=False)
+        if self.hasher is not None:
+            self._checks.append((offset, offset + length, _digest(data)))
+        return data
+
+    def _take(self, length: int, hashing: bool = True) -> bytes:
         if self._stream is None:
             self._stream = self.source.range(self._pos)
         data = _read_exactly(self._stream, length)
         if len(data) != length:
             raise PartitionError(f"{self.name}: the download ended at byte {self._pos + len(data)}, "
                                  f"before its length of {self.size} bytes")
-        if self.hasher is not None:
+        if self.hasher is not None and hashing:
             self.hasher.update(data)
             self._track(data)
             if self._checks:
@@ -238,6 +282,11 @@ class RangedReader:
             raise PartitionError(f"{self.name}: the server sent different bytes for bytes "
                                  f"{start}..{min(start + self.block, self.size) - 1} in a Range "
                                  "request than in the download: refused")
+
+
+class Unforwardable(PartitionError):
+    """A server without ranges, an image whose tables do not lie in the file's first
+    PREPASS bytes in the order they are read: spool it instead (partition/image.py)."""
 
 
 def _coalesce(runs: list[list[int]], allowance: int) -> list[list[list[int]]]:

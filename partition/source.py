@@ -125,6 +125,7 @@ class HttpSource(Source):
                                _setting(deadline, ENV_DEADLINE, DEADLINE, float), backoff)
         self._timeout = timeout
         self._pos, self._end = 0, None
+        self._again = False      # another request for the same file (see ``range``)
         self._validator: tuple[str, str] | None = None     # ("ETag" | "Last-Modified", value)
         self._resp = self._open()
         self.size = _content_length(self._resp.headers.get("Content-Length"))
@@ -136,6 +137,12 @@ class HttpSource(Source):
             self._validator = ("ETag", etag)
         elif modified:
             self._validator = ("Last-Modified", modified)
+
+    @property
+    def provable(self) -> bool:
+        """Whether another request can be proven to get the same file (a length and a
+        strong ETag or Last-Modified): what ``range`` needs."""
+        return self._validator is not None and self.size is not None
 
     def range(self, start: int, end: int | None = None) -> "HttpSource":
         """Another GET of the same entity for bytes ``start`` up to ``end`` (exclusive;
@@ -150,6 +157,7 @@ class HttpSource(Source):
                               _handlers=self._handlers,
                               size=self.size, ranges=self.ranges, stat=None, path=None)
         other._pos, other._end = start, min(end, self.size) if end is not None else None
+        other._again = True      # even from byte 0: it must be the same file
         other._resp = other._open()
         return other
 
@@ -167,7 +175,7 @@ class HttpSource(Source):
         while True:
             timeout = min(self._timeout, self._left(f"connecting at byte {self._pos}"))
             request = urllib.request.Request(self.url, headers={"User-Agent": "configdrive"})
-            if self._pos or self._end is not None:
+            if self._pos or self._end is not None or self._again:
                 last = "" if self._end is None else self._end - 1
                 request.add_header("Range", f"bytes={self._pos}-{last}")
                 request.add_header("If-Range", self._validator[1])
@@ -183,7 +191,7 @@ class HttpSource(Source):
                     raise
                 why = str(getattr(exc, "reason", exc))
             else:
-                if self._pos or self._end is not None:
+                if self._pos or self._end is not None or self._again:
                     self._same_entity(resp)
                 return resp
             self._spend_retry(why)
