@@ -1,12 +1,18 @@
-# The two entry points the README opens with. Each installs everything first.
+# The two entry points the README opens with. Each installs what it needs first: the
+# demo only the package (python3-venv and `pip install .`), the tests everything else too
+# (the Debian tools the tests read images back with, QEMU and the guests' tools, the
+# peers); scripts/install.sh prints the list it works from.
 # Tests run with .venv/bin/pytest (not python -m) so that they import the installed
 # package, not the checkout: what `pip install .` ships is what is tested.
-.PHONY: install demo test quick e2e bench
+.PHONY: install install-core demo test quick e2e bench
 
 install:
-	bash scripts/install.sh
+	bash scripts/install.sh test
 
-demo: install
+install-core:
+	bash scripts/install.sh core
+
+demo: install-core
 	.venv/bin/configdrive build --example -o example-config-drive.iso
 	.venv/bin/configdrive inspect example-config-drive.iso
 

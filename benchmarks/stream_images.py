@@ -25,6 +25,24 @@ The HTTP row serves the qcow2 from 127.0.0.1 (a server in this process that hono
 and compares our read-in-place against IPA's route: download the image to a file in
 /dev/shm (IPA's ramdisk /tmp is RAM), then `qemu-img convert -n`, then remove the file.
 
+What the writer does that these rows show:
+- data goes to a block device with O_DIRECT (as `dd oflag=direct` writes), copied once
+  into an aligned buffer: written through the page cache, the kernel's copy into freshly
+  allocated pages dominated our CPU time and swung widely between runs. qemu-img writes
+  through the page cache, so its times vary more; a deploy meets a device with a cold
+  page cache, which is what qemu-img meets here too.
+- each run of zeros is zeroed (write-zeroes, never discard; BLKZEROOUT where the device
+  cannot) on a thread of its own beside the data writes, rather than the whole range in
+  one call first, which freed blocks the data then had to allocate again;
+- zero detection compares each 64 KiB grain in place, without copying it out first;
+- still paid, and kept: the first and last MiB held back and three fsyncs (zeroed ends,
+  body, head), so that a crash never leaves a half-written disk that looks bootable;
+  Python's start-up; a peak RSS above qemu-img's (the interpreter and its modules, the
+  read-ahead and the aligned buffer).
+qcow2 over HTTP(S) is read in place by Range requests: no temporary file, and a peak RSS
+that does not grow with the image, where IPA's route needs the whole image in RAM first.
+A compressed stream (qcow2 inside gzip/xz/zstd) still needs a spool, and says so.
+
 Needs root (loop devices).
 """
 

@@ -272,7 +272,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from .errors import one_line
     summary = open_drive(args.drive).summary()
     if args.json:   # json.dumps escapes control characters itself
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(_versioned(summary), indent=2))
         return 0
 
     def show(value) -> str:
@@ -360,12 +360,13 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                          label=args.label, size=args.size, versions=args.versions, ec2=args.ec2,
                          validate=args.validate)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(_versioned(summary), indent=2))
+    written = _written(args.device, summary["target"])
     if summary["image"]:
         s = summary["image"]
         _say(args, f"{PROG}: wrote {s['source']} ({s['format']}"
                    f"{', a hybrid ISO' if s['detected'] == 'iso-hybrid' else ''}"
-                   f"{', ' + s['compression'] if s['compression'] else ''}) to {args.device}: "
+                   f"{', ' + s['compression'] if s['compression'] else ''}) to {written}: "
                    f"{s['virtual_size']} bytes in {s['seconds']:.1f}s"
                    f"{', ' + s['checksum']['algorithm'] + ' verified' if s['checksum'] else ''}"
                    f"{', read back and verified' if s['verified'] else ''}")
@@ -373,10 +374,20 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         c, p = summary["config_drive"], summary["config_drive"]["partition"]
         _say(args, f"{PROG}: wrote the {c['drive']['format']} drive labelled {c['drive']['label']} to "
                    f"partition {p['number']} ({'created, ' if p['created'] else ''}found by {p['identity']}) "
-                   f"at byte {p['start']} of {args.device}{', node ' + p['node'] if p['node'] else ''}")
+                   f"at byte {p['start']} of {written}{', node ' + p['node'] if p['node'] else ''}")
         for note in c["notes"]:
             _say(args, f"{PROG}: note: {note}")
     return 0
+
+
+def _written(name: str, target: dict) -> str:
+    """The device a deploy wrote, as the summary line names it: the name given, and the
+    device that name led to when the deploy opened it (major:minor, kernel name, by-id
+    name), which is the one written even if the name points elsewhere by now."""
+    if target["kind"] == "file":
+        return name
+    known = ", ".join(x for x in (target["name"], target["by_id"]) if x)
+    return f"{name} (block device {target['dev']}{', ' + known if known else ''})"
 
 
 def cmd_inject(args: argparse.Namespace) -> int:
@@ -385,8 +396,15 @@ def cmd_inject(args: argparse.Namespace) -> int:
     with _log_to_stderr(args), _sigterm_as_interrupt():
         result = inject(args.image, content, handlers=args.handlers, partition=args.partition)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(_versioned(result), indent=2))
     return 0
+
+
+def _versioned(summary: dict) -> dict:
+    """A --json summary with the version that wrote it, for bug reports and for tools
+    that read the output of more than one release."""
+    from .version import version
+    return {**summary, "configdrive_version": version()}
 
 
 def write_stdout(data: bytes) -> None:
@@ -458,15 +476,22 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Build, read and deploy OpenStack config-drive-v2 images.")
     global_options(parser, False)
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str,
+                examples: str) -> argparse.ArgumentParser:
+        # Raw: the examples are command lines, printed as written.
+        p = sub.add_parser(name, help=help, description=help, epilog="examples:\n" + examples,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         global_options(p, argparse.SUPPRESS)
         p.set_defaults(handler=handler)
         return p
 
-    p = command("build", cmd_build, "build a config drive image")
+    p = command("build", cmd_build, "build a config drive image",
+                "  configdrive build -o drive.iso --hostname node-7 --ssh-key ~/.ssh/id_ed25519.pub \\\n"
+                "      --user-data user-data.yaml\n"
+                "  configdrive build --from /dev/sda --network-data new-network.json -o patched.iso\n")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="image file, or - for stdout")
     p.add_argument("--from", dest="source_drive", metavar="DRIVE_OR_DISK",
                    help="re-master this drive (image, directory, or a disk's config partition): "
@@ -474,29 +499,39 @@ def make_parser() -> argparse.ArgumentParser:
     add_content_options(p)
     add_format_options(p, sector_size=True, nocloud=True)
 
-    p = command("inspect", cmd_inspect, "show what a drive, a drive directory or a disk's config partition holds")
+    p = command("inspect", cmd_inspect, "show what a drive, a drive directory or a disk's config partition holds",
+                "  configdrive inspect drive.iso\n"
+                "  configdrive inspect --json /dev/sda\n")
     p.add_argument("drive", metavar="DRIVE_OR_DISK")
     p.add_argument("--json", action="store_true", help="machine-readable output (stable keys)")
 
-    p = command("extract", cmd_extract, "copy a drive's files into a directory")
+    p = command("extract", cmd_extract, "copy a drive's files into a directory",
+                "  configdrive extract drive.iso drive-files/\n")
     p.add_argument("drive", metavar="DRIVE_OR_DISK")
     p.add_argument("dir", metavar="DIR")
 
-    p = command("validate", cmd_validate, "check metadata files, a drive or a drive directory")
+    p = command("validate", cmd_validate, "check metadata files, a drive or a drive directory",
+                "  configdrive validate meta_data.json network_data.json\n"
+                "  configdrive validate --strict drive.iso\n")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--kind", choices=("meta_data", "network_data", "vendor_data", "vendor_data2",
                                       "ec2_meta_data", "ironic", "user_data", "drive"),
                    help="what the files are (default: by file name; directories and images are drives)")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
 
-    p = command("pack", cmd_pack, "print a drive as gzip+base64 (the ironic API form)")
+    p = command("pack", cmd_pack, "print a drive as gzip+base64 (the ironic API form)",
+                "  configdrive pack drive.iso > configdrive.txt\n")
     p.add_argument("drive", metavar="DRIVE")
 
-    p = command("unpack", cmd_unpack, "turn a gzip+base64 string back into a drive image")
+    p = command("unpack", cmd_unpack, "turn a gzip+base64 string back into a drive image",
+                "  configdrive unpack configdrive.txt -o drive.iso\n")
     p.add_argument("text_file", metavar="TEXT_FILE")
     p.add_argument("-o", "--output", required=True, metavar="OUT")
 
-    p = command("deploy", cmd_deploy, "write an OS image and/or a config drive onto a disk")
+    p = command("deploy", cmd_deploy, "write an OS image and/or a config drive onto a disk",
+                "  configdrive deploy --device /dev/sda --image https://example.org/cloud.qcow2 \\\n"
+                "      --checksum sha256:9f86d0... --hostname node-7 --ssh-key ops.pub\n"
+                "  configdrive deploy --device /dev/sda --config-drive drive.iso\n")
     p.add_argument("--device", required=True, metavar="DEV", help="target block device or disk image file")
     p.add_argument("--image", metavar="IMAGE", help="OS image: file, - for stdin, or http(s) URL")
     p.add_argument("--checksum", metavar="ALGO:HEX|FILE|URL", help="expected image checksum")
@@ -524,7 +559,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_content_options(p)
     add_format_options(p)
 
-    p = command("inject", cmd_inject, "write drive content into a guest image's filesystem (legacy)")
+    p = command("inject", cmd_inject, "write drive content into a guest image's filesystem (legacy)",
+                "  configdrive inject guest.raw --hostname node-7 --ssh-key ops.pub\n")
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--handlers", default=None, metavar="LIST",
                    help="handlers to try in order (default: debugfs,loop,nbd,guestfs)")
@@ -533,6 +569,19 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print what was injected as JSON")
     add_content_options(p)
     return parser
+
+
+class _VersionAction(argparse.Action):
+    """--version, with the version read only when asked (the package metadata is not
+    read for every command)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .version import version
+        print(f"{PROG} {version()}")
+        parser.exit()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,7 +4,9 @@
 
 The image part lives in ``partition.copy`` (dd semantics, hold-back, checksum, wipe on
 failure); the config drive part in ``configdrive.placement``. This module only puts them
-in order.
+in order, on one ``Target``: the device is looked up by its name, opened and locked once,
+and every step (copy, verify, drive, re-read, wipe, the summary) acts on that handle, so
+a name re-pointed meanwhile (a /dev/disk/by-id link udev moves) changes nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 from typing import Any
 
 from partition.copy import wipe_disk, write_image
-from partition.device import lock_target
+from partition.device import Target, open_target
 from partition.errors import PartitionError
 from partition.progress import Progress
 
@@ -38,7 +40,9 @@ def deploy(device: str, image: str | None = None, *, checksum: str | None = None
     image file only with ``create``. ``image_format``: "auto" (by content), "raw" (the
     bytes as they are) or "qcow2"; ``http_options``: retries, deadline, timeout.
 
-    Returns a summary: {"device", "image": {...} or None, "config_drive": {...} or None}.
+    Returns a summary: {"device": the name given, "target": the device written (kind,
+    major:minor, kernel name, by-id name, disk sequence number; a file's device and inode),
+    "image": {...} or None, "config_drive": {...} or None}.
     Raises PartitionError / ConfigDriveError with a one-line message."""
     if image is None and drive is None:
         raise ConfigDriveError("deploy: nothing to do (give an image, a config drive, or both)")
@@ -53,44 +57,44 @@ def deploy(device: str, image: str | None = None, *, checksum: str | None = None
         from .builder import checked_tree
         checked_tree(drive, **{k: drive_options[k] for k in ("format", "label", "versions", "ec2", "validate")
                                if drive_options.get(k) is not None})
-    with lock_target(device, create=create and image is not None):
-        return _deploy(device, image, checksum, drive, preserve_on_error, verify, quiet,
-                       progress_stream, create, image_format, http_options, drive_options)
+    with open_target(device, create=create and image is not None) as target:
+        return _deploy(target, image, checksum, drive, preserve_on_error, verify, quiet,
+                       progress_stream, image_format, http_options, drive_options)
 
 
-def _deploy(device, image, checksum, drive, preserve_on_error, verify, quiet, progress_stream,
-            create, image_format, http_options, drive_options) -> dict:
-    summary: dict[str, Any] = {"device": str(device), "image": None, "config_drive": None}
+def _deploy(target: Target, image, checksum, drive, preserve_on_error, verify, quiet,
+            progress_stream, image_format, http_options, drive_options) -> dict:
+    summary: dict[str, Any] = {"device": target.path, "target": target.describe(),
+                               "image": None, "config_drive": None}
 
     if image is not None:
         # A held old partition would outlive the new table in the kernel's view (and the
         # config partition would get no node): refuse before the first byte goes down.
         from partition.rescan import refuse_held_partitions
-        refuse_held_partitions(str(device))
+        refuse_held_partitions(target)
         say = None if quiet else log.info
         progress = Progress(f"writing {image}", None, stream=progress_stream, enabled=not quiet)
-        result = write_image(image, device, checksum=checksum, progress=progress,
+        result = write_image(image, target, checksum=checksum, progress=progress,
                              preserve_on_error=preserve_on_error, say=say, verify=verify,
-                             create=create, image_format=image_format,
-                             http_options=http_options)
+                             image_format=image_format, http_options=http_options)
         summary["image"] = {"source": str(image), **result}
 
     try:
         if drive is not None:
             # The config drive goes in after the image (configdrive/placement.py).
             from .placement import place_config_drive
-            summary["config_drive"] = place_config_drive(device, drive, **drive_options)
+            summary["config_drive"] = place_config_drive(target, drive, **drive_options)
         elif image is not None:
             # No drive, but the image's GPT still has to fit this disk (backup at its end).
             from .placement import refresh_disk
-            summary["table"] = refresh_disk(device)
+            summary["table"] = refresh_disk(target)
     except (ConfigDriveError, PartitionError, KeyboardInterrupt) as exc:
         if image is None or preserve_on_error:
             raise
         # The image is down but the job failed or was stopped (its table refused once read
         # back whole, the drive not placed, Ctrl-C or SIGTERM, which the command turns into
         # KeyboardInterrupt): as after a failed copy, leave no disk that boots.
-        note = wipe_disk(str(device))
+        note = wipe_disk(target)
         if isinstance(exc, KeyboardInterrupt):
             log.info(note)
             raise

@@ -3,10 +3,12 @@ image in pieces."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
+from .dirfd import Refused, create_file, open_top
 from .drive import Drive
 from .drivefiles import read_file
 from .errors import ConfigDriveError
@@ -23,30 +25,46 @@ def extract_drive(path: str, dest: str | os.PathLike) -> Drive:
     with open_path(path) as fp:
         found = locate(fp, path)
         listing = scan_image(found.fp, found.format, found.source)
-        for rel, ref in listing.files.items():
-            _write_under(dest, rel, read_file(found.fp, ref, found.source, rel))
+        with _destination(dest) as top:
+            for rel, ref in listing.files.items():
+                _write_under(top, dest, rel, read_file(found.fp, ref, found.source, rel))
     return Drive(path, found.format, found.label, dict.fromkeys(listing.files, b""),
                  partition=found.partition, notes=found.notes)
 
 
 def extract(tree: Mapping[str, bytes], dest: str | os.PathLike) -> None:
     """Write a drive's tree under ``dest``; refuses paths that would leave it."""
-    for rel, data in tree.items():
-        _write_under(dest, rel, [data])
+    with _destination(dest) as top:
+        for rel, data in tree.items():
+            _write_under(top, dest, rel, [data])
 
 
-def _write_under(dest: str | os.PathLike, rel: str, pieces) -> None:
-    """Write one file of a drive at ``dest/rel``, refusing a path that would leave
-    ``dest`` (``..``, an absolute path, or a link already inside it)."""
-    root = Path(dest).resolve()
-    target = (root / rel).resolve()
-    if root != target and root not in target.parents:
-        raise ConfigDriveError(f"{rel}: path leaves the extraction directory {dest}")
-    target.parent.mkdir(parents=True, exist_ok=True)
+@contextlib.contextmanager
+def _destination(dest: str | os.PathLike) -> Iterator[int]:
+    """A descriptor of ``dest`` (made if missing), which every file is written under."""
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        top = open_top(dest, create=True)
     except OSError as exc:
-        raise ConfigDriveError(f"{target}: cannot write ({exc.strerror or exc})") from exc
+        raise ConfigDriveError(f"{dest}: cannot write into it ({exc.strerror or exc})") from exc
+    try:
+        yield top
+    finally:
+        os.close(top)
+
+
+def _write_under(top: int, dest: str | os.PathLike, rel: str, pieces) -> None:
+    """Write one file of a drive at ``dest/rel``, refusing a path that would leave
+    ``dest``: ``..`` or an absolute path by its words, and a link or a non-directory
+    anywhere under ``dest`` by the descriptors that walk there (configdrive/dirfd.py): each
+    directory opened without following a link, the file made anew (O_EXCL), so a name
+    swapped for a link while we write cannot send a byte outside."""
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ConfigDriveError(f"{rel}: path leaves the extraction directory {dest}")
+    try:
+        fd = create_file(top, parts)
+    except Refused as exc:
+        raise ConfigDriveError(f"{os.path.join(dest, *exc.parts)}: cannot write ({exc.why})") from exc
     with open(fd, "wb") as out:
         for piece in pieces:
             out.write(piece)

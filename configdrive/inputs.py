@@ -4,14 +4,13 @@ gathered into a :class:`~configdrive.content.Content` (build) or
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 from .content import Content, InjectedFile
+from .dirfd import Refused, open_regular
 from .errors import ConfigDriveError
 from .jsondoc import parse_json
 from .nocloud import parse_network_config
@@ -112,15 +111,21 @@ def changes_from_options(*, ironic: str | None = None, meta_data: str | None = N
 MAX_INPUT_BYTES = 64 << 20
 
 
-def read_bytes(path: str, what: str = "input", limit: int | None = None) -> bytes:
+def read_bytes(path: str, what: str = "input", limit: int | None = None, *, regular: bool = False) -> bytes:
     """A file's bytes; ``-`` is standard input. With ``limit``, a file holding more than
-    ``limit`` bytes is refused after reading at most one byte more."""
+    ``limit`` bytes is refused after reading at most one byte more. With ``regular``, the
+    file itself must be a regular file, opened without following a link and judged by
+    fstat of that descriptor (configdrive/dirfd.py): a name in a directory others can
+    write may be swapped for a link to a host file at any moment."""
     try:
         if path == "-":
             data = sys.stdin.buffer.read(-1 if limit is None else limit + 1)
         else:
-            with open(path, "rb") as fp:
+            with open(open_regular(path)[0] if regular else path, "rb") as fp:
                 data = fp.read(-1 if limit is None else limit + 1)
+    except Refused as exc:
+        hint = "; name the file it points to" if exc.link else ""
+        raise ConfigDriveError(f"{path}: cannot read {what} ({exc.why}{hint})") from exc
     except OSError as exc:
         raise ConfigDriveError(f"{path}: cannot read {what} ({exc.strerror or exc})") from exc
     if limit is not None and len(data) > limit:
@@ -187,7 +192,7 @@ def parse_file_option(spec: str) -> InjectedFile:
         guest, local = split_file_spec(spec)
     except ValueError as exc:
         raise ConfigDriveError(f"--file {exc}") from exc
-    return InjectedFile(guest, read_bytes(local, f"file for {guest}"))
+    return InjectedFile(guest, read_bytes(local, f"file for {guest}", MAX_INPUT_BYTES, regular=True))
 
 
 # nova's content paths: /content/NNNN (api/metadata/base.py, "%04i" % index).
@@ -229,10 +234,8 @@ def carry_over_files(meta_data: dict[str, Any], meta_data_path: str) -> list[Inj
 def _read_regular_file(path: Path) -> bytes | None:
     """The bytes of ``path`` if it is a regular file (not a link), else None."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as fp:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        return read_bytes(str(path), "content file", MAX_INPUT_BYTES, regular=True)
+    except ConfigDriveError as exc:
+        if isinstance(exc.__cause__, (Refused, OSError)):   # a link, a FIFO, no such file
             return None
-        return fp.read()
+        raise                                                  # there, but too large

@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 from typing import BinaryIO, Iterator, Mapping
 
+from .dirfd import HeldFile
 from .errors import ConfigDriveError
 from .isonames import primary_names
 
@@ -34,15 +35,19 @@ _JOLIET_FORBIDDEN = re.compile(r"[\x00-\x1f*/:;?\\]")
 PUBLISHER = "configdrive"
 APPLICATION = "configdrive (pycdlib)"
 _CLOCK_LOCK = threading.Lock()
+# pycdlib copies file data in pieces of this size: 1 MiB keeps a multi-GiB file's copy
+# to a few thousand calls while memory stays one piece.
+WRITE_BLOCK = 1 << 20
 
 
 # -- writing -------------------------------------------------------------------------
 
-def write(tree: Mapping[str, bytes], out: BinaryIO, *, label: str = "config-2",
-          epoch: int | None = None, publisher: str = PUBLISHER) -> None:
-    """Write ``tree`` ({relative POSIX path: bytes}, files only) as an ISO 9660 image with
+def write(tree: Mapping[str, bytes | HeldFile], out: BinaryIO, *, label: str = "config-2",
+          epoch: int | None = None, publisher: str = PUBLISHER, application: str = APPLICATION) -> None:
+    """Write ``tree`` ({relative POSIX path: bytes or a HeldFile}, files only) as an ISO 9660 image with
     Joliet and Rock Ridge 1.09 to ``out``, volume label ``label``, publisher identifier
-    ``publisher`` (nova writes "OpenStack Nova X.Y.Z" there).
+    ``publisher`` (nova writes "OpenStack Nova X.Y.Z" there) and application identifier
+    ``application``.
 
     With ``epoch`` (SOURCE_DATE_EPOCH) every date in the image is that instant, so equal
     inputs give byte-identical images; without it, the current time. Dates are UTC.
@@ -52,8 +57,11 @@ def write(tree: Mapping[str, bytes], out: BinaryIO, *, label: str = "config-2",
     ``rr_moved``; Rock Ridge readers see the tree as given either way.
     """
     _check_label(label)
-    if len(publisher.encode("utf-8")) > PUBLISHER_MAX:
+    if len(publisher.encode("utf-8", "surrogateescape")) > PUBLISHER_MAX:
         raise ConfigDriveError(f"publisher {publisher[:40]!r}...: longer than {PUBLISHER_MAX} bytes")
+    if not publisher.isascii():
+        # the primary volume descriptor holds it in ASCII (pycdlib encodes it so and fails)
+        raise ConfigDriveError(f"publisher {publisher!r}: ISO 9660 writes the publisher in ASCII only")
     files, dirs = _check_tree(tree)
     primary = _primary_paths(files, dirs)
     joliet = _joliet_paths(files, dirs)
@@ -67,20 +75,21 @@ def write(tree: Mapping[str, bytes], out: BinaryIO, *, label: str = "config-2",
         # genisoimage does not; level 4 is only needed to let lowercase and "." pass
         # its name checks, so it is raised after the descriptors exist.
         iso.new(interchange_level=3, vol_ident=label, pub_ident_str=publisher,
-                app_ident_str=APPLICATION, joliet=3, rock_ridge="1.09")
+                app_ident_str=application, joliet=3, rock_ridge="1.09")
         iso.interchange_level = 4
         for path in sorted(dirs, key=_depth_first):
             iso.add_directory(primary[path], rr_name=_basename(path), joliet_path=joliet[path])
         for path in files:
             data = tree[path]
-            iso.add_fp(io.BytesIO(data), len(data), primary[path], rr_name=_basename(path),
-                       joliet_path=joliet[path])
+            # a HeldFile is read while the image is written, in write_fp's blocks
+            fp, size = (data, data.size) if isinstance(data, HeldFile) else (io.BytesIO(data), len(data))
+            iso.add_fp(fp, size, primary[path], rr_name=_basename(path), joliet_path=joliet[path])
         # pycdlib seeks to absolute offsets: give it a stream that starts at 0.
         if out.seekable() and out.tell() == 0:
-            iso.write_fp(out)
+            iso.write_fp(out, blocksize=WRITE_BLOCK)
         else:
             buffer = io.BytesIO()
-            iso.write_fp(buffer)
+            iso.write_fp(buffer, blocksize=WRITE_BLOCK)
             out.write(buffer.getbuffer())
         iso.close()
 
@@ -95,7 +104,7 @@ def _check_label(label: str) -> None:
             f"label {label!r}: an ISO 9660 label with Joliet has 1 to {LABEL_MAX} characters")
 
 
-def _check_tree(tree: Mapping[str, bytes]) -> tuple[list[str], set[str]]:
+def _check_tree(tree: Mapping[str, bytes | HeldFile]) -> tuple[list[str], set[str]]:
     """The files in a stable order and every directory they need; refuses paths that
     cannot be a file on a drive."""
     files = sorted(tree)
@@ -104,8 +113,8 @@ def _check_tree(tree: Mapping[str, bytes]) -> tuple[list[str], set[str]]:
         parts = path.split("/")
         if path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in path:
             raise ConfigDriveError(f"{path!r}: not a relative path to a file on the drive")
-        if not isinstance(tree[path], (bytes, bytearray, memoryview)):
-            raise ConfigDriveError(f"{path}: content must be bytes, not {type(tree[path]).__name__}")
+        if not isinstance(tree[path], (bytes, bytearray, memoryview, HeldFile)):
+            raise ConfigDriveError(f"{path}: content must be bytes or a HeldFile, not {type(tree[path]).__name__}")
         if len(path.encode("utf-8", "surrogateescape")) > 1023:
             raise ConfigDriveError(f"{path[:60]}...: path longer than 1023 bytes")
         for name in parts:

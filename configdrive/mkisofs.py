@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
+import resource
 import sys
 from pathlib import Path
 from typing import Sequence
+
+from .dirfd import HeldFile, Refused, walk
+from .errors import ConfigDriveError, one_line
 
 PROG = "configdrive-mkisofs"
 
@@ -83,50 +86,65 @@ def parse(argv: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def read_source_tree(root: str) -> dict[str, bytes]:
-    """Every file under ``root`` as {relative path: bytes}.
+def read_source_tree(root: str) -> dict[str, HeldFile]:
+    """Every file under ``root`` as {relative path: the file, open}, its bytes read only
+    while the image is written (a 3 GiB file once took 3 GiB of memory here).
 
     Our tree holds regular files only; a symlink, device, or empty directory has no place
-    in it, so it is refused instead of silently left out of the image."""
-    from .errors import ConfigDriveError
-    top = Path(root)
-    if not top.is_dir():
-        raise ConfigDriveError(f"{root}: not a directory")
-    tree: dict[str, bytes] = {}
-    for dirpath, dirnames, filenames in os.walk(top, onerror=_raise):
-        dirnames.sort()
-        if not dirnames and not filenames and Path(dirpath) != top:
-            raise ConfigDriveError(f"{dirpath}: empty directory (configdrive-mkisofs writes files only)")
-        for name in sorted(filenames) + [d for d in dirnames if Path(dirpath, d).is_symlink()]:
-            full = Path(dirpath, name)
-            mode = os.lstat(full).st_mode
-            if not stat.S_ISREG(mode):
-                raise ConfigDriveError(f"{full}: not a regular file (configdrive-mkisofs writes files only)")
-            tree[full.relative_to(top).as_posix()] = full.read_bytes()
+    in it, so it is refused instead of silently left out of the image. Each file is judged
+    by fstat of the descriptor its bytes come from (configdrive/dirfd.py), so an entry
+    swapped for a link to a host file after the look cannot put that file in the image."""
+    tree: dict[str, HeldFile] = {}
+    try:
+        for entry in walk(root):
+            full = os.path.join(root, entry.rel)
+            if entry.fd is None:
+                raise ConfigDriveError(f"{full}: {entry.why} (configdrive-mkisofs writes regular files only)")
+            tree[entry.rel] = HeldFile(entry.fd, entry.st.st_size, full)
+    except Refused as exc:
+        close_all(tree)
+        raise ConfigDriveError(f"{os.path.join(root, *exc.parts)}: {exc.why}") from exc
+    except BaseException:
+        close_all(tree)
+        raise
     return tree
 
 
-def _raise(exc: OSError) -> None:
-    raise exc
+def close_all(tree: dict[str, HeldFile]) -> None:
+    for held in tree.values():
+        held.close()
+
+
+def _raise_fd_limit() -> None:
+    """Every file stays open until the image is written: let the process hold as many
+    descriptors as it is allowed to (the soft limit is often 1024, the hard one far more)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def make_image(options: dict[str, str]) -> None:
     from . import iso
     from .builder import source_date_epoch
-    tree = read_source_tree(options["source"])   # everything read before the output is touched
-    output = Path(options["output"])
-    existed = output.exists()
+    from .version import version
+    _raise_fd_limit()
+    tree = read_source_tree(options["source"])   # every file judged before the output is touched
     try:
-        with open(output, "wb") as fp:           # O_TRUNC: the same inode the caller holds
-            iso.write(tree, fp, label=options["label"], publisher=options["publisher"],
-                      epoch=source_date_epoch())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            if existed:
-                os.truncate(output, 0)
-            else:
-                output.unlink()
-        raise
+        output = Path(options["output"])
+        existed = output.exists()
+        try:
+            with open(output, "wb") as fp:           # O_TRUNC: the same inode the caller holds
+                iso.write(tree, fp, label=options["label"], publisher=options["publisher"],
+                          epoch=source_date_epoch(), application=f"configdrive-mkisofs {version()}")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                if existed:
+                    os.truncate(output, 0)
+                else:
+                    output.unlink()
+            raise
+    finally:
+        close_all(tree)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,9 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         options = parse(argv)
     except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(one_line(f"{PROG}: error: {exc}"), file=sys.stderr)
         return 2
-    from .errors import ConfigDriveError
     try:
         make_image(options)
     except ConfigDriveError as exc:
@@ -144,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"{PROG}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(one_line(f"{PROG}: error: {where}{exc.strerror or exc}"), file=sys.stderr)
         return 1
     return 0
 

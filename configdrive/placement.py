@@ -16,7 +16,7 @@ from typing import Any
 from partition.config_partition import (CONFIG_LABELS, DEFAULT_MBR_TYPE, DEFAULT_SIZE, ConfigPartition,
                                         check_mbr_type, create_config_partition, find_config_partition,
                                         plan_config_partition)
-from partition.device import Target, open_target
+from partition.device import Target, held
 from partition.errors import PartitionError
 from partition.rescan import reread
 from partition.tables import Partition, Table, fix_backup_gpt, read_table
@@ -34,29 +34,31 @@ HEAD = 64 * 1024
 TAIL = 1 << 20
 
 
-def place_config_drive(device: str, drive: str | bytes | Content, *,
+def place_config_drive(device: str | Target, drive: str | bytes | Content, *,
                        config_size: int = DEFAULT_SIZE, mbr_type: int = DEFAULT_MBR_TYPE,
                        format: str | None = None, label: str = DEFAULT_LABEL, size: int | None = None,
                        versions: str | list[str] | None = None, ec2: bool = True,
                        validate: bool = True) -> dict[str, Any]:
-    """Write ``drive`` into the config partition of ``device`` (block device or disk
-    image file), creating the partition when there is none.
+    """Write ``drive`` into the config partition of ``device`` (a ``Target`` the caller
+    holds, or the path of a block device or disk image file, opened once here), creating
+    the partition when there is none.
 
     ``drive``: Content to build (``format``/``label``/``size``/``versions``/``ec2``/
     ``validate`` as for ``build``), the bytes of a drive image, or a path or http(s) URL
     of a drive image or an ironic packed (gzip+base64) string.
     Returns the ``--json`` summary of what was done."""
     check_mbr_type(mbr_type)
-    with open_target(device) as target:
+    with held(device) as target:
+        name = target.path          # for messages only: every step goes through ``target``
         fp = target.fileobj()
-        table = read_table(fp, target.size, target.sector_size if target.is_block else None, source=device)
+        table = read_table(fp, target.size, target.sector_size if target.is_block else None, source=name)
         if table is None:
-            raise PartitionError(f"{device}: no partition table (write an OS image first)")
-        found = find_config_partition(fp, table, mbr_type, source=device)
+            raise PartitionError(f"{name}: no partition table (write an OS image first)")
+        found = find_config_partition(fp, table, mbr_type, source=name)
         if found is not None:
             start, room = found.partition.start, found.partition.size
         else:
-            start, room = plan_config_partition(table, config_size, source=device)
+            start, room = plan_config_partition(table, config_size, source=name)
         _inside(target, start, room)
         notes = list(table.notes)
         image, fs, conversion = drive_for_disk(drive, table.sector_size, room, format=format, label=label,
@@ -65,7 +67,7 @@ def place_config_drive(device: str, drive: str | bytes | Content, *,
             notes.append(conversion)
         if len(image) > room:
             where = "the config partition" if found else "a config partition of --config-size"
-            raise PartitionError(f"{device}: the drive is {len(image)} bytes, larger than {where} "
+            raise PartitionError(f"{name}: the drive is {len(image)} bytes, larger than {where} "
                                  f"({room} bytes)")
         if fs.label not in CONFIG_LABELS:
             notes.append(f"drive label {fs.label!r}: cloud-init looks for config-2")
@@ -74,27 +76,29 @@ def place_config_drive(device: str, drive: str | bytes | Content, *,
         gpt_fixed = False
         if found is None:
             gpt_fixed = table.needs_gpt_fix
-            found = create_config_partition(fp, table, config_size, mbr_type, source=device)
+            found = create_config_partition(fp, table, config_size, mbr_type, source=name)
         else:
             gpt_fixed = fix_backup_gpt(fp, table)
         if gpt_fixed:
-            notes.append(f"{device}: GPT backup moved to the disk's last sectors")
+            notes.append(f"{name}: GPT backup moved to the disk's last sectors")
         _write_drive(target, found.partition, image)
-        rescan = reread(device, target.fd, table.partitions, found.partition)
+        rescan = reread(target, table.partitions, found.partition)
         notes.extend(rescan.notes)
-    return _summary(device, table, found, fs, image, rescan.node, rescan.method, notes)
+        return _summary(target, table, found, fs, image, rescan.node, rescan.method, notes)
 
 
-def refresh_disk(device: str) -> dict[str, Any]:
+def refresh_disk(device: str | Target) -> dict[str, Any]:
     """After an image was written and no drive is to be placed: move a misplaced backup
-    GPT to the disk's end (an image smaller than the disk) and refresh the kernel's view."""
-    with open_target(device) as target:
+    GPT to the disk's end (an image smaller than the disk) and refresh the kernel's view.
+    ``device``: a ``Target`` the caller holds, or a path, opened once here."""
+    with held(device) as target:
         fp = target.fileobj()
-        table = read_table(fp, target.size, target.sector_size if target.is_block else None, source=device)
+        table = read_table(fp, target.size, target.sector_size if target.is_block else None,
+                           source=target.path)
         if table is None:
             return {"table": None, "gpt_fixed": False, "rescan": None, "notes": []}
         fixed = fix_backup_gpt(fp, table)
-        rescan = reread(device, target.fd, table.partitions)
+        rescan = reread(target, table.partitions)
     return {"table": table.kind, "gpt_fixed": fixed, "rescan": rescan.method or None,
             "notes": table.notes + rescan.notes}
 
@@ -133,11 +137,12 @@ def _verify(target: Target, start: int, image: bytes) -> None:
         raise PartitionError(f"{target.path}: the drive read back differs at byte {start + at}")
 
 
-def _summary(device: str, table: Table, found: ConfigPartition, fs, image: bytes, node: str | None,
+def _summary(target: Target, table: Table, found: ConfigPartition, fs, image: bytes, node: str | None,
              rescan: str, notes: list[str]) -> dict[str, Any]:
     part = found.partition
     return {
-        "device": device,
+        "device": target.path,
+        "target": target.describe(),
         "table": table.kind,
         "sector_size": table.sector_size,
         "partition": {"number": part.number, "start": part.start, "size": part.size,

@@ -11,6 +11,7 @@ from typing import BinaryIO, Iterator
 
 from partition.probe import probe_filesystem
 
+from .dirfd import Refused, walk
 from .drive import Drive, Located
 from .drivefiles import Budget, Listing, read_all
 from .errors import ConfigDriveError
@@ -66,18 +67,21 @@ def read_image(fp: BinaryIO, fs_type: str, source: str) -> dict[str, bytes]:
 
 def read_directory(root: Path) -> dict[str, bytes]:
     """A drive's tree from an extracted directory (regular files only, links not
-    followed), under the same caps as an image."""
+    followed), under the same caps as an image. Each file is judged by fstat of the
+    descriptor its bytes come from (configdrive/dirfd.py): an entry swapped for a link
+    after a look at its name is left out like any link, never read through."""
     budget = Budget(str(root))
     tree = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            full = Path(dirpath, name)
-            rel = full.relative_to(root).as_posix()
-            budget.count_entry(rel)
-            if full.is_file() and not full.is_symlink():
-                with open(full, "rb") as fp:   # never more than the cap, whatever its size
-                    data = fp.read(budget.limit - budget.bytes_read + 1)
-                budget.charge(len(data), f"file {rel}")
-                tree[rel] = data
+    try:
+        for entry in walk(root):
+            if entry.fd is None:
+                budget.count_entry(entry.rel)
+                continue
+            with open(entry.fd, "rb") as fp:
+                budget.count_entry(entry.rel)
+                data = fp.read(budget.limit - budget.bytes_read + 1)   # never past the cap
+            budget.charge(len(data), f"file {entry.rel}")
+            tree[entry.rel] = data
+    except Refused as exc:
+        raise ConfigDriveError(f"{os.path.join(root, *exc.parts)}: {exc.why}") from exc
     return tree

@@ -50,7 +50,7 @@ from collections import deque
 from typing import Iterator
 
 from .checksum import Expected, parse_checksum
-from .device import Target, lock_target, open_target, refuse_same_file
+from .device import Target, held, refuse_same_file
 from .direct import DirectWrites
 from .errors import PartitionError
 from .gpt import header_sector_size, write_empty_gpt
@@ -65,27 +65,30 @@ ZEROING_DEPTH = 64        # zero runs waiting for the zeroing thread
 PAGE = os.sysconf("SC_PAGESIZE")   # zero runs go to that thread in whole pages (_Writer)
 
 
-def write_image(image_spec: str, device: str, *, checksum: str | None = None,
+def write_image(image_spec: str, device: "str | Target", *, checksum: str | None = None,
                 preserve_on_error: bool = False, progress: Progress | None = None,
                 sector_size: int | None = None, spool_dir: str | None = None,
                 http_options: dict | None = None, say=None, verify: bool = False,
                 create: bool = True, image_format: str = "auto") -> dict:
-    """Open ``image_spec`` (path, ``-``, http(s) URL), open ``device`` (block device, or a
-    regular file; a missing one is made, as ``dd of=`` does, sized to the image's virtual
-    size, unless ``create`` is false; never under /dev), copy, verify the checksum and, with ``verify``, read the written image back.
-    The target is locked (flock) throughout. Returns the summary of :func:`copy_image`."""
+    """Open ``image_spec`` (path, ``-``, http(s) URL) and copy it onto ``device``: a
+    ``Target`` the caller holds, or a path (block device, or a regular file; a missing one
+    is made, as ``dd of=`` does, sized to the image's virtual size, unless ``create`` is
+    false; never under /dev), opened and locked once for the whole call. Verify the
+    checksum and, with ``verify``, read the written image back.
+    Returns the summary of :func:`copy_image`."""
     expected = parse_checksum(checksum, str(image_spec)) if checksum else None
-    with lock_target(device, create=create), \
+    with held(device, create=create) as target, \
             open_image(image_spec, hash_algorithm=expected.algorithm if expected else None,
                        spool_dir=spool_dir, http_options=http_options, on_spool=say,
                        image_format=image_format) as image:
         if image.detected == "iso-hybrid" and say:
             say(f"{image.name}: a hybrid ISO (ISO 9660 that is also a partitioned disk): "
                 "written raw")
-        with open_target(device, sector_size=sector_size, create_size=image.virtual_size) as target:
-            refuse_same_file(image.origin, image.name, target)
-            return copy_image(image, target, expected=expected, progress=progress,
-                              preserve_on_error=preserve_on_error, verify=verify)
+        target.expect_sector_size(sector_size)
+        target.size_new_file(image.virtual_size)
+        refuse_same_file(image.origin, image.name, target)
+        return copy_image(image, target, expected=expected, progress=progress,
+                          preserve_on_error=preserve_on_error, verify=verify)
 
 
 def copy_image(image: Image, target: Target, *, expected: Expected | None = None,
@@ -273,28 +276,33 @@ def _zeroed_already(target: Target) -> int:
     return 1 << 63 if target.created else HOLD
 
 
-def wipe_disk(path: str) -> str:
+def wipe_disk(device: "str | Target") -> str:
     """After a failure that came once the image was down (its table refused when the disk
     is read back, the config drive not placed): the same fresh empty table as a failed
-    copy leaves, so that a deploy that failed never leaves a disk that boots. Returns the
-    note for the error line."""
+    copy leaves, so that a deploy that failed never leaves a disk that boots. ``device``:
+    the deploy's own ``Target`` (the disk it wrote, whatever its name names by now), or a
+    path. Returns the note for the error line."""
     try:
-        with open_target(path) as target:
+        with held(device) as target:
             return _wipe(target)
     except (PartitionError, OSError) as exc:
-        return f"{path} could not be wiped either: {exc}"
+        return f"{getattr(device, 'path', device)} could not be wiped either: {exc}"
 
 
 def _wipe(target: Target) -> str:
-    """After a failure: a fresh empty partition table (the disk is blank, not a wreck)."""
+    """After a failure: a fresh empty partition table (the disk is blank, not a wreck),
+    and the kernel's view of it emptied too: a partition the kernel went on showing (the
+    old disk's, or the unverified image's) would still be mounted by label or UUID."""
+    from .rescan import reread
     try:
         if not target.is_block:
             target.grow_to(0)      # learn how far a file we created has grown
         write_empty_gpt(target.fileobj(), target.size, target.sector_size)
         target.sync()
+        notes = reread(target, []).notes
     except (PartitionError, OSError) as exc:
-        return f"{target.path} could not be wiped either: {exc}"
-    return f"{target.path} now holds an empty partition table"
+        return f"{target.named} could not be wiped either: {exc}"
+    return "; ".join([f"{target.named} now holds an empty partition table", *notes])
 
 
 class _Writer:

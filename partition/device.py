@@ -1,19 +1,28 @@
-"""Open a write target (a whole-disk block device or a regular file) and answer the
-questions a writer asks it: size, logical sector size, is it busy, write zeros, flush.
+"""Open a write target (a whole-disk block device or a regular file) once, and answer
+the questions a writer asks it: size, logical sector size, which device it is, write
+zeros, flush.
 
 The API is small on purpose::
 
-    with open_target("/dev/sda") as target:      # O_EXCL; refuses a busy disk with names
-        target.size, target.sector_size, target.is_block
+    with open_target("/dev/sda") as target:      # O_EXCL + flock; refuses a busy disk with names
+        target.size, target.sector_size, target.is_block, target.identity, target.sysfs
         target.pwrite(data, offset); target.write_zeros(offset, length); target.sync()
         target.fileobj()                          # a seekable binary file on the same fd
 
-A block device is opened with O_EXCL so the kernel itself refuses one that is mounted or
-held (LVM, MD, dm); before that we look for the reasons in /proc/mounts, /proc/swaps and
-/sys/block/*/holders so the message can name them.
+Names against handles: the name a user gives (``/dev/sda``, a /dev/disk/by-id link) is
+looked up exactly once, with O_PATH; the descriptor that writes is opened through that
+lookup (/proc/self/fd/N), so whatever the name points at later (udev re-pointing a by-id
+link when disks re-enumerate, a /dev/sdX node re-created for another disk) the deploy goes
+on writing the disk it resolved, locked and checked. Every later step takes the
+``Target``, never the name: sysfs is reached through the device number
+(/sys/dev/block/MAJ:MIN), a second descriptor (O_DIRECT) through /proc/self/fd and is
+checked to be the same device (``identity``: device number and the kernel's disk sequence
+number, which a re-attached loop device or a re-plugged disk changes).
 
-A deploy holds ``lock_target`` for its whole length (image, then config drive): an
-exclusive flock on the device node or file, so a second deploy onto the same target is
+A block device is opened with O_EXCL so the kernel itself refuses one that is mounted or
+held (LVM, MD, dm), and stays so opened for the whole deploy; we look for the reasons in
+/proc/mounts, /proc/swaps and the holders in sysfs so the message can name them. The
+descriptor also holds an exclusive flock, so a second deploy onto the same target is
 refused by name (two deploys onto one disk-image file once both exited 0, interleaved).
 A target that does not exist is refused (``--device /dev/sdz`` once became a regular file
 in devtmpfs holding the whole image) unless creating it was asked for; a regular file we
@@ -39,6 +48,7 @@ from .errors import PartitionError
 BLKSSZGET = 0x1268          # logical sector size (int)
 BLKGETSIZE64 = 0x80081272   # size in bytes (u64)
 BLKZEROOUT = 0x127F         # write zeros to a range {start, length} (u64[2])
+BLKGETDISKSEQ = 0x80081280  # the disk's sequence number (u64), Linux 5.15+
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 
@@ -62,7 +72,9 @@ def _libc():
 
 class Target:
     """An open write target. ``size`` is the disk's size in bytes (for a regular file, its
-    length); ``sector_size`` the logical sector size (512 for files unless told)."""
+    length); ``sector_size`` the logical sector size (512 for files unless told);
+    ``path`` the name the user gave, for messages only (nothing is opened by it again);
+    ``identity`` what was opened, taken from the descriptor (see :func:`identity_of`)."""
 
     def __init__(self, path: str, fd: int, size: int, sector_size: int, is_block: bool,
                  sector_size_known: bool = True, created: bool = False):
@@ -72,7 +84,74 @@ class Target:
         # A regular file has no sector size of its own: unless told, a writer may adopt
         # the image's.
         self.sector_size_known = sector_size_known
+        self.identity = identity_of(fd)
         self._file: BinaryIO | None = None
+
+    # -- which device ----------------------------------------------------------------
+    @property
+    def rdev(self) -> int | None:
+        return self.identity[1] if self.is_block else None
+
+    @property
+    def named(self) -> str:
+        """The name given and, for a block device, the number it led to when opened: how
+        a message about a change to the disk names it (the name may lead elsewhere by now)."""
+        return f"{self.path} ({describe_identity(self.identity)})" if self.is_block else self.path
+
+    @property
+    def sysfs(self) -> Path | None:
+        """The disk's directory in sysfs, by device number (never by the user's name)."""
+        return sys_dev(self.rdev) if self.is_block else None
+
+    def reopen(self, flags: int) -> int:
+        """A second descriptor on the very device or file of this one (O_DIRECT wants its
+        own), through /proc/self/fd rather than the name, and proven to be the same: a
+        disk that went away and whose device number now names another is refused."""
+        try:
+            fd = os.open(f"/proc/self/fd/{self.fd}", flags | os.O_CLOEXEC)
+        except OSError as exc:
+            raise PartitionError(f"{self.path}: cannot open it again: {exc.strerror}") from exc
+        if identity_of(fd) != self.identity:
+            os.close(fd)
+            raise PartitionError(f"{self.path}: {describe_identity(self.identity)} is no longer "
+                                 "the device this deploy opened: refused")
+        return fd
+
+    def describe(self) -> dict:
+        """What was written, for the summary: a block device by its number, kernel name and
+        /dev/disk/by-id name; a file by its device, inode and current path."""
+        if self.is_block:
+            sysdir = self.sysfs
+            return {"kind": "block", "dev": _number(self.rdev),
+                    "name": f"/dev/{sysdir.name}" if sysdir else None,
+                    "diskseq": self.identity[2], "by_id": _by_id(self.rdev)}
+        try:
+            where = os.readlink(f"/proc/self/fd/{self.fd}")
+        except OSError:
+            where = None
+        return {"kind": "file", "dev": _number(self.identity[1]), "inode": self.identity[2],
+                "name": where}
+
+    def expect_sector_size(self, sector_size: int | None) -> None:
+        """A sector size the caller insists on: a block device must have it; a file takes it."""
+        if not sector_size:
+            return
+        if self.is_block and sector_size != self.sector_size:
+            raise PartitionError(f"{self.path}: logical sector size is {self.sector_size}, "
+                                 f"not {sector_size}")
+        self.sector_size, self.sector_size_known = sector_size, True
+
+    def size_new_file(self, size: int | None) -> None:
+        """A file this deploy created (still empty) is made ``size`` bytes long (sparse):
+        the image's virtual size, once the image is open."""
+        if not (self.created and self.size == 0 and size):
+            return
+        try:
+            os.ftruncate(self.fd, size)
+        except OSError as exc:     # EFBIG: a qcow2 declaring a petabyte onto ext4
+            raise PartitionError(f"{self.path}: cannot make a file of {size} bytes (the "
+                                 f"image's virtual size): {exc.strerror}") from exc
+        self.size = size
 
     # -- writing ---------------------------------------------------------------------
     def pwrite(self, data, offset: int) -> None:
@@ -175,9 +254,18 @@ class Target:
         return self._file
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Close the descriptor; a file this deploy created and left empty (the image was
+        refused) is removed, if its name still names it."""
+        if self.fd < 0:
+            return
+        if self.created and os.fstat(self.fd).st_size == 0:
+            try:
+                if identity_of_stat(os.stat(self.path)) == self.identity:
+                    os.unlink(self.path)
+            except OSError:
+                pass
+        os.close(self.fd)
+        self.fd = -1
 
     def __enter__(self) -> "Target":
         return self
@@ -186,23 +274,71 @@ class Target:
         self.close()
 
 
-_HELD: dict[tuple[int, int], bool] = {}     # (st_dev, st_ino) locked here -> created here
+def identity_of(fd: int) -> tuple:
+    """What a descriptor is open on: ("block", st_rdev, diskseq) for a block device (the
+    disk sequence number tells a re-attached loop device or a re-plugged disk from the one
+    before it at the same number; None where the kernel has none), ("file", st_dev,
+    st_ino) otherwise."""
+    st = os.fstat(fd)
+    if not stat.S_ISBLK(st.st_mode):
+        return identity_of_stat(st)
+    try:
+        seq = struct.unpack("Q", fcntl.ioctl(fd, BLKGETDISKSEQ, bytes(8)))[0]
+    except OSError:
+        seq = None
+    return "block", st.st_rdev, seq
 
 
-def _identity(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
+def identity_of_stat(st: os.stat_result) -> tuple:
+    """As :func:`identity_of`, from a stat (no disk sequence number: the node is not open)."""
+    if stat.S_ISBLK(st.st_mode):
+        return "block", st.st_rdev, None
+    return "file", st.st_dev, st.st_ino
 
 
-@contextmanager
-def lock_target(path: str | os.PathLike, *, create: bool = False):
-    """Hold an exclusive flock on the target ``path`` for the ``with`` block; targets
-    opened meanwhile by this process share it. A missing path is refused unless
-    ``create``: then an empty regular file is made (never under /dev), and removed again
-    if it is still empty at the end (a refused deploy leaves nothing behind)."""
+def describe_identity(identity: tuple) -> str:
+    if identity[0] == "block":
+        return f"block device {_number(identity[1])}"
+    return f"file {identity[2]} on device {_number(identity[1])}"
+
+
+def _number(rdev: int) -> str:
+    return f"{os.major(rdev)}:{os.minor(rdev)}"
+
+
+def _by_id(rdev: int) -> str | None:
+    """The /dev/disk/by-id link (udev's) that names this device now, if any."""
+    links = Path("/dev/disk/by-id")
+    try:
+        names = sorted(links.iterdir())
+    except OSError:
+        return None
+    for link in names:
+        try:
+            st = os.stat(link)
+        except OSError:
+            continue
+        if stat.S_ISBLK(st.st_mode) and st.st_rdev == rdev:
+            return str(link)
+    return None
+
+
+def open_target(path: str | os.PathLike, *, sector_size: int | None = None,
+                create: bool = False) -> Target:
+    """Look ``path`` up once, open what it names for writing with dd semantics and lock it.
+
+    A block device: opened O_EXCL, refused when busy (naming why); size and logical sector
+    size come from the kernel (``sector_size`` must agree when given). A regular file: its
+    length is the disk's size; ``sector_size`` defaults to 512. A missing path is refused
+    unless ``create``: then an empty regular file is made (never under /dev), and removed
+    again on close if it is still empty (a refused deploy leaves nothing behind). Either
+    way the descriptor holds an exclusive flock until the target is closed."""
     path = os.fspath(path)
     created = False
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # The one lookup of the name: O_PATH opens nothing (no device is touched, a
+        # character device's open has no side effect), the real open goes through it.
+        handle = os.open(path, os.O_PATH | os.O_CLOEXEC)
     except FileNotFoundError as exc:
         if not create:
             raise PartitionError(f"{path}: no such device or file (--create makes a disk image "
@@ -217,24 +353,80 @@ def lock_target(path: str | os.PathLike, *, create: bool = False):
         created = True
     except OSError as exc:
         raise PartitionError(f"{path}: cannot open: {exc.strerror}") from exc
-    key = _identity(os.fstat(fd))
-    if key in _HELD:                   # already ours (a nested call in this deploy)
-        os.close(fd)
-        yield
-        return
+    else:
+        try:
+            fd = _open_handle(handle, path)
+        finally:
+            os.close(handle)
     try:
-        _flock(fd, path)
+        target = _target(path, fd, sector_size, created)
     except BaseException:
         os.close(fd)
         raise
-    _HELD[key] = created
     try:
-        yield
+        _flock(target.fd, path)
+        if target.is_block:
+            reasons = busy_reasons_of(target.sysfs)
+            if reasons:
+                raise PartitionError(f"{path} is busy: {'; '.join(reasons)}")
+    except BaseException:
+        target.close()
+        raise
+    return target
+
+
+def _open_handle(handle: int, path: str) -> int:
+    """The write descriptor, opened through the O_PATH ``handle`` (not the name)."""
+    st = os.fstat(handle)
+    if not (stat.S_ISBLK(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise PartitionError(f"{path}: neither a block device nor a regular file")
+    # O_EXCL without O_CREAT: exclusive on a block device, ignored for a file.
+    try:
+        return os.open(f"/proc/self/fd/{handle}", os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise PartitionError(f"{path}: cannot open: {exc.strerror}") from exc
+        error = exc
+    reasons = busy_reasons_of(sys_dev(st.st_rdev))
+    if not reasons:
+        _refuse_if_locked(handle, path)    # another deploy's O_EXCL: its flock names it
+    raise PartitionError(f"{path} is busy: " + ("; ".join(reasons) or "the kernel refuses exclusive "
+                         "access (mounted, swap, or held by another program)")) from error
+
+
+def _refuse_if_locked(handle: int, path: str) -> None:
+    """Refuse as :func:`_flock` does if another deploy holds the node's flock (asked only
+    to word a refusal: the lock taken here, if free, is let go at once)."""
+    try:
+        fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        _flock(fd, path)
     finally:
-        del _HELD[key]
-        if created and os.fstat(fd).st_size == 0:
-            os.unlink(path)
         os.close(fd)
+
+
+def _target(path: str, fd: int, sector_size: int | None, created: bool) -> Target:
+    if stat.S_ISBLK(os.fstat(fd).st_mode):
+        size, logical = block_geometry(fd)
+        target = Target(path, fd, size, logical, is_block=True)
+        target.expect_sector_size(sector_size)
+        return target
+    return Target(path, fd, os.fstat(fd).st_size, sector_size or 512, is_block=False,
+                  sector_size_known=sector_size is not None, created=created)
+
+
+@contextmanager
+def held(device: "str | os.PathLike | Target", **open_options):
+    """The target a function works on: a ``Target`` the caller holds (used as it is, left
+    open), or a path, opened once here for the whole call (``open_options`` as for
+    :func:`open_target`) and closed after it."""
+    if isinstance(device, Target):
+        yield device
+        return
+    with open_target(device, **open_options) as target:
+        yield target
 
 
 def _flock(fd: int, path: str) -> None:
@@ -245,67 +437,21 @@ def _flock(fd: int, path: str) -> None:
                              "refused") from exc
 
 
-def open_target(path: str | os.PathLike, *, sector_size: int | None = None,
-                create_size: int | None = None) -> Target:
-    """Open ``path`` for writing with dd semantics.
-
-    A block device: opened O_EXCL after a busy check; size and logical sector size come
-    from the kernel (``sector_size`` must agree when given). A regular file: its length is
-    the disk's size; one made by ``lock_target(create=True)`` (still empty) is sized to
-    ``create_size`` (sparse) when given. ``sector_size`` defaults to 512 for files.
-    Unless ``lock_target`` holds it already, the target is flocked for its lifetime."""
-    path = os.fspath(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError as exc:
-        raise PartitionError(f"{path}: no such device or file") from exc
-    if stat.S_ISBLK(st.st_mode):
-        target = _open_block(path, sector_size)
-    elif not stat.S_ISREG(st.st_mode):
-        raise PartitionError(f"{path}: neither a block device nor a regular file")
-    else:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            raise PartitionError(f"{path}: cannot open: {exc.strerror}") from exc
-        target = Target(path, fd, os.fstat(fd).st_size, sector_size or 512, is_block=False,
-                        sector_size_known=sector_size is not None)
-    key = _identity(os.fstat(target.fd))
-    if key in _HELD:
-        target.created = _HELD[key]
-    else:
-        try:
-            _flock(target.fd, path)
-        except BaseException:
-            target.close()
-            raise
-    if target.created and target.size == 0 and create_size:
-        try:
-            os.ftruncate(target.fd, create_size)
-        except OSError as exc:     # EFBIG: a qcow2 declaring a petabyte onto ext4
-            target.close()
-            raise PartitionError(f"{path}: cannot make a file of {create_size} bytes (the "
-                                 f"image's virtual size): {exc.strerror}") from exc
-        target.size = create_size
-    return target
-
-
 def refuse_same_file(image_stat: os.stat_result | None, image_name: str, target: Target) -> None:
     """The image must not be the target, a partition of it, or the file behind a loop
     device target (``--image X --device X`` once zeroed its own source)."""
     if image_stat is None:
         return
-    target_stat = os.fstat(target.fd)
-    same = _identity(image_stat) == _identity(target_stat)
+    same = identity_of_stat(image_stat) == identity_of_stat(os.fstat(target.fd))
     if target.is_block:
-        sysdir = sys_block(target.path)
+        sysdir = target.sysfs
         if stat.S_ISBLK(image_stat.st_mode) and sysdir is not None:
             number = f"{os.major(image_stat.st_rdev)}:{os.minor(image_stat.st_rdev)}"
             same = same or number in _dev_numbers(sysdir)
         backing = sysdir / "loop" / "backing_file" if sysdir is not None else None
         if backing is not None and backing.exists() and stat.S_ISREG(image_stat.st_mode):
             try:
-                same = same or _identity(os.stat(backing.read_text().strip())) == _identity(image_stat)
+                same = same or identity_of_stat(os.stat(backing.read_text().strip())) == identity_of_stat(image_stat)
             except OSError:
                 pass
     if same:
@@ -329,35 +475,22 @@ def block_geometry(fd: int) -> tuple[int, int]:
     return size, logical
 
 
-def _open_block(path: str, sector_size: int | None) -> Target:
-    reasons = busy_reasons(path)
-    if reasons:
-        raise PartitionError(f"{path} is busy: {'; '.join(reasons)}")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_EXCL | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.EBUSY:
-            raise PartitionError(f"{path} is busy: the kernel refuses exclusive access "
-                                 "(mounted, swap, or held by another program)") from exc
-        raise PartitionError(f"{path}: cannot open: {exc.strerror}") from exc
-    size, logical = block_geometry(fd)
-    if sector_size and sector_size != logical:
-        os.close(fd)
-        raise PartitionError(f"{path}: logical sector size is {logical}, not {sector_size}")
-    return Target(path, fd, size, logical, is_block=True)
-
-
 # -- busy check -----------------------------------------------------------------------
 
 def sys_block(path: str) -> Path | None:
     """/sys/block/NAME for a whole-disk device node, or /sys/class/block/NAME for a
-    partition (found by device number, so /dev/disk/by-id links work too); None when the
-    node is gone or the kernel shows no such device."""
+    partition, found by the device number the path names now; None when the node is gone
+    or the kernel shows no such device. (A target's own is ``Target.sysfs``.)"""
     try:
         rdev = os.stat(path).st_rdev
     except OSError:
         return None
-    link = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
+    return sys_dev(rdev)
+
+
+def sys_dev(rdev: int) -> Path | None:
+    """The sysfs directory of the block device numbered ``rdev``."""
+    link = Path(f"/sys/dev/block/{_number(rdev)}")
     return link.resolve() if link.exists() else None
 
 
@@ -375,8 +508,10 @@ def _dev_numbers(sysdir: Path) -> dict[str, str]:
 def busy_reasons(path: str | os.PathLike) -> list[str]:
     """Why the block device ``path`` is in use: mounted partitions, swap, holders.
     Empty when nothing is found (the O_EXCL open still has the last word)."""
-    path = os.fspath(path)
-    sysdir = sys_block(path)
+    return busy_reasons_of(sys_block(os.fspath(path)))
+
+
+def busy_reasons_of(sysdir: Path | None) -> list[str]:
     if sysdir is None:
         return []
     numbers = _dev_numbers(sysdir)

@@ -90,18 +90,16 @@ class DirectWrites:
 
 
     def _ready(self) -> bool:
-        """Open the O_DIRECT descriptor at the first large write; it must name the very
-        device the target's descriptor is open on (a path can be swapped between opens)."""
+        """Open the O_DIRECT descriptor at the first large write: through the target's
+        own descriptor, proven to be the same device (``Target.reopen``), never by name."""
         if self._direct is None and not self._refused:
             try:
-                fd = os.open(self.target.path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
-            except OSError:
-                self._refused = True
-                return False
-            if os.fstat(fd).st_rdev != os.fstat(self.target.fd).st_rdev:
-                os.close(fd)
-                self._refused = True
-                return False
+                fd = self.target.reopen(os.O_WRONLY | os.O_DIRECT)
+            except PartitionError as exc:
+                if isinstance(exc.__cause__, OSError):   # O_DIRECT refused: the page cache
+                    self._refused = True
+                    return False
+                raise
             self._direct = Target(self.target.path, fd, self.target.size,
                                   self.target.sector_size, True)
             self._buffer = mmap.mmap(-1, BUFFER)     # page-aligned, as O_DIRECT needs

@@ -13,6 +13,9 @@ delete, then add; before, a stale one was left and the new config partition got 
 (mounted, swap, a dm/md holder, a process with it open) the kernel refuses to delete:
 :func:`refuse_held_partitions` names them before anything is written.
 When udev runs we wait for it (``udevadm settle``) so that /dev/disk/by-* links exist.
+Everything acts on the deploy's ``Target``: its descriptor for the ioctls, its device number
+for sysfs (/sys/dev/block/MAJ:MIN), never the name the user gave, which may name another
+disk by now. A partition's node is reported only if it is that partition's device number.
 Nothing here is needed to write the drive (that goes through the whole-disk device at
 the partition's offset); it is what lets the OS and the operator see the result.
 """
@@ -28,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .device import busy_reasons, sys_block
+from .device import Target, busy_reasons_of, sys_block
 from .errors import PartitionError
 from .tables import Partition
 from .tools import udev_settle
@@ -58,9 +61,19 @@ class Rescan:
     notes: list[str] = field(default_factory=list)
 
 
-def kernel_partitions(disk: str) -> dict[int, tuple[int, int, str]]:
+def _sysdir(disk: "str | Target") -> Path | None:
+    """The disk's sysfs directory: a Target's by its device number; a path (a caller that
+    holds no Target) by what the path names now."""
+    return disk.sysfs if isinstance(disk, Target) else sys_block(disk)
+
+
+def _name(disk: "str | Target") -> str:
+    return disk.path if isinstance(disk, Target) else disk
+
+
+def kernel_partitions(disk: "str | Target") -> dict[int, tuple[int, int, str]]:
     """{number: (start byte, size in bytes, name)} of the partitions the kernel knows."""
-    sysdir = sys_block(disk)
+    sysdir = _sysdir(disk)
     found = {}
     if sysdir is None:
         return found
@@ -75,27 +88,29 @@ def kernel_partitions(disk: str) -> dict[int, tuple[int, int, str]]:
     return found
 
 
-def reread(disk: str, fd: int, partitions: list[Partition], want: Partition | None = None,
+def reread(target: Target, partitions: list[Partition], want: Partition | None = None,
            *, retries: int = 5, delay: float = 0.2) -> Rescan:
-    """Refresh the kernel's view of ``disk`` (open as ``fd``, which may be our O_EXCL
-    descriptor) to ``partitions``, and look up the node of ``want``."""
+    """Refresh the kernel's view of ``target`` (through its descriptor, which may be our
+    O_EXCL one) to ``partitions`` (none: after a wipe, the kernel shows none either), and
+    look up the node of ``want``."""
     result = Rescan()
-    if not stat.S_ISBLK(os.fstat(fd).st_mode):
+    if not target.is_block:
         return result                   # an image file: nothing to tell the kernel
+    disk, fd = target.path, target.fd
     os.fsync(fd)
     error = _blkrrpart(fd, retries, delay)
-    if error is None and _kernel_agrees(disk, partitions):
+    if error is None and _kernel_agrees(target, partitions):
         result.method = "BLKRRPART"
     else:
         if error is not None and error.errno != errno.EINVAL:
-            result.notes.append(f"{disk}: BLKRRPART failed ({error.strerror}); adding partitions with BLKPG")
+            result.notes.append(f"{disk}: BLKRRPART failed ({error.strerror}); partitions updated with BLKPG")
         result.method = "BLKPG"
-        _blkpg_add_missing(disk, fd, partitions, result.notes)
+        _blkpg_add_missing(target, partitions, result.notes)
     why = udev_settle(30)
-    if why:
+    if why and partitions:
         result.notes.append(f"{why}: /dev/disk/by-* links for the new partitions may be missing")
     if want is not None:
-        result.node = _wait_for_node(disk, want, retries, delay)
+        result.node = _wait_for_node(target, want, retries, delay)
         if result.node is None:
             result.notes.append(f"{disk}: no device node for {want.describe()} "
                                 f"(the drive is written; the kernel does not show the partition yet)")
@@ -114,15 +129,18 @@ def _blkrrpart(fd: int, retries: int, delay: float) -> OSError | None:
     return None
 
 
-def _kernel_agrees(disk: str, partitions: list[Partition]) -> bool:
-    known = {n: (s, z) for n, (s, z, _) in kernel_partitions(disk).items()}
+def _kernel_agrees(target: Target, partitions: list[Partition]) -> bool:
+    known = {n: (s, z) for n, (s, z, _) in kernel_partitions(target).items()}
+    if not partitions:
+        return not known
     return all(known.get(p.number) == (p.start, p.size) for p in partitions)
 
 
-def _blkpg_add_missing(disk: str, fd: int, partitions: list[Partition], notes: list[str]) -> None:
+def _blkpg_add_missing(target: Target, partitions: list[Partition], notes: list[str]) -> None:
     """Make the kernel's partitions those of ``partitions``: stale ones (another start or
     size, or no longer in the table) deleted, missing ones added."""
-    known = kernel_partitions(disk)
+    disk, fd = target.path, target.fd
+    known = kernel_partitions(target)
     wanted = {part.number: part for part in partitions}
     for number, (start, size, name) in sorted(known.items()):
         part = wanted.get(number)
@@ -131,9 +149,9 @@ def _blkpg_add_missing(disk: str, fd: int, partitions: list[Partition], notes: l
         error = _blkpg(fd, BLKPG_DEL_PARTITION, number, 0, 0)
         if error is not None:
             notes.append(f"{disk}: stale partition /dev/{name} could not be removed "
-                         f"({error.strerror}); {_holders_of(disk, name)}")
+                         f"({error.strerror}); {_holders_of(target, name)}")
             wanted.pop(number, None)
-    known = kernel_partitions(disk)
+    known = kernel_partitions(target)
     for number, part in sorted(wanted.items()):
         if number in known:
             continue
@@ -152,36 +170,36 @@ def _blkpg(fd: int, op: int, number: int, start: int, size: int) -> OSError | No
     return None
 
 
-def held_partitions(disk: str) -> list[str]:
+def held_partitions(disk: "str | Target") -> list[str]:
     """Why each of the kernel's partitions of ``disk`` cannot be deleted: mounted, swap,
     held by dm/md (device.busy_reasons), or open in a process (the kernel refuses to
     delete a partition with any opener). Empty when all can be replaced."""
     partitions = {name for _, _, name in kernel_partitions(disk).values()}
     if not partitions:
         return []
-    reasons = [r for r in busy_reasons(disk) if r.split()[0].removeprefix("/dev/") in partitions]
+    reasons = [r for r in busy_reasons_of(_sysdir(disk)) if r.split()[0].removeprefix("/dev/") in partitions]
     reasons.extend(_openers(disk, partitions))
     return reasons
 
 
-def refuse_held_partitions(disk: str) -> None:
+def refuse_held_partitions(disk: "str | Target") -> None:
     """Before a new image goes onto ``disk``: refuse, naming them, when old partitions are
     held, since the kernel would go on showing them in place of the new table's."""
     reasons = held_partitions(disk)
     if reasons:
-        raise PartitionError(f"{disk}: old partitions are in use and cannot be replaced by the "
+        raise PartitionError(f"{_name(disk)}: old partitions are in use and cannot be replaced by the "
                              f"new image's: {'; '.join(reasons)}")
 
 
-def _holders_of(disk: str, name: str) -> str:
+def _holders_of(disk: "str | Target", name: str) -> str:
     reasons = [r for r in held_partitions(disk) if r.startswith(f"/dev/{name} ")]
     return "; ".join(reasons) or "something holds it"
 
 
-def _openers(disk: str, partitions: set[str]) -> list[str]:
+def _openers(disk: "str | Target", partitions: set[str]) -> list[str]:
     """Processes with a partition's node open (by device number, whatever its path)."""
     numbers = {}
-    sysdir = sys_block(disk)
+    sysdir = _sysdir(disk)
     for name in partitions:
         try:
             numbers[(sysdir / name / "dev").read_text().strip()] = name
@@ -209,12 +227,23 @@ def _openers(disk: str, partitions: set[str]) -> list[str]:
     return found
 
 
-def _wait_for_node(disk: str, want: Partition, retries: int, delay: float) -> str | None:
+def _wait_for_node(target: Target, want: Partition, retries: int, delay: float) -> str | None:
     """The node of the partition at ``want``'s offset: found by its position, not its
-    number, since device-mapper and md disks number partitions their own way."""
+    number, since device-mapper and md disks number partitions their own way; reported
+    only while /dev/NAME is that partition's device number (not a node left from another
+    disk)."""
+    sysdir = target.sysfs
     for _ in range(retries):
-        for start, _size, name in kernel_partitions(disk).values():
-            if start == want.start and Path("/dev", name).exists():
+        for start, _size, name in kernel_partitions(target).values():
+            if start == want.start and _node_is(Path("/dev", name), sysdir / name / "dev"):
                 return f"/dev/{name}"
         time.sleep(delay)
     return None
+
+
+def _node_is(node: Path, dev_file: Path) -> bool:
+    try:
+        rdev = os.stat(node).st_rdev
+        return f"{os.major(rdev)}:{os.minor(rdev)}" == dev_file.read_text().strip()
+    except OSError:
+        return False

@@ -32,7 +32,7 @@ def out(*cmd, **kw) -> str:
 
 
 def need_tool(*names: str) -> None:
-    """Skip (with the reason) when a tool is not installed; scripts/install.sh installs
+    """Skip (with the reason) when a tool is not installed; scripts/install.sh test installs
     all of them, so a skip here means the machine could not have them."""
     for name in names:
         if shutil.which(name) is None and not Path("/usr/sbin", name).exists():

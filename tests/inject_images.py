@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from conftest import need_tool, out, run
+from machine_state import is_mount_point, loops_backed_by
 
 MiB = 1 << 20
 ROOT_PART_OFFSET = 2 * MiB      # partition 2 of the GPT disk below
@@ -99,9 +100,28 @@ def e2fsck_clean(img: Path, offset: int = 0) -> None:
     assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
 
 
-def attached_loops(img: Path) -> str:
-    return out("losetup", "-j", os.path.abspath(img)).strip()
+def attached_loops(img: Path) -> list[str]:
+    """The loop devices still attached to this image file (by its inode)."""
+    return loops_backed_by(img)
 
 
-def our_mounts() -> list[str]:
-    return [line for line in Path("/proc/mounts").read_text().splitlines() if "configdrive-inject-" in line]
+def record_loop_mounts(monkeypatch) -> list[str]:
+    """The mount points the loop handler makes from now on in this test, each recorded as
+    it is made: what the test then checks is gone is exactly these, not every mount whose
+    path has a word in it (other runs on the machine mount things too)."""
+    from configdrive.inject import loop
+    made: list[str] = []
+    real = loop.mount
+
+    def recording(node, cleanup):
+        mnt = real(node, cleanup)
+        made.append(mnt)
+        return mnt
+
+    monkeypatch.setattr(loop, "mount", recording)
+    return made
+
+
+def mounts_released(made: list[str]) -> bool:
+    """None of ``made`` is a mount point any more, and each directory is gone."""
+    return not any(is_mount_point(m) or os.path.exists(m) for m in made)

@@ -1,8 +1,12 @@
-"""Run one ``write_image`` deploy step through ironic-python-agent's real code, in the IPA
-peer venv (.peers/ipa), as the agent process would: oslo config and logging set up the
-agent's way, hardware managers found through their entry points, the extensions loaded,
-then ``DeployExtension.execute_deploy_step`` (which caches the node, checks the managers'
-versions and calls ``hardware.dispatch_to_managers('write_image', ...)``).
+"""Two ways into ironic-python-agent's real code, in the IPA peer venv:
+
+- ``LoopDiskManager`` (at the end): a test hardware manager for the agent process itself
+  (tests/ipa_process.py), which offers a loop device as the install device.
+- ``main``: one ``write_image`` deploy step in a process of its own, as the agent would
+  run it: oslo config and logging set up the agent's way, hardware managers found
+  through their entry points, the extensions loaded, then
+  ``DeployExtension.execute_deploy_step`` (which caches the node, checks the managers'
+  versions and calls ``hardware.dispatch_to_managers('write_image', ...)``).
 
     .peers/ipa/bin/python tests/ipa_agent.py CONFIG_FILE < request.json
 
@@ -92,3 +96,38 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- the agent process itself, driven over its REST API as ironic's conductor does -------
+#
+# Nothing of the agent is stubbed here: the hardware manager below is a plug-in like ours,
+# found through the same entry point group, ranked above every other one, that answers
+# get_os_install_device with the test's loop device. It is what keeps a test agent off
+# the machine's real disks, so it refuses anything but a loop device over a file in the
+# test's directory.
+
+class LoopDiskManager(hardware.HardwareManager):
+    """The install device is IPA_TEST_DEVICE, a loop device whose backing file lies under
+    IPA_TEST_ROOT; it is also the only disk listed (root device hints then match it)."""
+
+    HARDWARE_MANAGER_NAME = "LoopDiskManager"
+    HARDWARE_MANAGER_VERSION = "1.0"
+
+    def evaluate_hardware_support(self):
+        return hardware.HardwareSupport.SERVICE_PROVIDER + 1
+
+    def get_os_install_device(self, permit_refresh=False):
+        import os
+        device, root = os.environ["IPA_TEST_DEVICE"], os.environ["IPA_TEST_ROOT"]
+        name = os.path.basename(device)
+        with open(f"/sys/block/{name}/loop/backing_file") as fp:
+            backing = fp.read().strip()
+        if not name.startswith("loop") or not backing.startswith(root.rstrip("/") + "/"):
+            raise RuntimeError(f"{device} (backed by {backing}) is not the test's loop device")
+        return device
+
+    def list_block_devices(self, include_partitions=False, all_serial_and_wwn=False):
+        device = self.get_os_install_device()
+        size = int(utils.execute("blockdev", "--getsize64", device)[0])
+        return [hardware.BlockDevice(name=device, model="loop", size=size, rotational=False,
+                                     serial="test-loop")]

@@ -3,10 +3,15 @@ the error contract (exit 1 with one line, exit 2 for a bad command line)."""
 
 import json
 import os
+import shlex
+import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 
-from conftest import cloud_init_read, configdrive, need_tool, out, run
+from configdrive.cli import make_parser
+from conftest import ROOT, cloud_init_read, configdrive, need_tool, out, run
 
 EPOCH_ENV = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}
 
@@ -163,3 +168,56 @@ def test_inspect_a_directory_and_the_openstacksdk_shape(tmp_path):
     summary = json.loads(configdrive("inspect", "--json", tmp_path / "tree").stdout)
     assert summary["format"] == "directory" and summary["versions"] == ["2012-08-10", "latest"]
     assert summary["ec2_versions"] == []
+
+
+# -- what a user reaches for first: the version and the examples ---------------------
+
+def installed_version() -> str:
+    """The version pyproject.toml gives: the one a release ships and a user reads."""
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def test_version_is_the_packages():
+    proc = configdrive("--version")
+    assert proc.stdout.decode() == f"configdrive {installed_version()}\n"
+
+
+def test_json_summaries_carry_the_version(tmp_path):
+    image = tmp_path / "drive.iso"
+    configdrive("build", "--example", "-o", image)
+    assert json.loads(configdrive("inspect", "--json", image).stdout)["configdrive_version"] == installed_version()
+    raw = tmp_path / "os.raw"
+    raw.write_bytes(os.urandom(2 << 20))
+    deployed = configdrive("deploy", "--quiet", "--create", "--device", tmp_path / "disk.img", "--image", raw,
+                           "--image-format", "raw", "--json")
+    assert json.loads(deployed.stdout)["configdrive_version"] == installed_version()
+
+
+def test_mkisofs_names_itself_and_its_version_in_the_application_id(tmp_path):
+    need_tool("isoinfo")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src/meta_data.json").write_text("{}")
+    mkisofs = Path(sys.executable).with_name("configdrive-mkisofs")    # as nova runs it
+    run(mkisofs, "-o", tmp_path / "nova.iso", "-ldots", "-allow-lowercase", "-allow-multidot", "-l",
+        "-publisher", "OpenStack Nova 34.0.0", "-quiet", "-J", "-r", "-V", "config-2", tmp_path / "src")
+    described = out("isoinfo", "-d", "-i", tmp_path / "nova.iso")
+    assert f"Application id: configdrive-mkisofs {installed_version()}" in described
+    assert "Publisher id: OpenStack Nova 34.0.0" in described
+
+
+SUBCOMMANDS = ["build", "inspect", "extract", "validate", "pack", "unpack", "deploy", "inject"]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_help_ends_with_examples_that_parse(command):
+    """Each --help ends with one or two example command lines, and each is a command line
+    this very command accepts (parsed, not run: they name disks and URLs)."""
+    text = configdrive(command, "--help").stdout.decode()
+    examples = text.rstrip("\n").split("\nexamples:\n")[1]
+    lines = examples.replace("\\\n", " ").splitlines()
+    assert 1 <= len(lines) <= 2, examples
+    for line in lines:
+        argv = shlex.split(line.split(">")[0])
+        assert argv[:2] == ["configdrive", command], line
+        args = make_parser().parse_args(argv[1:])
+        assert args.command == command

@@ -14,7 +14,7 @@ from configdrive.errors import ConfigDriveError
 from configdrive.inject import InjectionError, inject
 from conftest import is_root, need_tool, run
 from inject_images import (ROOT_PART_OFFSET, attached_loops, debugfs_cat, debugfs_stat, e2fsck_clean,
-                           ext4_image, gpt_image, guest_tree, our_mounts)
+                           ext4_image, gpt_image, guest_tree, mounts_released, record_loop_mounts)
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJexPmzEjHe8yieS6WMeJA+OKbixdYxYJCI0FCAynhdP alice@example"
 PASSWORD = "correct horse battery staple"
@@ -46,9 +46,18 @@ def handler(request):
     return request.param
 
 
-def check_loops_and_mounts_released(img):
-    assert attached_loops(img) == ""
-    assert our_mounts() == []
+@pytest.fixture
+def made_mounts(monkeypatch):
+    """The mount points the loop handler makes during the test."""
+    return record_loop_mounts(monkeypatch)
+
+
+def check_loops_and_mounts_released(img, handler, made):
+    # The loop handler mounted the guest once (so the check below judges a real mount);
+    # debugfs never mounts.
+    assert len(made) == (1 if handler == "loop" else 0), made
+    assert attached_loops(img) == []
+    assert mounts_released(made), made
 
 
 def assert_injected(img, offset=0, selinux=False):
@@ -96,7 +105,7 @@ def assert_injected(img, offset=0, selinux=False):
     e2fsck_clean(img, offset)
 
 
-def test_raw_image(tmp_path, handler, caplog):
+def test_raw_image(tmp_path, handler, made_mounts, caplog):
     img = ext4_image(tmp_path / "guest.img", guest_tree(tmp_path))
     caplog.set_level("INFO", logger="configdrive.inject")
     result = inject(str(img), full_content(), handlers=[handler])
@@ -107,10 +116,10 @@ def test_raw_image(tmp_path, handler, caplog):
     logged = [r.getMessage() for r in caplog.records]
     for what in ("key", "net", "metadata", "admin_password", "files"):
         assert f"Injecting {what} into image {img}" in logged
-    check_loops_and_mounts_released(img)
+    check_loops_and_mounts_released(img, handler, made_mounts)
 
 
-def test_gpt_image_auto_partition_selinux(tmp_path, handler):
+def test_gpt_image_auto_partition_selinux(tmp_path, handler, made_mounts):
     fs = ext4_image(tmp_path / "root.ext4", guest_tree(tmp_path, selinux=True))
     disk = gpt_image(tmp_path / "disk.img", fs)
     result = inject(str(disk), full_content(), handlers=[handler], partition="auto")
@@ -119,7 +128,7 @@ def test_gpt_image_auto_partition_selinux(tmp_path, handler):
     # The partition table is untouched (sgdisk's own check of both GPT headers).
     need_tool("sgdisk")
     assert "No problems found" in run("sgdisk", "-v", disk).stdout.decode()
-    check_loops_and_mounts_released(disk)
+    check_loops_and_mounts_released(disk, handler, made_mounts)
 
 
 def test_keys_append_and_do_not_repeat(tmp_path, handler):
@@ -158,7 +167,7 @@ def _host_dir(tmp_path):
 
 
 @pytest.mark.parametrize("style", ["absolute", "relative"])
-def test_planted_ssh_symlink_is_refused(tmp_path, handler, style):
+def test_planted_ssh_symlink_is_refused(tmp_path, handler, made_mounts, style):
     host = _host_dir(tmp_path)
     target = str(host) if style == "absolute" else "../" * 12 + str(host).lstrip("/")
     img = ext4_image(tmp_path / "guest.img", guest_tree(tmp_path, links={"root/.ssh": target}))
@@ -169,17 +178,17 @@ def test_planted_ssh_symlink_is_refused(tmp_path, handler, style):
     assert "root/.ssh: is a symbolic link" in result["warnings"][0]
     assert list(host.iterdir()) == []
     assert debugfs_stat(img, "/root/.ssh")["type"] == "symlink"
-    check_loops_and_mounts_released(img)
+    check_loops_and_mounts_released(img, handler, made_mounts)
 
 
-def test_file_through_symlinked_directory_fails(tmp_path, handler):
+def test_file_through_symlinked_directory_fails(tmp_path, handler, made_mounts):
     host = _host_dir(tmp_path)
     img = ext4_image(tmp_path / "guest.img", guest_tree(tmp_path, links={"etc/cron.d": str(host)}))
     content = Content(files=[InjectedFile("/etc/cron.d/evil", b"* * * * * root sh\n")])
     with pytest.raises(InjectionError, match="etc/cron.d: is a symbolic link"):
         inject(str(img), content, handlers=[handler])
     assert list(host.iterdir()) == []
-    check_loops_and_mounts_released(img)
+    check_loops_and_mounts_released(img, handler, made_mounts)
 
 
 def test_file_onto_symlink_fails(tmp_path, handler):

@@ -1,6 +1,6 @@
 """The loop handler always gives the image back: on success, when a step is
-interrupted (Ctrl-C), and when attaching fails half-way; checked with losetup -j and
-/proc/mounts."""
+interrupted (Ctrl-C), and when attaching fails half-way; checked by the image's own loop
+devices (its inode) and the exact mount point the handler made."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from configdrive.content import Content, InjectedFile
 from configdrive.inject import NoHandlerError, inject, steps
 from conftest import is_root, need_tool
-from inject_images import attached_loops, ext4_image, gpt_image, guest_tree, our_mounts
+from inject_images import attached_loops, ext4_image, gpt_image, guest_tree, mounts_released, record_loop_mounts
+from machine_state import is_mount_point
 
 pytestmark = pytest.mark.root
 
@@ -23,27 +24,31 @@ def _root():
 
 def test_ctrl_c_during_a_step_unmounts_and_detaches(tmp_path, monkeypatch):
     img = ext4_image(tmp_path / "guest.img", guest_tree(tmp_path))
-    mounted = []
+    made = record_loop_mounts(monkeypatch)
+    seen = []
 
     def interrupted(root, metadata):
-        mounted.extend(our_mounts())
+        seen.append((root.top, is_mount_point(root.top), attached_loops(img)))
         raise KeyboardInterrupt
 
     monkeypatch.setattr(steps, "inject_metadata", interrupted)
     with pytest.raises(KeyboardInterrupt):
         inject(str(img), Content(meta_data={"meta": {"a": "b"}}), handlers=["loop"])
-    assert len(mounted) == 1            # it really was mounted when the step ran
-    assert our_mounts() == []
-    assert attached_loops(img) == ""
+    # It really was mounted, on the directory the handler made, when the step ran.
+    [(top, mounted, loops)] = seen
+    assert made == [top] and mounted and len(loops) == 1
+    assert mounts_released(made)
+    assert attached_loops(img) == []
 
 
-def test_failed_mandatory_step_still_tears_down(tmp_path):
+def test_failed_mandatory_step_still_tears_down(tmp_path, monkeypatch):
+    made = record_loop_mounts(monkeypatch)
     tree = guest_tree(tmp_path)
     (tree / "srv").write_text("a file where a directory is needed\n")
     img = ext4_image(tmp_path / "guest.img", tree)
     with pytest.raises(steps.InjectionError, match="srv: is a file, expected a dir"):
         inject(str(img), Content(files=[InjectedFile("srv/app/x", b"1")]), handlers=["loop"])
-    assert our_mounts() == [] and attached_loops(img) == ""
+    assert len(made) == 1 and mounts_released(made) and attached_loops(img) == []
 
 
 def test_no_partition_node_is_a_reason_and_detaches(tmp_path, monkeypatch):
@@ -54,4 +59,4 @@ def test_no_partition_node_is_a_reason_and_detaches(tmp_path, monkeypatch):
     monkeypatch.setattr(blockdev, "which", lambda name: None)
     with pytest.raises(NoHandlerError, match=r"loop: could not attach: .*no device node for partition 2"):
         inject(str(disk), Content(meta_data={"meta": {"a": "b"}}), handlers=["loop"])
-    assert attached_loops(disk) == ""
+    assert attached_loops(disk) == []

@@ -40,7 +40,7 @@ INSTANCE = {
 }
 NOVA_DHCP_DOMAIN = "novalocal"   # nova appends CONF.dhcp_domain to the hostname
 
-# What nova writes and we do not, and why (README: "Where we differ from nova").
+# What nova writes and we do not, and why (docs/nova-and-openstacksdk.md: "Where we differ from nova").
 DOCUMENTED_DIFFERENCES = {
     "meta-data.json": {
         "ami-manifest-path": "nova writes the constant placeholder 'FIXME'; no source, so absent",

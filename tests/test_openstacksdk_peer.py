@@ -33,7 +33,7 @@ IRONIC = {
     "network_data": SAMPLE_NETWORK,
     "vendor_data": {"static": {"rack": "r12"}},
 }
-# Keys we add to meta_data where the input has none, as nova always writes them (README).
+# Keys we add to meta_data where the input has none, as nova always writes them (docs/nova-and-openstacksdk.md).
 FILLED_IN = {"launch_index": 0}
 
 
@@ -56,7 +56,8 @@ def genisoimage_dir() -> Path:
 
 
 def drop_in_dir(tmp: Path) -> Path:
-    """A directory whose genisoimage is configdrive-mkisofs, as the README tells operators."""
+    """A directory whose genisoimage is configdrive-mkisofs, as the README and
+    docs/nova-and-openstacksdk.md tell operators."""
     where = tmp / "drop-in"
     where.mkdir(exist_ok=True)
     (where / "genisoimage").symlink_to(MKISOFS)

@@ -1,6 +1,6 @@
 """The pytest plugin (configdrive/pytest_plugin.py), as a user meets it: installed through
 the pytest11 entry point, loaded by a pytest run that knows nothing of this checkout,
-running the README's complete test file; and cheap to load for everyone else."""
+running the complete test file docs/testing.md shows; and cheap to load for everyone else."""
 
 from __future__ import annotations
 
@@ -18,15 +18,16 @@ BROKEN = ("label_uppercase", "versions_oldest_and_latest", "network_data_mtu_nul
           "meta_data_uuid_missing", "label_duplicate")
 
 
-def readme_test_file() -> str:
-    text = (ROOT / "README.md").read_text()
+def fixtures_page_test_source() -> str:
+    """The complete test file of docs/testing.md, the page for datasource test authors."""
+    text = (ROOT / "docs/testing.md").read_text()
     return re.search(r"A complete test file .*?\n\n```python\n(.*?)```", text, re.S).group(1)
 
 
-def test_readme_test_file_uses_every_fixture_and_passes(pytester):
-    source = readme_test_file()
+def test_the_testing_page_file_uses_every_fixture_and_passes(pytester):
+    source = fixtures_page_test_source()
     for name in FIXTURES + BROKEN:
-        assert re.search(rf"\b{name}\b", source), f"the README's test file does not use {name}"
+        assert re.search(rf"\b{name}\b", source), f"docs/testing.md's test file does not use {name}"
     pytester.makepyfile(test_datasource=source)
     # A separate process: the plugin must come from the installed package's entry point.
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v")

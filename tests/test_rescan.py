@@ -112,3 +112,39 @@ def test_deploy_onto_a_disk_with_a_held_partition_is_refused_untouched(tmp_path)
         finally:
             holder.kill()
             holder.wait()
+
+
+def partitions_shown(dev: str) -> list[str]:
+    """The partitions the kernel shows for this loop device, read where the kernel keeps
+    them (/sys/dev/block/MAJ:MIN/*/partition), by the device's own number."""
+    rdev = os.stat(dev).st_rdev
+    sysdir = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}")
+    return sorted(p.parent.name for p in sysdir.glob("*/partition"))
+
+
+@pytest.mark.parametrize("partscan", [True, False], ids=["losetup -P", "no partscan"])
+@pytest.mark.parametrize("failure", ["checksum", "drive"])
+def test_a_wiped_disk_shows_the_kernel_no_partitions(tmp_path, partscan, failure):
+    """Issue 21: a deploy that fails (a streamed raw image whose checksum is wrong, found
+    once it is written; a drive that is no drive, after the image) leaves an empty table,
+    and the kernel must not go on showing partitions that are no longer there (one with
+    the old root's label would still be mounted by label). The partitions are added by
+    partx (this kernel reads no table itself); on a loop device with partition scanning
+    (losetup -P) BLKRRPART empties the kernel's view, on one without it refuses (EINVAL)
+    and each partition is deleted with BLKPG."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent / "hostile"))
+    from harness import assert_refused, run_measured
+    image = make_gpt_disk(tmp_path / "image.raw", "1B2C3D4E-0000-4000-8000-00000000000C", seed=6)
+    args = ["--checksum", "sha256:" + "0" * 64] if failure == "checksum" else \
+        ["--config-drive", tmp_path / "not-a-drive.bin", "--config-size", "8M"]
+    (tmp_path / "not-a-drive.bin").write_bytes(bytes(range(256)) * 256)
+    disk = old_disk(tmp_path / "disk", ["1:2048:+40M", "2:0:+40M"])
+    with loop_device(disk, partscan=partscan) as dev:
+        add_partitions(dev)
+        assert len(partitions_shown(dev)) == 2          # the old disk's, as the kernel shows them
+        outcome = run_measured("deploy", "--device", dev, "--image", "-", *args, input=image.read_bytes())
+        line = assert_refused(outcome, names="checksum" if failure == "checksum" else "not-a-drive.bin")
+        assert "now holds an empty partition table" in line
+        assert partitions_shown(dev) == [], line
+        assert out("sgdisk", "-p", dev).rstrip().endswith("Name")   # an empty GPT on the disk

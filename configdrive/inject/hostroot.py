@@ -10,10 +10,9 @@ import errno
 import os
 import secrets
 
+from ..dirfd import CREATE_FLAGS, DIR_FLAGS as _DIR_FLAGS, READ_FLAGS, Refused, open_dirs, open_file
 from .guestpath import GuestPath, GuestPathError, show
 from .guestroot import MAX_GUEST_READ, GuestRoot, GuestStat, check_read_size
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class HostDirRoot(GuestRoot):
@@ -25,34 +24,24 @@ class HostDirRoot(GuestRoot):
     @contextlib.contextmanager
     def _parent(self, path: GuestPath):
         """A descriptor of ``path``'s parent directory, reached without following links."""
-        fd = os.open(self.top, _DIR_FLAGS)
+        top = os.open(self.top, _DIR_FLAGS)
         try:
-            for depth, name in enumerate(path[:-1], 1):
-                try:
-                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    self._refuse(fd, path[:depth], exc)
-                os.close(fd)
-                fd = child
+            fd = open_dirs(top, path[:-1])
+        except Refused as exc:
+            raise self._refuse(exc) from exc
+        finally:
+            os.close(top)
+        try:
             yield fd
         finally:
             os.close(fd)
 
     @staticmethod
-    def _refuse(dir_fd: int, part: GuestPath, exc: OSError):
-        """Turn a failed O_NOFOLLOW open into the message that says why."""
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            try:
-                st = os.stat(part[-1], dir_fd=dir_fd, follow_symlinks=False)
-            except OSError:
-                st = None
-            if st is not None and GuestStat.from_mode(st.st_mode, 0, 0).kind == "symlink":
-                raise GuestPathError(
-                    f"guest path {show(part)}: is a symbolic link; refusing to follow it") from exc
-            raise GuestPathError(f"guest path {show(part)}: is not a directory") from exc
-        if exc.errno == errno.ENOENT:
-            raise GuestPathError(f"guest path {show(part)}: does not exist") from exc
-        raise GuestPathError(f"guest path {show(part)}: {exc.strerror}") from exc
+    def _refuse(exc: Refused) -> GuestPathError:
+        """The message for a component that could not be opened, and why."""
+        if exc.link:
+            return GuestPathError(f"guest path {show(exc.parts)}: is a symbolic link; refusing to follow it")
+        return GuestPathError(f"guest path {show(exc.parts)}: {exc.why}")
 
     def lstat(self, path: GuestPath) -> GuestStat | None:
         with self._parent(path) as pfd:
@@ -65,8 +54,12 @@ class HostDirRoot(GuestRoot):
     def read(self, path: GuestPath) -> bytes:
         self.require(path, "file")
         with self._parent(path) as pfd:
-            with os.fdopen(self._open_no_follow(pfd, path), "rb") as f:
-                check_read_size(path, os.fstat(f.fileno()).st_size)
+            try:
+                fd, st = open_file(path, pfd)     # judged by fstat of what was opened
+            except Refused as exc:
+                raise self._refuse(exc) from exc
+            with os.fdopen(fd, "rb") as f:
+                check_read_size(path, st.st_size)
                 # at most one byte past the cap: a FUSE filesystem may report any size
                 data = f.read(MAX_GUEST_READ + 1)
         check_read_size(path, len(data))
@@ -78,8 +71,7 @@ class HostDirRoot(GuestRoot):
         self.require(path, "file")
         with self._parent(path) as pfd:
             tmp = f".{path[-1]}.configdrive-{secrets.token_hex(4)}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600, dir_fd=pfd)
+            fd = os.open(tmp, CREATE_FLAGS, 0o600, dir_fd=pfd)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
@@ -110,14 +102,11 @@ class HostDirRoot(GuestRoot):
                 os.close(fd)
 
     def _open_no_follow(self, pfd: int, path: GuestPath) -> int:
-        """The last component, opened read-only without following a link. O_NONBLOCK: a
-        FIFO planted where a file should be must not hang the injection."""
+        """The last component (a file or a directory), opened without following a link.
+        O_NONBLOCK: a FIFO planted where a file should be must not hang the injection."""
         try:
-            return os.open(path[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=pfd)
+            return os.open(path[-1], READ_FLAGS, dir_fd=pfd)
         except OSError as exc:
-            self._refuse_file(pfd, path, exc)
-
-    def _refuse_file(self, pfd: int, path: GuestPath, exc: OSError):
-        if exc.errno == errno.ELOOP:
-            raise GuestPathError(f"guest path {show(path)}: is a symbolic link; refusing to follow it") from exc
-        raise GuestPathError(f"guest path {show(path)}: {exc.strerror}") from exc
+            if exc.errno == errno.ELOOP:
+                raise self._refuse(Refused(path, "is a symbolic link", link=True)) from exc
+            raise GuestPathError(f"guest path {show(path)}: {exc.strerror}") from exc

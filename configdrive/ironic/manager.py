@@ -1,26 +1,28 @@
 """The hardware manager ironic-python-agent finds through its entry point and asks to
-``write_image``: our writer in place of IPA's download-to-cache + ``qemu-img convert``.
+``write_image``: our deploy path (configdrive.deploy) in place of IPA's download-to-cache
++ ``qemu-img convert``.
 
 IPA calls the highest-ranked manager that has the method and moves on to the next one
 when it raises ``IncompatibleHardwareMethodError``; so this manager takes whole-disk
 images it can write and declines the rest (request.py says which), and everything else
 (install device, root device hints, later deploy steps) stays IPA's.
 
-Order of work: every refusal (request, config drive, held partitions, format, and the
-checksum of whatever IPA would not stream: it is downloaded whole and verified first, as
-IPA does) comes before the target is opened; then partition/copy.py writes (its first
-MiB last; a streamed raw image is verified before that MiB goes down, and the disk wiped
-to an empty table on a mismatch); then configdrive/placement.py puts the config drive in
-or fits the table to the disk. Failures use IPA's own error types with our one-line
-message.
+Order of work: every refusal that needs no image bytes (request, config drive, checksum
+file) comes first; then ``configdrive.deploy.deploy`` streams the image straight onto the
+disk, raw or qcow2 alike (no copy in the ramdisk: a ramdisk's /tmp is RAM, and IPA's
+cache of a qcow2 is what makes the RAM a node needs grow with its image), holds the
+disk's first and last MiB back until the checksum is proven, wipes the disk to an empty
+partition table on any failure, and places the config drive. Failures use IPA's own
+error types with our one-line message; transient download failures are retried as IPA
+retries them (its ``image_download_connection_retries`` and ``_retry_interval``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import ssl
-import tempfile
 import time
 import urllib.request
 
@@ -30,19 +32,16 @@ from oslo_log import log
 from ironic_python_agent import errors, hardware, utils
 from ironic_python_agent.extensions import base as ext_base
 
-from partition.checksum import Expected, parse_checksum
-from partition.copy import copy_image
-from partition.device import open_target
+from partition.checksum import parse_checksum
+from partition.copy import wipe_disk
 from partition.errors import PartitionError
-from partition.image import Image, open_image
-from partition.progress import Progress
-from partition.rescan import refuse_held_partitions
+from partition.formats import QCOW2_MAGIC
 from partition.source import open_source
 
 from ..errors import ConfigDriveError
 from ..pack import unpack
 from ..fetch import load_drive
-from ..placement import place_config_drive, refresh_disk
+from ..version import version
 from .config import settings
 from .request import BadRequest, Decline, Request, read_image_info
 
@@ -50,7 +49,9 @@ CONF = cfg.CONF
 # Under IPA's own logger tree, so the agent's log configuration applies to our lines.
 LOG = log.getLogger("ironic_python_agent.hardware_managers.configdrive")
 MiB = 1 << 20
-CACHE_CHUNK = 4 * MiB
+# Buffers in flight while writing, sized for a ramdisk (see _ramdisk_buffers).
+RAMDISK_QUEUE_DEPTH = 2
+RAMDISK_READ = 1 * MiB
 
 
 class ConfigDriveHardwareManager(hardware.HardwareManager):
@@ -66,7 +67,7 @@ class ConfigDriveHardwareManager(hardware.HardwareManager):
 
     def write_image(self, node, ports, image_info, configdrive=None):
         """The ``write_image`` deploy step for whole-disk images (IPA's signature).
-        Returns, and records on the standby extension, what IPA's prepare_image does."""
+        Returns, and records on the standby extension, what IPA's write_image does."""
         if not settings().write_image:
             raise errors.IncompatibleHardwareMethodError(
                 details="configdrive: write_image is turned off ([configdrive] write_image)")
@@ -80,21 +81,28 @@ class ConfigDriveHardwareManager(hardware.HardwareManager):
         if configdrive is None:      # as IPA's prepare_image: older ironic sent it inside
             configdrive = image_info.pop("configdrive", None)
         device = hardware.dispatch_to_managers("get_os_install_device", permit_refresh=True)
-        LOG.info("configdrive: writing image %s to %s", request.image_id, device)
+        standby = _standby()
+        if standby is not None and standby.cached_image_id == request.image_id:
+            # IPA skips the write when cached_image_id matches (its prepare_image), then
+            # adds the config drive again; we write again. IPA's skip stands on a cached
+            # file it still holds; we hold none, and the disk may have changed since (a
+            # later step failed half-way, the conductor retries the deployment), so the
+            # only way to promise "this disk holds this image" is to write it.
+            LOG.info("configdrive: image %s was written by this agent before; written again "
+                     "(no copy is kept, and the disk may have changed since)", request.image_id)
+        LOG.info("configdrive %s: writing image %s to %s", version(), request.image_id, device)
         http_options = _http_options(request)
         drive = _load_config_drive(configdrive, http_options) if configdrive else None
-        expected = _expected(request, http_options)
-        try:
-            refuse_held_partitions(device)
-        except PartitionError as exc:
-            raise _ipa_error(errors.ImageWriteError, exc, device, 1, "", str(exc))
-        _write(request, expected, device, http_options)
-        _finish_disk(device, drive)
+        checksum = _checksum(request, http_options)
+        _write(request, checksum, device, http_options, drive)
         root_uuid = _disk_identifier(device)
-        _record(image_info, root_uuid)
-        # prepare_image's result, word for word: whatever read IPA's message reads ours.
-        return "image ({}) written to device {} root_uuid={}".format(
-            image_info.get("id"), device, root_uuid)
+        _record(standby, request.image_id, root_uuid)
+        # IPA's generic write_image returns prepare_image's command result as it is:
+        # {"result": "prepare_image: image (ID) written to device DEV root_uuid=..."}
+        # (extensions/base.py wraps a string result so; hardware.py returns cmd.wait()).
+        # Its efi_system_partition_uuid form is for partition images, which we decline.
+        return {"result": "prepare_image: image ({}) written to device {} root_uuid={}".format(
+            image_info.get("id"), device, root_uuid)}
 
 
 def _decline(why: str):
@@ -105,20 +113,30 @@ def _decline(why: str):
                                  "[configdrive] fallback)")
 
 
-def _ipa_error(kind, cause: Exception, *args):
+def _ipa_error(kind, cause: Exception | str, *args):
     """IPA's error type (what ironic and operators match on) carrying our one line."""
     error = kind(*args)
-    error.details = f"configdrive: {cause}"
+    error.details = f"configdrive: {_download_line(cause)}"
     return error
+
+
+def _standby():
+    try:
+        return ext_base.get_extension("standby")
+    except (errors.ExtensionError, KeyError) as exc:
+        LOG.warning("configdrive: the standby extension is not loaded (%s); nothing recorded", exc)
+        return None
 
 
 # -- before the disk is touched ----------------------------------------------------------
 
 def _http_options(request: Request) -> dict:
     """IPA's download settings for our HTTP reader, for every request of the step (the
-    checksum file, the config drive, the image): its connection retries, interval and
-    timeout, the request's proxies (else the environment's) and no_proxy, and IPA's TLS
-    options (its TLS version floor, cafile, client certificate, insecure)."""
+    checksum file, the config drive, the image): its timeout, the request's proxies (else
+    the environment's) and no_proxy, and IPA's TLS options (its TLS version floor, cafile,
+    client certificate, insecure). No retries inside the reader: _retrying retries each
+    whole request as IPA does, a fixed interval apart (the reader's own budget doubles
+    its wait each time: with IPA's default 10 retries 10 s apart that would be hours)."""
     if request.no_proxy:
         os.environ["no_proxy"] = request.no_proxy     # what IPA's downloader does too
     context = utils.create_ssl_context("client")
@@ -132,11 +150,27 @@ def _http_options(request: Request) -> dict:
             context.load_default_certs()
         if CONF.certfile and CONF.keyfile:
             context.load_cert_chain(CONF.certfile, CONF.keyfile)
-    return {"retries": CONF.image_download_connection_retries,
-            "backoff": CONF.image_download_connection_retry_interval,
-            "timeout": CONF.image_download_connection_timeout,
+    return {"retries": 0, "timeout": CONF.image_download_connection_timeout,
             "handlers": (urllib.request.ProxyHandler(request.proxies or None),
                          urllib.request.HTTPSHandler(context=context))}
+
+
+def _retrying(fetch):
+    """``fetch()`` again after a transient failure (a connection error, a 5xx, a stream cut
+    off), CONF.image_download_connection_retries times, CONF.image_download_connection_
+    retry_interval seconds apart, as IPA's _download_with_proxy and _download_image do.
+    A 4xx is final at once (IPA 13's ImageDownloadFatalError, bug #2098146)."""
+    retries = CONF.image_download_connection_retries
+    for attempt in range(retries + 1):
+        try:
+            return fetch()
+        except PartitionError as exc:
+            if _http_status(exc) or not _raised_in(exc, _SOURCE) or attempt == retries:
+                raise
+            line = _download_line(exc)
+        LOG.warning("configdrive: %s; retry %d of %d in %g s", line, attempt + 1, retries,
+                    CONF.image_download_connection_retry_interval)
+        time.sleep(CONF.image_download_connection_retry_interval)
 
 
 def _load_config_drive(configdrive, http_options: dict) -> bytes:
@@ -146,174 +180,218 @@ def _load_config_drive(configdrive, http_options: dict) -> bytes:
     try:
         if not isinstance(configdrive, str):
             raise ConfigDriveError("the configdrive argument: neither a URL nor a gzip+base64 string")
-        image = load_drive(configdrive, http_options) if configdrive.startswith(("http://", "https://")) \
-            else unpack(configdrive, source="the configdrive argument")
+        if configdrive.startswith(("http://", "https://")):
+            image = _retrying(lambda: load_drive(configdrive, http_options))
+        else:
+            image = unpack(configdrive, source="the configdrive argument")
     except (ConfigDriveError, PartitionError) as exc:
         raise _ipa_error(errors.DeploymentError, exc, str(exc))
     LOG.info("configdrive: config drive loaded: %s", _figures(len(image), time.monotonic() - started))
     return image
 
 
-def _expected(request: Request, http_options: dict) -> "_Expected":
+def _checksum(request: Request, http_options: dict) -> str:
+    """``ALGO:HEX``, a checksum file's URL read here (with the step's proxies and TLS,
+    retried as IPA retries it) so that deploy gets the digest itself."""
     try:
-        expected = parse_checksum(request.checksum, request.urls[0], http_options)
+        expected = _retrying(lambda: parse_checksum(
+            request.checksum, request.urls[0], http_options))
     except PartitionError as exc:
         raise _ipa_error(errors.ImageDownloadError, exc, request.image_id, str(exc))
     if expected.algorithm == "md5" and not CONF.md5_enabled:
         raise _ipa_error(errors.InvalidCommandParamsError, "MD5 is disabled in this agent "
                          f"(md5_enabled): {request.checksum}", "md5")
-    return _Expected(expected.algorithm, expected.hexdigest)
-
-
-class _Mismatch(PartitionError):
-    def __init__(self, line: str, expected: str, actual: str):
-        super().__init__(line)
-        self.expected, self.actual = expected, actual
-
-
-class _Expected(Expected):
-    """A checksum mismatch raised as its own type, so that it reaches IPA as
-    ImageChecksumError and not as a write error."""
-
-    def check(self, actual: str, image_name: str) -> None:
-        try:
-            super().check(actual, image_name)
-        except PartitionError as exc:
-            raise _Mismatch(str(exc), self.hexdigest, actual) from exc
+    return f"{expected.algorithm}:{expected.hexdigest}"
 
 
 # -- the write --------------------------------------------------------------------------
 
-def _write(request: Request, expected: _Expected, device: str, http_options: dict) -> dict:
-    """Try each URL in turn, as IPA does; a URL that cannot be fetched passes to the
-    next, an image that is refused fails the step (every mirror holds the same image)."""
-    failures = []
-    for url in request.urls:
-        started = time.monotonic()
-        LOG.info("configdrive: fetching %s", url)
-        with contextlib.ExitStack() as stack:
+def _write(request: Request, checksum: str, device: str, http_options: dict,
+           drive: bytes | None) -> None:
+    """Each URL in turn, as IPA's ImageDownload tries them, and the whole list again after
+    a transient failure, as its retry loop does. Unlike IPA 13, a 4xx passes to the next
+    URL (a mirror without the image says nothing of the others) and is never retried;
+    a checksum mismatch is final (IPA downloads the image again: the conductor reads no
+    more from that than from one failure, and every mirror serves the same bytes, so
+    ten more downloads only delay the same error by IPA's 100 s). Anything refused about
+    the image or the disk is final too."""
+    retries = CONF.image_download_connection_retries
+    urls, failures = list(request.urls), {}      # URL -> its last failure
+    for attempt in range(retries + 1):
+        transient = []
+        for url in urls:
+            started = time.monotonic()
             try:
-                if request.streamed:
-                    spec, verify = url, expected
-                else:
-                    spec = stack.enter_context(_cached(url, expected, http_options)).name
-                    verify = None         # verified whole already
-                image = stack.enter_context(open_image(
-                    spec, hash_algorithm=verify.algorithm if verify else None,
-                    http_options=http_options, on_spool=lambda line: LOG.info("configdrive: %s", line)))
-            except _Mismatch as exc:
-                raise _checksum_error(exc, request)
-            except PartitionError as exc:
-                if not _from_download(exc):
-                    raise _ipa_error(errors.InvalidImage, exc, str(exc))
-                LOG.warning("configdrive: %s", exc)
-                failures.append(str(exc))
-                continue
-            LOG.info("configdrive: %s is %s%s, virtual size %s bytes; opened in %.2f s", url,
-                     image.format, f" inside {image.compression}" if image.compression else "",
-                     image.virtual_size, time.monotonic() - started)
-            _check_format(image, request)
-            return _copy(image, request, verify, device)
-    raise _ipa_error(errors.ImageDownloadError, "; ".join(failures), request.image_id,
-                     "; ".join(failures))
+                summary = _deploy_one(request, url, checksum, device, http_options, drive)
+            except (PartitionError, ConfigDriveError) as exc:
+                failed = exc
+            else:
+                _log_summary(url, summary, device, time.monotonic() - started)
+                return
+            # Logged here, outside the except block: oslo.log appends the exception being
+            # handled to a warning logged inside one (formatters._get_error_summary),
+            # which would say it all twice.
+            if isinstance(failed, ConfigDriveError) or not _raised_in(failed, _SOURCE):
+                raise _final_error(failed, request, url, device, checksum) from failed
+            status, line = _http_status(failed), _download_line(failed)
+            if status:
+                LOG.warning("configdrive: %s; not retried: the server answered %d, it will "
+                            "not serve this URL; next URL", line, status)
+                failures[url] = f"{line} (not retried: the server answered {status})"
+            else:
+                LOG.warning("configdrive: %s", line)
+                failures[url] = line
+                transient.append(url)
+        if not transient or attempt == retries:
+            break
+        urls = transient
+        LOG.warning("configdrive: image %s: retry %d of %d in %g s", request.image_id,
+                    attempt + 1, retries, CONF.image_download_connection_retry_interval)
+        time.sleep(CONF.image_download_connection_retry_interval)
+    why = "; ".join(failures.values())
+    if transient and retries:
+        why += f" (retried {retries} times: image_download_connection_retries)"
+    raise _ipa_error(errors.ImageDownloadError, why, request.image_id, why)
+
+
+def _deploy_one(request: Request, url: str, checksum: str, device: str, http_options: dict,
+                drive: bytes | None) -> dict:
+    from ..deploy import deploy
+    if request.disk_format == "raw":
+        _refuse_qcow2_declared_raw(url, http_options)
+    LOG.info("configdrive: writing %s to %s", url, device)
+    with _ramdisk_buffers():
+        summary = deploy(device, url, checksum=checksum, drive=drive, quiet=False,
+                         progress_stream=_LogStream(), http_options=http_options,
+                         image_format="qcow2" if request.disk_format == "qcow2" else "auto")
+    if drive is None and not (summary.get("table") or {}).get("table"):
+        # Like IPA's _validate_partitioning: a disk left without a table fails the step,
+        # and (as after any failure of ours) holds an empty table, never the image.
+        note = wipe_disk(device)
+        raise ConfigDriveError(f"{url}: no partition table on {device} after writing the "
+                               f"image ({note})")
+    return summary
 
 
 @contextlib.contextmanager
-def _cached(url: str, expected: _Expected, http_options: dict):
-    """IPA's cache path, for what it does not stream: the whole download into a temporary
-    file (the ramdisk's tmpfs), hashed on the way and checked before anything is written,
-    so that a mismatch leaves the disk as it was. Removed afterwards."""
-    started = time.monotonic()
-    hasher = expected.new()
-    with tempfile.NamedTemporaryFile(prefix="configdrive-image-") as cache:
-        with open_source(url, **http_options) as source:
-            while chunk := source.read(CACHE_CHUNK):
-                hasher.update(chunk)
-                try:
-                    cache.write(chunk)
-                except OSError as exc:
-                    raise PartitionError(f"{cache.name}: caching {url} failed: {exc.strerror}") from exc
-        cache.flush()
-        expected.check(hasher.hexdigest(), url)
-        LOG.info("configdrive: downloaded %s to %s and verified its %s: %s", url, cache.name,
-                 expected.algorithm, _figures(cache.tell(), time.monotonic() - started))
-        yield cache
-
-
-def _check_format(image: Image, request: Request) -> None:
-    if request.disk_format and image.format != request.disk_format:
-        # IPA's inspector refuses the same (a "raw" image that is really qcow2 would have
-        # qemu-img follow its header: CVE-2024-32498's family).
-        raise _ipa_error(errors.InvalidImage, f"{image.name}: declared disk_format "
-                         f"{request.disk_format} but the content is {image.format}",
-                         f"declared {request.disk_format}, content {image.format}")
-
-
-def _copy(image: Image, request: Request, expected: "_Expected | None", device: str) -> dict:
-    progress = Progress(f"configdrive: writing {image.name} to {device}", None, stream=_LogStream())
+def _ramdisk_buffers():
+    """Fewer and smaller buffers in flight for the write, in a ramdisk, where every byte
+    of them is RAM the node needs on top of the agent. Measured with the agent's VmHWM
+    and tracemalloc: copy.py's read-ahead queue of 6 chunks, qcow2.py's reads of up to
+    4 MiB and image.py's 4 MiB raw chunks (each joined from 1 MiB socket reads) held 21
+    to 27 MiB of image data at once, which made the agent 27-32 MiB larger than with
+    IPA's own path; 2 chunks of 1 MiB hold a fraction of that, at no cost in time we
+    could measure. The command line keeps its deeper queue. Set only for the step's
+    duration (the agent runs one command at a time: it refuses another while one runs)."""
+    from partition import copy, image, qcow2
+    saved = copy.QUEUE_DEPTH, qcow2.READ_RUN, image.CHUNK
+    copy.QUEUE_DEPTH, qcow2.READ_RUN, image.CHUNK = RAMDISK_QUEUE_DEPTH, RAMDISK_READ, RAMDISK_READ
     try:
-        with open_target(device) as target:
-            result = copy_image(image, target, expected=expected, progress=progress)
-    except PartitionError as exc:
-        mismatch = exc.__cause__ if isinstance(exc.__cause__, _Mismatch) else None
-        if isinstance(exc, _Mismatch) or mismatch:
-            raise _checksum_error(exc, request)
-        if _from_download(exc):
-            raise _ipa_error(errors.ImageDownloadError, exc, request.image_id, str(exc))
-        raise _ipa_error(errors.ImageWriteError, exc, device, 1, "", str(exc))
-    LOG.info("configdrive: wrote %s to %s: %s%s", image.name, device,
-             _figures(result["bytes_written"], result["seconds"]),
-             f", {expected.algorithm} checksum verified" if expected else "")
-    return result
+        yield
+    finally:
+        copy.QUEUE_DEPTH, qcow2.READ_RUN, image.CHUNK = saved
 
 
-def _checksum_error(exc: PartitionError, request: Request):
-    cause = exc if isinstance(exc, _Mismatch) else exc.__cause__
-    return _ipa_error(errors.ImageChecksumError, exc, request.image_id, request.urls[0],
-                      cause.expected, cause.actual)
+def _refuse_qcow2_declared_raw(url: str, http_options: dict) -> None:
+    """A qcow2 sent as disk_format raw is refused before the disk is touched, as IPA's
+    format inspector refuses it (a "raw" image that is really qcow2 would have qemu-img
+    follow its header: CVE-2024-32498's family). Its first bytes, one short request."""
+    with open_source(url, **http_options) as source:
+        magic = source.read_upto(len(QCOW2_MAGIC))
+    if magic == QCOW2_MAGIC:
+        raise _ipa_error(errors.InvalidImage, f"{url}: declared disk_format raw but the "
+                         "content is qcow2", "declared raw, content qcow2")
 
 
-def _from_download(exc: BaseException | None) -> bool:
-    """Raised while fetching bytes (partition/source.py), not while reading them: some
-    error of the chain was raised there (its own cause, urllib's HTTPError or an
-    OSError, was raised inside urllib or the socket layer)."""
-    source = os.path.join("partition", "source.py")
+def _final_error(exc: Exception, request: Request, url: str, device: str, checksum: str):
+    """IPA's error type for a failure no retry mends, by where it was raised."""
+    if _raised_in(exc, _CHECKSUM):
+        # Final, see _write; the line already says the disk holds an empty table.
+        LOG.error("configdrive: %s; not retried: every mirror serves the same bytes", exc)
+        return _ipa_error(errors.ImageChecksumError, f"{exc} (not retried: every mirror "
+                          "serves the same bytes)", request.image_id, url,
+                          checksum.partition(":")[2], _calculated(exc))
+    if isinstance(exc, ConfigDriveError) or _raised_in(exc, _CONFIGDRIVE):
+        return _ipa_error(errors.DeploymentError, exc, str(exc))
+    if _raised_in(exc, _IMAGE):
+        return _ipa_error(errors.InvalidImage, exc, str(exc))
+    return _ipa_error(errors.ImageWriteError, exc, device, 1, "", str(exc))
+
+
+_SOURCE = (os.path.join("partition", "source.py"), os.path.join("partition", "ranged.py"))
+_CHECKSUM = (os.path.join("partition", "checksum.py"),)
+_IMAGE = tuple(os.path.join("partition", f"{name}.py") for name in
+               ("qcow2", "image", "formats", "compress"))
+_CONFIGDRIVE = (f"{os.sep}configdrive{os.sep}",)
+
+
+def _innermost_frames(exc: BaseException | None):
+    """The frame each error of the chain was raised in (its cause's first)."""
+    chain = []
     while exc is not None:
-        tb = exc.__traceback__
+        chain.append(exc)
+        exc = exc.__cause__
+    for error in reversed(chain):
+        tb = error.__traceback__
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
-        if tb is not None and tb.tb_frame.f_code.co_filename.endswith(source):
+        if tb is not None:
+            yield error, tb.tb_frame
+
+
+def _raised_in(exc: BaseException, files: tuple[str, ...]) -> bool:
+    """Some error of the chain was raised in one of ``files`` (partition/source.py: while
+    fetching bytes; partition/checksum.py: the digest did not match)."""
+    for _, frame in _innermost_frames(exc):
+        name = frame.f_code.co_filename
+        if any(f in name if f.startswith(os.sep) else name.endswith(f) for f in files):
             return True
-        exc = exc.__cause__
     return False
 
 
+def _download_line(exc: BaseException) -> str:
+    """The failure's line without what partition/source.py adds about its own retry
+    budget, which this manager sets to none (it retries whole requests itself)."""
+    return re.sub(r" \(no retries left; \w+ sets them\)", "", str(exc))
+
+
+def _http_status(exc: BaseException) -> int | None:
+    """The 4xx status of urllib's HTTPError under a download failure, if that is what it
+    was (partition/source.py retries 5xx, and raises a 4xx as final)."""
+    import urllib.error
+    while exc is not None:
+        if isinstance(exc, urllib.error.HTTPError) and exc.code < 500:
+            return exc.code
+        exc = exc.__cause__
+    return None
+
+
+def _calculated(exc: BaseException) -> str:
+    for _, frame in _innermost_frames(exc):
+        if frame.f_code.co_filename.endswith(_CHECKSUM[0]) and "actual" in frame.f_locals:
+            return str(frame.f_locals["actual"]).lower()
+    return "?"
+
+
+def _log_summary(url: str, summary: dict, device: str, seconds: float) -> None:
+    image = summary["image"]
+    LOG.info("configdrive: wrote %s (%s%s) to %s: %s, %s checksum verified before the first "
+             "MiB", url, image["format"], f" inside {image['compression']}" if image["compression"] else "",
+             device, _figures(image["bytes_written"], image["seconds"]),
+             image["checksum"]["algorithm"])
+    drive = summary.get("config_drive")
+    if drive:
+        part = drive["partition"]
+        LOG.info("configdrive: config drive (%s) written to partition %s of %s (%s)%s",
+                 drive["drive"]["format"], part["number"], device,
+                 "created" if part["created"] else "found",
+                 f"; {'; '.join(drive['notes'])}" if drive["notes"] else "")
+    for note in (summary.get("table") or {}).get("notes", []):
+        LOG.info("configdrive: %s", note)
+    LOG.info("configdrive: image and config drive done in %.2f s", seconds)
+
+
 # -- after the image ---------------------------------------------------------------------
-
-def _finish_disk(device: str, drive: bytes | None) -> None:
-    """Config drive into the config partition (or a new one), or else the GPT fitted to
-    the disk; like IPA's _validate_partitioning, a disk left without a table fails."""
-    started = time.monotonic()
-    try:
-        if drive is not None:
-            summary = place_config_drive(device, drive)
-            part = summary["partition"]
-            LOG.info("configdrive: config drive (%s) written to partition %s of %s (%s): %s%s",
-                     summary["drive"]["format"], part["number"], device,
-                     "created" if part["created"] else "found",
-                     _figures(summary["drive"]["bytes"], time.monotonic() - started),
-                     f"; {'; '.join(summary['notes'])}" if summary["notes"] else "")
-        else:
-            summary = refresh_disk(device)
-            for note in summary["notes"]:
-                LOG.info("configdrive: %s", note)
-    except (ConfigDriveError, PartitionError) as exc:
-        raise _ipa_error(errors.DeploymentError, exc, str(exc))
-    if not summary["table"]:
-        raise errors.DeploymentError(f"configdrive: no partition table on {device} after "
-                                     "writing the image")
-    LOG.info("configdrive: partition table and kernel view done in %.2f s", time.monotonic() - started)
-
 
 def _disk_identifier(device: str) -> str:
     """The MBR disk signature, as IPA's get_disk_identifier reports it (0x%08x of the
@@ -323,16 +401,13 @@ def _disk_identifier(device: str) -> str:
         return "0x%08x" % int.from_bytes(fp.read(4), "little")
 
 
-def _record(image_info: dict, root_uuid: str) -> None:
+def _record(standby, image_id: str, root_uuid: str) -> None:
     """What prepare_image leaves on the standby extension for later commands
-    (get_partition_uuids, a repeated prepare_image)."""
-    try:
-        standby = ext_base.get_extension("standby")
-    except (errors.ExtensionError, KeyError) as exc:
-        LOG.warning("configdrive: the standby extension is not loaded (%s); nothing recorded", exc)
-        return
-    standby.partition_uuids = {"root uuid": root_uuid}
-    standby.cached_image_id = image_info.get("id")
+    (get_partition_uuids, whose "root uuid" the conductor's prepare_instance_boot reads,
+    and cached_image_id)."""
+    if standby is not None:
+        standby.partition_uuids = {"root uuid": root_uuid}
+        standby.cached_image_id = image_id
 
 
 def _figures(count: int, seconds: float) -> str:

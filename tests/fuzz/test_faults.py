@@ -29,6 +29,7 @@ import pytest
 
 import fuzz_tally
 from conftest import is_root, loop_device, need_tool, out, run
+from machine_state import device_number, is_mount_point, loops_backed_by, mounts
 from configdrive.content import Content
 from partition.copy import HOLD, write_image
 from partition.device import Target
@@ -99,8 +100,9 @@ def assert_complete_or_no_table(dev: str, image: Path) -> None:
         assert not image_table_seen(dev), out("sgdisk", "-p", dev)
 
 
-def our_loops(backing: Path) -> str:
-    return out("losetup", "-j", backing).strip()
+def our_loops(backing: Path) -> list[str]:
+    """The loop devices attached to this backing file (by inode, see machine_state)."""
+    return loops_backed_by(backing)
 
 
 # -- deploy: in-process faults -------------------------------------------------------------
@@ -171,7 +173,7 @@ def test_deploy_fault_leaves_complete_disk_or_no_table(image, tmp_path, monkeypa
         assert not image_table_seen(dev)
         if not sticky:     # the wipe could write: an empty, valid table
             assert "No problems found" in out("sgdisk", "-v", dev)
-    assert our_loops(tmp_path / "target.img") == ""
+    assert our_loops(tmp_path / "target.img") == []
     fuzz_tally.fault_survived(f"deploy-{kind}")
 
 
@@ -229,7 +231,7 @@ def test_sigkill_mid_deploy(image, tmp_path, point):
         assert_complete_or_no_table(dev, image)
         if point == "sync:3":
             assert complete(dev, image)
-    assert our_loops(tmp_path / "target.img") == ""
+    assert our_loops(tmp_path / "target.img") == []
     fuzz_tally.fault_survived("deploy-sigkill")
 
 
@@ -283,7 +285,7 @@ SLOW_INJECT = textwrap.dedent("""
     import sys, time
     from configdrive.inject import steps
     def slow(root, metadata):
-        print("mounted", flush=True)
+        print("mounted", root.top, flush=True)
         time.sleep(60)
     steps.inject_metadata = slow
     from configdrive.cli import main
@@ -303,20 +305,25 @@ def test_signal_during_inject_releases_mount_and_loop(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-c", SLOW_INJECT, str(guest), str(meta)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        line = proc.stdout.readline()
-        if b"mounted" not in line:
+        line = proc.stdout.readline().decode()
+        if not line.startswith("mounted "):
             proc.kill()
             pytest.fail(f"inject never reached the step: {proc.stderr.read().decode()}")
-        assert our_loops(guest) != ""           # attached and mounted right now
+        mnt = line.split(" ", 1)[1].rstrip("\n")
+        # Right now: our guest on one loop device, that device mounted on the very
+        # directory the process named. Only these are judged below, not every mount or
+        # loop device whose path has some word in it (a checkout named configdrive, the
+        # e2e guest build, other runs on the machine).
+        [loop] = our_loops(guest)
+        assert mounts().get(mnt) == device_number(loop)
         proc.send_signal(sig)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0
-    assert our_loops(guest) == ""
-    mounts = Path("/proc/mounts").read_text()
-    assert str(tmp_path) not in mounts and "configdrive" not in mounts
+    assert our_loops(guest) == []
+    assert not is_mount_point(mnt) and not os.path.exists(mnt)
     fuzz_tally.fault_survived(f"inject-{signal.Signals(sig).name}")
 
 
@@ -441,5 +448,5 @@ def test_sigkill_matrix(matrix_disks, tmp_path, kind, drive):
                 assert state == "old", "killed before the first write, yet the disk changed"
             states.append(state)
             fuzz_tally.fault_survived(f"sigkill-{kind}{'+drive' if drive else ''}")
-        assert our_loops(backing) == ""
+        assert our_loops(backing) == []
     print(f"sigkill {kind}{' + drive' if drive else ''}: {events} events, kills at {moments}: {states}")

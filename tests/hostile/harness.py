@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 EXE = str(Path(sys.executable).with_name("configdrive"))
+MKISOFS = str(Path(sys.executable).with_name("configdrive-mkisofs"))
 HANG_GUARD = 60.0          # seconds; a case that should take a second
 RSS_GUARD = 400 << 20      # bytes of peak RSS
 
@@ -70,9 +71,11 @@ os._exit(os.waitstatus_to_exitcode(status))
 
 
 def run_measured(*args, input: bytes | None = None, env: dict | None = None,
-                 hang_guard: float = HANG_GUARD, exe: str = EXE) -> Outcome:
+                 hang_guard: float = HANG_GUARD, exe: str = EXE, before_input=None) -> Outcome:
     """Run the installed command through the launcher; kill it at the hang guard (which
-    fails the case). The peak RSS is the command's own (see LAUNCHER)."""
+    fails the case). The peak RSS is the command's own (see LAUNCHER). ``before_input``:
+    called once the command runs, before ``input`` is written (what a case does to the
+    world while the command waits for its stdin)."""
     import selectors
     start = time.monotonic()
     report_r, report_w = os.pipe()
@@ -84,6 +87,8 @@ def run_measured(*args, input: bytes | None = None, env: dict | None = None,
                                 start_new_session=True, pass_fds=(report_w,))
     finally:
         os.close(report_w)
+    if before_input is not None:
+        before_input()
     if input is not None:
         try:
             proc.stdin.write(input)
@@ -120,14 +125,15 @@ def run_measured(*args, input: bytes | None = None, env: dict | None = None,
 
 
 def assert_refused(outcome: Outcome, *, names: str | None = None,
-                   rss_guard: int = RSS_GUARD) -> str:
+                   rss_guard: int = RSS_GUARD, prog: str = "configdrive") -> str:
     """The promise for a refused input; returns the error line for further checks.
 
-    ``names``: a substring the one line must contain (the file, field, offset or format)."""
+    ``names``: a substring the one line must contain (the file, field, offset or format);
+    ``prog``: the command whose prefix the line carries (configdrive-mkisofs has its own)."""
     lines = outcome.stderr.splitlines()
     assert "Traceback" not in outcome.stderr, outcome.stderr
     assert outcome.returncode == 1, f"exit {outcome.returncode}, stderr: {outcome.stderr!r}"
-    errors = [line for line in lines if line.startswith("configdrive: error:")]
+    errors = [line for line in lines if line.startswith(f"{prog}: error:")]
     assert len(errors) == 1, f"want one error line, got: {outcome.stderr!r}"
     line = errors[0]
     assert all(ch.isprintable() for ch in line), f"control characters reach the terminal: {line!r}"
@@ -139,12 +145,14 @@ def assert_refused(outcome: Outcome, *, names: str | None = None,
 
 def refused(*args, watch=(), names: str | None = None, input: bytes | None = None,
             env: dict | None = None, hang_guard: float = HANG_GUARD,
-            rss_guard: int = RSS_GUARD) -> str:
+            rss_guard: int = RSS_GUARD, exe: str = EXE, before_input=None) -> str:
     """Run a hostile case and hold it to the whole promise: refused in one line, within
-    the guards, every path in ``watch`` byte-identical afterwards."""
+    the guards, every path in ``watch`` byte-identical afterwards. ``exe``: another of our
+    commands (configdrive-mkisofs), judged under its own name."""
     before = {str(p): digest(p) for p in watch}
-    outcome = run_measured(*args, input=input, env=env, hang_guard=hang_guard)
-    line = assert_refused(outcome, names=names, rss_guard=rss_guard)
+    outcome = run_measured(*args, input=input, env=env, hang_guard=hang_guard, exe=exe,
+                           before_input=before_input)
+    line = assert_refused(outcome, names=names, rss_guard=rss_guard, prog=Path(exe).name)
     after = {str(p): digest(p) for p in watch}
     changed = [p for p in before if before[p] != after[p]]
     assert not changed, f"refused, yet changed: {changed} ({line})"
