@@ -370,7 +370,7 @@ def test_out_of_order_image_keeps_the_copiers_promises(tmp_path, order):
         assert guid not in listed.upper() and not rows, listed
         good = "sha256:" + hashlib.sha256(image.read_bytes()).hexdigest()
         outcome = run_measured("deploy", "--quiet", "--device", target, "--image", url,
-                               "--checksum", good)
+                               "--checksum", good, "--verify")     # read back, any order
     assert outcome.returncode == 0, outcome.stderr
     assert_same(target, raw, 12 * MiB)
     assert guid in run("sgdisk", "-p", target).stdout.decode().upper()
