@@ -25,9 +25,12 @@ without ranges the same reads are whole-file passes, the first answer going on a
 first: one for qemu-img's layout (two with a checksum: the hashing pass reads from the
 start), three at most (the first MiB's clusters lying behind the tables that map them).
 A qcow2 from stdin, inside a compressor or from a server that names no ETag or
-Last-Modified (a second request cannot be proven to get the same file) is first spooled
-to an unlinked temporary file (hashing as it streams by, progress shown), which keeps
-memory bounded whatever the image size, and converted from there.
+Last-Modified (a second request cannot be proven to get the same file) is read once,
+forward (``_Forward``): when its tables and first MiB come before the data they map
+(qemu-img's layout for an image with one L2 table), the data is converted as it
+arrives and only the file's start is kept; otherwise the rest is spooled to an
+unlinked temporary file (hashing as it streams by, progress shown), which keeps memory
+bounded whatever the image size, and converted from there.
 """
 
 from __future__ import annotations
@@ -321,20 +324,46 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
                          lambda: qcow.extents_by_host(ranged.follow), ranged.finish, closers,
                          detected="qcow2", in_order=False)
 
+    # A stream (stdin, a compressor, a server that cannot serve passes): read forward,
+    # keeping what passes in the spool; when the tables and the first MiB's clusters come
+    # before the data (qemu-img's layout for one L2 table), the data is converted as it
+    # arrives and the spool holds only the file's start. Otherwise the rest is spooled
+    # and converted from there, as before.
+    import tempfile
+    spool = tempfile.TemporaryFile(dir=spool_dir, prefix="configdrive-qcow2-")
+    closers.append(spool.close)
+    forward = _Forward(stream, spool, source.name)
+    try:
+        qcow = Qcow2(forward, UNKNOWN_SIZE, source.name, head_first=HEAD)
+    except PartitionError:
+        if forward.broken is not None:
+            raise forward.broken       # the stream itself failed: no spool would help
+        qcow = None                    # refused or out of reach: the spool tells which
+    if qcow is not None and qcow.data_pass_start() >= forward.pos:
+        closers.append(qcow.close)
+
+        def forward_finish() -> str | None:
+            while read_full(stream, CHUNK):       # the rest, for the digest
+                pass
+            return drained()
+        return Image(source.name, "qcow2", compression, qcow.virtual_size,
+                     lambda: qcow.extents_by_host(forward.follow), forward_finish, closers,
+                     detected="qcow2", in_order=False)
+    if qcow is not None:
+        qcow.close()
     why = (f"inside {compression}" if compression else
            "from a server that names no ETag or Last-Modified, or without ranges and tables "
            "far into the file or out of order" if isinstance(source, HttpSource) else "stream")
     if on_spool:
         on_spool(f"{source.name}: qcow2 {why}: spooling to a temporary file first (qcow2 "
                  "needs random access)")
-    import tempfile
     where = spool_dir or tempfile.gettempdir()
     known = source.size if not compression else None
     if known is not None:
-        _check_spool_room(where, known, source.name)
-    spool = tempfile.TemporaryFile(dir=spool_dir, prefix="configdrive-qcow2-")
-    closers.append(spool.close)
+        _check_spool_room(where, known - forward.pos, source.name)
+    spool.seek(forward.pos)
     meter = Progress(f"spooling {source.name}", known, enabled=on_spool is not None)
+    meter.update(forward.pos)
     while True:
         data = stream.read(CHUNK)
         if not data:
@@ -371,6 +400,71 @@ def _check_spool_room(where: str, needed: int, name: str) -> None:
     if free < needed:
         raise PartitionError(f"{name}: spooling the qcow2 needs {needed} bytes in {where}, "
                              f"which has {free} free (TMPDIR names another directory)")
+
+
+UNKNOWN_SIZE = 1 << 62     # a stream's length, until its end
+
+
+class _Forward:
+    """``pread`` for the qcow2 reader over a stream read once, forward. Before ``follow``
+    everything read is also written to ``spool``, so reads behind the stream (and a
+    fallback to converting from the spool) find it there; after it, reads go forward only
+    (a compressed cluster may begin in the last sector read: a little is kept)."""
+
+    KEEP = 64 << 10
+
+    def __init__(self, stream, spool, name: str):
+        self.stream, self.spool, self.name = stream, spool, name
+        self.pos, self.following, self.broken = 0, False, None
+        self.end: int | None = None          # where the stream ended, once it has
+        self._kept = b""                     # the last bytes read after ``follow``
+
+    def follow(self) -> None:
+        self.following = True
+
+    def read_spans(self, spans, last: bool = False):
+        for offset, length in sorted(set(spans)):
+            yield offset, length, self.pread(offset, length)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if offset < self.pos:
+            if not self.following:
+                self.spool.flush()
+                behind = os.pread(self.spool.fileno(), min(length, self.pos - offset), offset)
+                return behind + (self.pread(self.pos, length - len(behind))
+                                 if len(behind) < length else b"")
+            back = self.pos - offset
+            if back > len(self._kept):
+                raise PartitionError(f"{self.name}: qcow2 data at byte {offset} lies behind "
+                                     f"byte {self.pos}, which the stream has passed")
+            behind = self._kept[len(self._kept) - back:][:length]
+            return behind + (self.pread(self.pos, length - len(behind))
+                             if len(behind) < length else b"")
+        while self.pos < offset:
+            if not self._read(min(CHUNK, offset - self.pos)):
+                return b""
+        return self._read(length)
+
+    def _read(self, n: int) -> bytes:
+        try:
+            data = read_full(self.stream, n)
+        except PartitionError as exc:
+            self.broken = exc
+            raise
+        if not self.following:
+            try:
+                self.spool.write(data)
+            except OSError as exc:
+                self.broken = PartitionError(f"{self.name}: spooling the qcow2's start failed "
+                                             f"at byte {self.pos}: {exc.strerror} (TMPDIR "
+                                             "names another directory)")
+                raise self.broken from exc
+        else:
+            self._kept = (self._kept + data)[-self.KEEP:]
+        self.pos += len(data)
+        if len(data) < n:
+            self.end = self.pos
+        return data
 
 
 class _HashFile(threading.Thread):

@@ -581,6 +581,13 @@ class Qcow2:
         if group:
             yield from self._group_extents(group)
 
+    def data_pass_start(self) -> int:
+        """Where in the file the data pass of ``extents_by_host`` begins (the end of the
+        file when there is nothing to read)."""
+        m = self._map
+        return min((m.host[i] for i in m.by_host if m.voff[i] >= self.head_first
+                    or self._head_leads), default=self.file_size)
+
     def _extent_of(self, i: int) -> tuple[int, int]:
         """Where piece ``i`` of the map lies in the file, and how many bytes to read."""
         m = self._map
