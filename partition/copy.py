@@ -54,11 +54,11 @@ from .device import Target, held, refuse_same_file
 from .direct import DirectWrites
 from .errors import PartitionError
 from .gpt import header_sector_size, write_empty_gpt
-from .image import Image, open_image
+from .image import HEAD, Image, open_image
 from .progress import Progress, human
 from .verify import Fingerprints
 
-HOLD = 1 << 20            # held back at each end of the image
+HOLD = HEAD               # held back at each end of the image (1 MiB)
 SYNC_EVERY = 32 << 20     # start writeback of dirty pages after this many bytes
 QUEUE_DEPTH = 6           # chunks (of up to 4 MiB) read ahead of the writer
 ZEROING_DEPTH = 64        # zero runs waiting for the zeroing thread
@@ -113,7 +113,9 @@ def copy_image(image: Image, target: Target, *, expected: Expected | None = None
         zeroed_to = _zeroed_already(target)
         fingerprints = Fingerprints() if verify else None
         writer = _Writer(target, limit, progress, fingerprints, zeroed_to)
-        tail = _Lag(HOLD)
+        # The last MiB is held back until the checksum is proven: the stream's last
+        # MiB, or, for extents out of order (after the head), what lies in the disk's.
+        tail = _Lag(HOLD) if image.in_order else _Above(max(HOLD, image.virtual_size - HOLD))
         for offset, length, data in _chain(pending, reader):
             if offset + length <= HOLD:
                 continue
@@ -304,7 +306,8 @@ def _wipe(target: Target) -> str:
 
 
 class _Writer:
-    """pwrite data and write zeros, in order; report progress.
+    """pwrite data and write zeros, in the order given (any order after the head: see
+    Image.in_order); report progress.
 
     Zero extents below ``zeroed_to`` are skipped (that range reads back as zeros already,
     see ``_zeroed_already``); neighbouring zero extents past it are merged into one zeroing
@@ -333,10 +336,12 @@ class _Writer:
         self.target, self.limit, self.progress = target, limit, progress
         self.zeroed_to = zeroed_to                     # [HOLD, zeroed_to) reads as zeros
         self.fingerprints = fingerprints             # records each extent for a read-back
-        self.end = 0
+        self.end = 0                                   # the furthest byte written
         self.data_bytes = 0
+        self._first: int | None = None                 # offset of the first extent
+        self._covered = 0                              # bytes of extents written
+        self._low = self._high = None                  # what the window's pages span
         self._zeros: tuple[int, int] | None = None     # a pending zero run (offset, length)
-        self._window = 0                               # start of the unflushed window
         self._dirty = 0                                # bytes it left in the page cache
         self._writeback: _Background | None = None     # started at the first window
         self._zeroing: _Background | None = None       # started at the first zero run
@@ -362,13 +367,21 @@ class _Writer:
             cached = self._data.write(data, offset)    # O_DIRECT where it can (direct.py)
             self.data_bytes += length
             self._dirty += cached
-        self.end = offset + length
+            if cached:
+                self._low = offset if self._low is None else min(self._low, offset)
+                self._high = max(self._high or 0, offset + length)
+        # Extents may come out of order (Image.in_order): the furthest end, the bytes
+        # covered for progress, and a window spanning the pages written since the last.
+        self.end = max(self.end, offset + length)
+        self._first = offset if self._first is None else self._first
+        self._covered += length
         if self._dirty >= SYNC_EVERY:
             if self._writeback is None:
                 self._writeback = _Background(_writeback_job(self.target), 1, "writeback")
-            self._writeback.submit((self._window, self.end - self._window))
-            self._window, self._dirty = self.end, 0
-        self.progress.update(self.end)
+            self._writeback.submit((self._low, self._high - self._low))
+            self._low = self._high = None
+            self._dirty = 0
+        self.progress.update(self._first + self._covered)
 
     def close(self) -> None:
         """Zero what is pending; wait for the work handed out (raising its error)."""
@@ -491,6 +504,30 @@ class _Lag:
         while self.held:
             yield self.held.popleft()
         self.total = 0
+
+
+class _Above:
+    """Hold back what lies at or past ``start`` (the disk's last MiB, where its backup GPT
+    lives) until ``drain``, for extents that come in any order (Image.in_order False).
+    What is held is copied: a slice would keep the whole read it came from alive."""
+
+    def __init__(self, start: int):
+        self.start, self.held = start, []
+
+    def push(self, offset: int, length: int, data) -> Iterator:
+        if offset + length <= self.start:
+            yield offset, length, data
+            return
+        if offset < self.start:
+            cut = self.start - offset
+            yield offset, cut, None if data is None else data[:cut]
+            offset, length, data = self.start, length - cut, None if data is None else data[cut:]
+        self.held.append((offset, length, None if data is None else bytes(data)))
+
+    def drain(self) -> Iterator:
+        self.held.sort(key=lambda extent: extent[0])
+        yield from self.held
+        self.held = []
 
 
 _END = object()

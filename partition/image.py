@@ -17,10 +17,19 @@ then wipes the target's tables (partition/copy.py).
 qcow2 needs random access (its metadata may lie anywhere, before or after the data), so:
 an uncompressed qcow2 in a local file is read in place with pread, and its checksum is
 computed by a thread reading the same file in order; an uncompressed qcow2 over http(s)
-from a server that serves byte ranges is read in place by Range requests, in one forward
-pass where the file's layout allows (partition/ranged.py: no spool, bounded memory); a
-qcow2 from stdin, inside a compressor or from a server without ranges is first spooled to
-an unlinked temporary file (hashing as it streams by, progress shown), which keeps memory
+from a server that serves byte ranges is read in place: its tables and the first MiB of
+its disk by a few Range requests, then its data in one forward pass in the file's order
+whatever the order of its clusters, each written at its virtual offset (``in_order``
+False; partition/ranged.py: no spool, memory bounded by the entries read). From a server
+without ranges the same reads are whole-file passes, the first answer going on as the
+first: one for qemu-img's layout (two with a checksum: the hashing pass reads from the
+start), three at most (the first MiB's clusters lying behind the tables that map them).
+A qcow2 from stdin, inside a compressor or from a server that names no ETag or
+Last-Modified (a second request cannot be proven to get the same file) is read once,
+forward (``_Forward``): when its tables and first MiB come before the data they map
+(qemu-img's layout for an image with one L2 table), the data is converted as it
+arrives and only the file's start is kept; otherwise the rest is spooled to an
+unlinked temporary file (hashing as it streams by, progress shown), which keeps memory
 bounded whatever the image size, and converted from there.
 """
 
@@ -42,6 +51,7 @@ from .source import HttpSource, Source, open_source
 
 CHUNK = 4 << 20          # raw streams are read (and handed to the writer) this much at once
 ZERO_GRAIN = 64 << 10    # zero detection granularity inside data
+HEAD = 1 << 20           # the copier holds back this much of the disk's start (copy.HOLD)
 _ZERO_CHUNK = bytes(CHUNK)
 
 Extent = tuple[int, int, "bytes | memoryview | None"]   # offset, length, data (None: zeros)
@@ -61,6 +71,9 @@ class Image:
     _closers: list = field(default_factory=list)
     detected: str = "raw"              # what the content is (formats.identify), or "forced"
     origin: os.stat_result | None = None   # the local file or device read, if any
+    # False: after the first HEAD bytes (given first, in order) the extents come in any
+    # order (a qcow2 converted in its file's order), each once; virtual_size is known.
+    in_order: bool = True
 
     def extents(self) -> Iterator[Extent]:
         """The virtual disk in order; data extents are split where they hold runs of
@@ -285,45 +298,173 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
         return Image(source.name, "qcow2", None, qcow.virtual_size, qcow.extents, finish, closers,
                      detected="qcow2")
 
-    if isinstance(source, HttpSource) and not compression and source.ranges and source.size:
-        # Read in place by Range requests: no spool, memory bounded (partition/ranged.py).
-        from .ranged import RangedReader
-        source.close()       # the first answer told us what the file is; ranges from here
-        ranged = RangedReader(source, hash_algorithm)
+    if isinstance(source, HttpSource) and not compression and source.provable:
+        # Read in place by Range requests: no spool, memory bounded (partition/ranged.py);
+        # from a server without ranges, by passes through the whole file (tables, data).
+        # A server that names no ETag or Last-Modified cannot be proven to send the same
+        # file twice: spooled.
+        from .ranged import RangedReader, Unforwardable
+        if source.ranges:
+            source.close()   # the first answer told us what the file is; ranges from here
+            ranged = RangedReader(source, hash_algorithm)
+        else:                # the first answer goes on as the first pass
+            ranged = RangedReader(source, hash_algorithm, prefix=bytes(head))
         closers.append(ranged.close)
-        qcow = Qcow2(ranged, source.size, source.name)
-        closers.append(qcow.close)
+        try:
+            qcow = Qcow2(ranged, source.size, source.name, head_first=HEAD)
+        except Unforwardable:      # no ranges, tables far in or out of order: spooled
+            ranged.close()
+            hasher = hashlib.new(hash_algorithm) if hash_algorithm else None
+            fresh = source.range(0)
+            closers.append(fresh.close)
+            outer = stream = _Peek(HashingReader(fresh, hasher))
+        else:
+            closers.append(qcow.close)
+            return Image(source.name, "qcow2", None, qcow.virtual_size,
+                         lambda: qcow.extents_by_host(ranged.follow), ranged.finish, closers,
+                         detected="qcow2", in_order=False)
 
-        def streamed() -> Iterator[Extent]:
-            ranged.follow()
-            yield from qcow.extents()
-        return Image(source.name, "qcow2", None, qcow.virtual_size, streamed, ranged.finish,
-                     closers, detected="qcow2")
-
-    why = (f"inside {compression}" if compression else
-           "from a server that does not serve byte ranges" if isinstance(source, HttpSource)
-           else "stream")
-    if on_spool:
-        on_spool(f"{source.name}: qcow2 {why}: spooling to a temporary file first (qcow2 "
-                 "needs random access)")
+    # A stream (stdin, a compressor, a server that cannot serve passes): read forward,
+    # keeping what passes in the spool; when the tables and the first MiB's clusters come
+    # before the data (qemu-img's layout for one L2 table), the data is converted as it
+    # arrives and the spool holds only the file's start. Otherwise the rest is spooled
+    # and converted from there, as before.
     import tempfile
     spool = tempfile.TemporaryFile(dir=spool_dir, prefix="configdrive-qcow2-")
     closers.append(spool.close)
-    meter = Progress(f"spooling {source.name}", source.size if not compression else None,
-                     enabled=on_spool is not None)
+    forward = _Forward(stream, spool, source.name)
+    try:
+        qcow = Qcow2(forward, UNKNOWN_SIZE, source.name, head_first=HEAD)
+    except PartitionError:
+        if forward.broken is not None:
+            raise forward.broken       # the stream itself failed: no spool would help
+        qcow = None                    # refused or out of reach: the spool tells which
+    if qcow is not None and qcow.data_pass_start() >= forward.pos:
+        closers.append(qcow.close)
+
+        def forward_finish() -> str | None:
+            while read_full(stream, CHUNK):       # the rest, for the digest
+                pass
+            return drained()
+        return Image(source.name, "qcow2", compression, qcow.virtual_size,
+                     lambda: qcow.extents_by_host(forward.follow), forward_finish, closers,
+                     detected="qcow2", in_order=False)
+    if qcow is not None:
+        qcow.close()
+    why = (f"inside {compression}" if compression else
+           "from a server that names no ETag or Last-Modified, or without ranges and tables "
+           "far into the file or out of order" if isinstance(source, HttpSource) else "stream")
+    if on_spool:
+        on_spool(f"{source.name}: qcow2 {why}: spooling to a temporary file first (qcow2 "
+                 "needs random access)")
+    where = spool_dir or tempfile.gettempdir()
+    known = source.size if not compression else None
+    if known is not None:
+        _check_spool_room(where, known - forward.pos, source.name)
+    spool.seek(forward.pos)
+    meter = Progress(f"spooling {source.name}", known, enabled=on_spool is not None)
+    meter.update(forward.pos)
     while True:
         data = stream.read(CHUNK)
         if not data:
             break
-        spool.write(data)
+        try:
+            spool.write(data)
+        except OSError as exc:
+            # A length known only at the end (stdin, a compressed stream): say where the
+            # room ran out and how much it had taken, not a bare "No space left on device".
+            raise PartitionError(f"{source.name}: spooling the qcow2 to {where} failed after "
+                                 f"{meter.done} bytes: {exc.strerror} (it needs the whole "
+                                 "image's size there; TMPDIR names another directory)"
+                                 ) from exc
         meter.update(meter.done + len(data))
     meter.finish()
     spool.flush()
-    digest = drained()
+    digest = drained()      # reads ``outer``: the stream that went to the spool
     qcow = Qcow2(spool.fileno(), spool.tell(), source.name)
     closers.append(qcow.close)
     return Image(source.name, "qcow2", compression, qcow.virtual_size, qcow.extents,
                  lambda: digest, closers, detected="qcow2")
+
+
+def _check_spool_room(where: str, needed: int, name: str) -> None:
+    """Refuse a spool that cannot fit before its first byte is written: the error names
+    the directory and the size it needed (it used to be a bare "No space left on device"
+    once the disk was full)."""
+    try:
+        st = os.statvfs(where)
+    except OSError as exc:
+        raise PartitionError(f"{name}: the spool directory {where} cannot be used: "
+                             f"{exc.strerror}") from exc
+    free = st.f_bavail * st.f_frsize
+    if free < needed:
+        raise PartitionError(f"{name}: spooling the qcow2 needs {needed} bytes in {where}, "
+                             f"which has {free} free (TMPDIR names another directory)")
+
+
+UNKNOWN_SIZE = 1 << 62     # a stream's length, until its end
+
+
+class _Forward:
+    """``pread`` for the qcow2 reader over a stream read once, forward. Before ``follow``
+    everything read is also written to ``spool``, so reads behind the stream (and a
+    fallback to converting from the spool) find it there; after it, reads go forward only
+    (a compressed cluster may begin in the last sector read: a little is kept)."""
+
+    KEEP = 64 << 10
+
+    def __init__(self, stream, spool, name: str):
+        self.stream, self.spool, self.name = stream, spool, name
+        self.pos, self.following, self.broken = 0, False, None
+        self.end: int | None = None          # where the stream ended, once it has
+        self._kept = b""                     # the last bytes read after ``follow``
+
+    def follow(self) -> None:
+        self.following = True
+
+    def read_spans(self, spans, last: bool = False):
+        for offset, length in sorted(set(spans)):
+            yield offset, length, self.pread(offset, length)
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if offset < self.pos:
+            if not self.following:
+                self.spool.flush()
+                behind = os.pread(self.spool.fileno(), min(length, self.pos - offset), offset)
+                return behind + (self.pread(self.pos, length - len(behind))
+                                 if len(behind) < length else b"")
+            back = self.pos - offset
+            if back > len(self._kept):
+                raise PartitionError(f"{self.name}: qcow2 data at byte {offset} lies behind "
+                                     f"byte {self.pos}, which the stream has passed")
+            behind = self._kept[len(self._kept) - back:][:length]
+            return behind + (self.pread(self.pos, length - len(behind))
+                             if len(behind) < length else b"")
+        while self.pos < offset:
+            if not self._read(min(CHUNK, offset - self.pos)):
+                return b""
+        return self._read(length)
+
+    def _read(self, n: int) -> bytes:
+        try:
+            data = read_full(self.stream, n)
+        except PartitionError as exc:
+            self.broken = exc
+            raise
+        if not self.following:
+            try:
+                self.spool.write(data)
+            except OSError as exc:
+                self.broken = PartitionError(f"{self.name}: spooling the qcow2's start failed "
+                                             f"at byte {self.pos}: {exc.strerror} (TMPDIR "
+                                             "names another directory)")
+                raise self.broken from exc
+        else:
+            self._kept = (self._kept + data)[-self.KEEP:]
+        self.pos += len(data)
+        if len(data) < n:
+            self.end = self.pos
+        return data
 
 
 class _HashFile(threading.Thread):

@@ -125,10 +125,10 @@ class HttpSource(Source):
                                _setting(deadline, ENV_DEADLINE, DEADLINE, float), backoff)
         self._timeout = timeout
         self._pos, self._end = 0, None
+        self._again = False      # another request for the same file (see ``range``)
         self._validator: tuple[str, str] | None = None     # ("ETag" | "Last-Modified", value)
         self._resp = self._open()
-        length = self._resp.headers.get("Content-Length")
-        self.size = int(length) if length and length.isdigit() else None
+        self.size = _content_length(self._resp.headers.get("Content-Length"))
         # Ranges may be asked for (qcow2 read in place): the server says it serves them.
         self.ranges = self._resp.headers.get("Accept-Ranges", "").strip().lower() == "bytes"
         etag = self._resp.headers.get("ETag")
@@ -137,6 +137,12 @@ class HttpSource(Source):
             self._validator = ("ETag", etag)
         elif modified:
             self._validator = ("Last-Modified", modified)
+
+    @property
+    def provable(self) -> bool:
+        """Whether another request can be proven to get the same file (a length and a
+        strong ETag or Last-Modified): what ``range`` needs."""
+        return self._validator is not None and self.size is not None
 
     def range(self, start: int, end: int | None = None) -> "HttpSource":
         """Another GET of the same entity for bytes ``start`` up to ``end`` (exclusive;
@@ -151,6 +157,7 @@ class HttpSource(Source):
                               _handlers=self._handlers,
                               size=self.size, ranges=self.ranges, stat=None, path=None)
         other._pos, other._end = start, min(end, self.size) if end is not None else None
+        other._again = True      # even from byte 0: it must be the same file
         other._resp = other._open()
         return other
 
@@ -168,7 +175,7 @@ class HttpSource(Source):
         while True:
             timeout = min(self._timeout, self._left(f"connecting at byte {self._pos}"))
             request = urllib.request.Request(self.url, headers={"User-Agent": "configdrive"})
-            if self._pos or self._end is not None:
+            if self._pos or self._end is not None or self._again:
                 last = "" if self._end is None else self._end - 1
                 request.add_header("Range", f"bytes={self._pos}-{last}")
                 request.add_header("If-Range", self._validator[1])
@@ -184,7 +191,7 @@ class HttpSource(Source):
                     raise
                 why = str(getattr(exc, "reason", exc))
             else:
-                if self._pos or self._end is not None:
+                if self._pos or self._end is not None or self._again:
                     self._same_entity(resp)
                 return resp
             self._spend_retry(why)
@@ -241,6 +248,13 @@ class HttpSource(Source):
         if not self.closed:
             self._resp.close()
         super().close()
+
+
+def _content_length(text: str | None) -> int | None:
+    """The length a server states, or None when it states none we can use: ASCII digits
+    only (``str.isdigit`` accepts "²", which ``int`` then rejects with a traceback)."""
+    text = (text or "").strip()
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 def _setting(given, env: str, default, kind):
