@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from partition.copy import wipe_disk, write_image
-from partition.device import Target, open_target
+from partition.device import Target, held
 from partition.errors import PartitionError
 from partition.progress import Progress
 
@@ -27,7 +27,7 @@ from .errors import ConfigDriveError
 log = logging.getLogger(__name__)
 
 
-def deploy(device: str, image: str | None = None, *, checksum: str | None = None,
+def deploy(device: str | Target, image: str | None = None, *, checksum: str | None = None,
            drive: Any = None, preserve_on_error: bool = False, verify: bool = False,
            quiet: bool = True, progress_stream=None, create: bool = False,
            image_format: str = "auto", http_options: dict | None = None,
@@ -57,7 +57,7 @@ def deploy(device: str, image: str | None = None, *, checksum: str | None = None
         from .builder import checked_tree
         checked_tree(drive, **{k: drive_options[k] for k in ("format", "label", "versions", "ec2", "validate")
                                if drive_options.get(k) is not None})
-    with open_target(device, create=create and image is not None) as target:
+    with held(device, create=create and image is not None) as target:
         return _deploy(target, image, checksum, drive, preserve_on_error, verify, quiet,
                        progress_stream, image_format, http_options, drive_options)
 

@@ -34,6 +34,7 @@ from ironic_python_agent.extensions import base as ext_base
 
 from partition.checksum import parse_checksum
 from partition.copy import wipe_disk
+from partition.device import Target, open_target
 from partition.errors import PartitionError
 from partition.formats import QCOW2_MAGIC
 from partition.source import open_source
@@ -94,8 +95,16 @@ class ConfigDriveHardwareManager(hardware.HardwareManager):
         http_options = _http_options(request)
         drive = _load_config_drive(configdrive, http_options) if configdrive else None
         checksum = _checksum(request, http_options)
-        _write(request, checksum, device, http_options, drive)
-        root_uuid = _disk_identifier(device)
+        # The install device is opened, locked and identified once, and every attempt,
+        # wipe and the root uuid's read act on that descriptor (docs/THREATS.md, names
+        # against handles): a /dev/disk/by-* name udev moves meanwhile changes nothing.
+        try:
+            target = open_target(device)
+        except PartitionError as exc:
+            raise _ipa_error(errors.ImageWriteError, exc, device, 1, "", str(exc))
+        with target:
+            _write(request, checksum, target, http_options, drive)
+            root_uuid = _disk_identifier(target)
         _record(standby, request.image_id, root_uuid)
         # IPA's generic write_image returns prepare_image's command result as it is:
         # {"result": "prepare_image: image (ID) written to device DEV root_uuid=..."}
@@ -206,7 +215,7 @@ def _checksum(request: Request, http_options: dict) -> str:
 
 # -- the write --------------------------------------------------------------------------
 
-def _write(request: Request, checksum: str, device: str, http_options: dict,
+def _write(request: Request, checksum: str, target: Target, http_options: dict,
            drive: bytes | None) -> None:
     """Each URL in turn, as IPA's ImageDownload tries them, and the whole list again after
     a transient failure, as its retry loop does. Unlike IPA 13, a 4xx passes to the next
@@ -222,17 +231,17 @@ def _write(request: Request, checksum: str, device: str, http_options: dict,
         for url in urls:
             started = time.monotonic()
             try:
-                summary = _deploy_one(request, url, checksum, device, http_options, drive)
+                summary = _deploy_one(request, url, checksum, target, http_options, drive)
             except (PartitionError, ConfigDriveError) as exc:
                 failed = exc
             else:
-                _log_summary(url, summary, device, time.monotonic() - started)
+                _log_summary(url, summary, target.path, time.monotonic() - started)
                 return
             # Logged here, outside the except block: oslo.log appends the exception being
             # handled to a warning logged inside one (formatters._get_error_summary),
             # which would say it all twice.
             if isinstance(failed, ConfigDriveError) or not _raised_in(failed, _SOURCE):
-                raise _final_error(failed, request, url, device, checksum) from failed
+                raise _final_error(failed, request, url, target.path, checksum) from failed
             status, line = _http_status(failed), _download_line(failed)
             if status:
                 LOG.warning("configdrive: %s; not retried: the server answered %d, it will "
@@ -254,21 +263,21 @@ def _write(request: Request, checksum: str, device: str, http_options: dict,
     raise _ipa_error(errors.ImageDownloadError, why, request.image_id, why)
 
 
-def _deploy_one(request: Request, url: str, checksum: str, device: str, http_options: dict,
+def _deploy_one(request: Request, url: str, checksum: str, target: Target, http_options: dict,
                 drive: bytes | None) -> dict:
     from ..deploy import deploy
     if request.disk_format == "raw":
         _refuse_qcow2_declared_raw(url, http_options)
-    LOG.info("configdrive: writing %s to %s", url, device)
+    LOG.info("configdrive: writing %s to %s", url, target.path)
     with _ramdisk_buffers():
-        summary = deploy(device, url, checksum=checksum, drive=drive, quiet=False,
+        summary = deploy(target, url, checksum=checksum, drive=drive, quiet=False,
                          progress_stream=_LogStream(), http_options=http_options,
                          image_format="qcow2" if request.disk_format == "qcow2" else "auto")
     if drive is None and not (summary.get("table") or {}).get("table"):
         # Like IPA's _validate_partitioning: a disk left without a table fails the step,
         # and (as after any failure of ours) holds an empty table, never the image.
-        note = wipe_disk(device)
-        raise ConfigDriveError(f"{url}: no partition table on {device} after writing the "
+        note = wipe_disk(target)
+        raise ConfigDriveError(f"{url}: no partition table on {target.path} after writing the "
                                f"image ({note})")
     return summary
 
@@ -393,12 +402,10 @@ def _log_summary(url: str, summary: dict, device: str, seconds: float) -> None:
 
 # -- after the image ---------------------------------------------------------------------
 
-def _disk_identifier(device: str) -> str:
+def _disk_identifier(target: Target) -> str:
     """The MBR disk signature, as IPA's get_disk_identifier reports it (0x%08x of the
     four bytes at 440): ironic passes it to chain.c32 as the root "uuid"."""
-    with open(device, "rb") as fp:
-        fp.seek(440)
-        return "0x%08x" % int.from_bytes(fp.read(4), "little")
+    return "0x%08x" % int.from_bytes(os.pread(target.fd, 4, 440), "little")
 
 
 def _record(standby, image_id: str, root_uuid: str) -> None:
