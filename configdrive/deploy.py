@@ -17,6 +17,7 @@ from typing import Any
 from partition.copy import wipe_disk, write_image
 from partition.device import Target, held
 from partition.errors import PartitionError
+from partition.image import DEFAULT_BUFFERS, Buffers
 from partition.progress import Progress
 
 from .content import Content
@@ -31,14 +32,15 @@ def deploy(device: str | Target, image: str | None = None, *, checksum: str | No
            drive: Any = None, preserve_on_error: bool = False, verify: bool = False,
            quiet: bool = True, progress_stream=None, create: bool = False,
            image_format: str = "auto", http_options: dict | None = None,
-           **drive_options) -> dict:
+           buffers: Buffers = DEFAULT_BUFFERS, **drive_options) -> dict:
     """Write ``image`` (path, ``-`` or http(s) URL) to ``device`` (a block device or a
     disk image file), verifying ``checksum`` (``ALGO:HEX`` or a checksum file/URL) before
     the image's first MiB goes down; with ``verify``, read the written image back from the
     disk and compare; then place ``drive`` (when given) on the disk. The device is locked
     for all of it (a second deploy onto it is refused); a missing one is made as a disk
     image file only with ``create``. ``image_format``: "auto" (by content), "raw" (the
-    bytes as they are) or "qcow2"; ``http_options``: retries, deadline, timeout.
+    bytes as they are) or "qcow2"; ``http_options``: retries, deadline, timeout;
+    ``buffers``: how much image data is in flight (partition.image.Buffers).
 
     Returns a summary: {"device": the name given, "target": the device written (kind,
     major:minor, kernel name, by-id name, disk sequence number; a file's device and inode),
@@ -59,11 +61,11 @@ def deploy(device: str | Target, image: str | None = None, *, checksum: str | No
                                if drive_options.get(k) is not None})
     with held(device, create=create and image is not None) as target:
         return _deploy(target, image, checksum, drive, preserve_on_error, verify, quiet,
-                       progress_stream, image_format, http_options, drive_options)
+                       progress_stream, image_format, http_options, buffers, drive_options)
 
 
 def _deploy(target: Target, image, checksum, drive, preserve_on_error, verify, quiet,
-            progress_stream, image_format, http_options, drive_options) -> dict:
+            progress_stream, image_format, http_options, buffers, drive_options) -> dict:
     summary: dict[str, Any] = {"device": target.path, "target": target.describe(),
                                "image": None, "config_drive": None}
 
@@ -76,7 +78,8 @@ def _deploy(target: Target, image, checksum, drive, preserve_on_error, verify, q
         progress = Progress(f"writing {image}", None, stream=progress_stream, enabled=not quiet)
         result = write_image(image, target, checksum=checksum, progress=progress,
                              preserve_on_error=preserve_on_error, say=say, verify=verify,
-                             image_format=image_format, http_options=http_options)
+                             image_format=image_format, http_options=http_options,
+                             buffers=buffers)
         summary["image"] = {"source": str(image), **result}
 
     try:

@@ -54,13 +54,12 @@ from .device import Target, held, refuse_same_file
 from .direct import DirectWrites
 from .errors import PartitionError
 from .gpt import header_sector_size, write_empty_gpt
-from .image import HEAD, Image, open_image
+from .image import DEFAULT_BUFFERS, HEAD, Buffers, Image, open_image
 from .progress import Progress, human
 from .verify import Fingerprints
 
 HOLD = HEAD               # held back at each end of the image (1 MiB)
 SYNC_EVERY = 32 << 20     # start writeback of dirty pages after this many bytes
-QUEUE_DEPTH = 6           # chunks (of up to 4 MiB) read ahead of the writer
 ZEROING_DEPTH = 64        # zero runs waiting for the zeroing thread
 PAGE = os.sysconf("SC_PAGESIZE")   # zero runs go to that thread in whole pages (_Writer)
 
@@ -69,18 +68,20 @@ def write_image(image_spec: str, device: "str | Target", *, checksum: str | None
                 preserve_on_error: bool = False, progress: Progress | None = None,
                 sector_size: int | None = None, spool_dir: str | None = None,
                 http_options: dict | None = None, say=None, verify: bool = False,
-                create: bool = True, image_format: str = "auto") -> dict:
+                create: bool = True, image_format: str = "auto",
+                buffers: Buffers = DEFAULT_BUFFERS) -> dict:
     """Open ``image_spec`` (path, ``-``, http(s) URL) and copy it onto ``device``: a
     ``Target`` the caller holds, or a path (block device, or a regular file; a missing one
     is made, as ``dd of=`` does, sized to the image's virtual size, unless ``create`` is
     false; never under /dev), opened and locked once for the whole call. Verify the
-    checksum and, with ``verify``, read the written image back.
+    checksum and, with ``verify``, read the written image back. ``buffers``: how much
+    image data is in flight (reads of ``read_size``, ``queue_depth`` of them ahead).
     Returns the summary of :func:`copy_image`."""
     expected = parse_checksum(checksum, str(image_spec)) if checksum else None
     with held(device, create=create) as target, \
             open_image(image_spec, hash_algorithm=expected.algorithm if expected else None,
                        spool_dir=spool_dir, http_options=http_options, on_spool=say,
-                       image_format=image_format) as image:
+                       image_format=image_format, buffers=buffers) as image:
         if image.detected == "iso-hybrid" and say:
             say(f"{image.name}: a hybrid ISO (ISO 9660 that is also a partitioned disk): "
                 "written raw")
@@ -88,19 +89,21 @@ def write_image(image_spec: str, device: "str | Target", *, checksum: str | None
         target.size_new_file(image.virtual_size)
         refuse_same_file(image.origin, image.name, target)
         return copy_image(image, target, expected=expected, progress=progress,
-                          preserve_on_error=preserve_on_error, verify=verify)
+                          preserve_on_error=preserve_on_error, verify=verify, buffers=buffers)
 
 
 def copy_image(image: Image, target: Target, *, expected: Expected | None = None,
                progress: Progress | None = None, preserve_on_error: bool = False,
-               verify: bool = False) -> dict:
+               verify: bool = False, buffers: Buffers = DEFAULT_BUFFERS) -> dict:
     """Stream ``image`` onto ``target`` (see the module docstring for the order of work);
-    with ``verify``, read all of it back from the device afterwards and compare.
+    with ``verify``, read all of it back from the device afterwards and compare. The
+    reader runs at most ``buffers.queue_depth`` batches ahead of the writer (the same
+    ``buffers`` the image was opened with).
     Returns {format, compression, virtual_size, bytes_written, seconds, checksum, verified}."""
     progress = progress or Progress.quiet()
     progress.total = image.virtual_size
     started = time.monotonic()
-    reader = _ReadAhead(image)
+    reader = _ReadAhead(image, buffers)
     touched, writer = False, None
     try:
         head, pending = _collect_head(reader)
@@ -537,8 +540,11 @@ class _ReadAhead:
     """Run ``image.extents()`` on a thread, a few chunks ahead of the writer: reading,
     decompressing and writing overlap (they all release the GIL)."""
 
-    def __init__(self, image: Image):
-        self._queue: queue.Queue = queue.Queue(QUEUE_DEPTH)
+    def __init__(self, image: Image, buffers: Buffers = DEFAULT_BUFFERS):
+        self._queue: queue.Queue = queue.Queue(buffers.queue_depth)
+        # A batch is handed over at 1 MiB, or at one read when reads are smaller: the
+        # queue then holds at most queue_depth reads' worth.
+        self._batch = min(1 << 20, buffers.read_size)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(image,), daemon=True,
                                         name="read-image")
@@ -563,7 +569,7 @@ class _ReadAhead:
                 batch.append(extent)
                 batch_bytes += extent[1] if extent[2] is not None else 0
                 # Hand over whole chunks, not 64 KiB pieces: fewer queue round trips.
-                if batch_bytes >= (1 << 20) or len(batch) >= 64 or extent[2] is None:
+                if batch_bytes >= self._batch or len(batch) >= 64 or extent[2] is None:
                     if not self._put(batch):
                         return
                     batch, batch_bytes = [], 0

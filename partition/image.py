@@ -46,13 +46,32 @@ from .compress import compression_of, decompressing_reader
 from .errors import PartitionError
 from .formats import HEAD_BYTES, MIN_DISK, gpt_declared_size, identify, refuse_unconvertible
 from .progress import Progress
-from .qcow2 import Qcow2
+from .qcow2 import READ_RUN, Qcow2
 from .source import HttpSource, Source, open_source
 
-CHUNK = 4 << 20          # raw streams are read (and handed to the writer) this much at once
 ZERO_GRAIN = 64 << 10    # zero detection granularity inside data
 HEAD = 1 << 20           # the copier holds back this much of the disk's start (copy.HOLD)
-_ZERO_CHUNK = bytes(CHUNK)
+
+
+@dataclass(frozen=True)
+class Buffers:
+    """How much image data a deploy holds in flight: each read (a raw chunk, a qcow2 run
+    of contiguous data, a forward skip or spool copy) is at most ``read_size`` bytes, and
+    the copier's reader thread runs at most ``queue_depth`` batches of them ahead of the
+    writer (partition/copy.py). Passed down as a value, never set on a module: a constant
+    patched for one deploy missed what was computed from it at import and every
+    ``from ... import`` of it, and would leak into any other deploy running meanwhile.
+    The defaults are the command line's (deep enough that reading, decompressing and
+    writing overlap); an ironic ramdisk, where each byte is RAM the node needs, passes
+    fewer and smaller (configdrive/ironic/manager.py)."""
+
+    queue_depth: int = 6
+    read_size: int = READ_RUN      # 4 MiB, the qcow2 reader's own default
+
+
+DEFAULT_BUFFERS = Buffers()
+# All zeros, as long as a default read: a whole zero chunk is told by one compare.
+_ZEROS = bytes(DEFAULT_BUFFERS.read_size)
 
 Extent = tuple[int, int, "bytes | memoryview | None"]   # offset, length, data (None: zeros)
 
@@ -110,16 +129,16 @@ def split_zeros(offset: int, data) -> Iterator[Extent]:
     length = len(data)
     if not isinstance(data, (bytes, bytearray)):
         data = bytes(data)       # a memoryview has no startswith; no reader of ours yields one
-    if length == CHUNK and data == _ZERO_CHUNK:
+    if length == len(_ZEROS) and data == _ZEROS:
         yield offset, length, None
         return
     view = memoryview(data)
-    zero_grain = _ZERO_CHUNK[:ZERO_GRAIN]
+    zero_grain = _ZEROS[:ZERO_GRAIN]
     run_start, run_zero = 0, None
     for start in range(0, length, ZERO_GRAIN):
         end = min(start + ZERO_GRAIN, length)
         zero = data.startswith(zero_grain if end - start == ZERO_GRAIN
-                               else _ZERO_CHUNK[: end - start], start)
+                               else _ZEROS[: end - start], start)
         if zero is not run_zero and run_zero is not None:
             yield offset + run_start, start - run_start, None if run_zero else view[run_start:start]
             run_start = start
@@ -128,13 +147,14 @@ def split_zeros(offset: int, data) -> Iterator[Extent]:
         yield offset + run_start, length - run_start, None if run_zero else view[run_start:]
 
 
-def file_extents(fd: int, size: int, name: str) -> Iterator[Extent]:
+def file_extents(fd: int, size: int, name: str,
+                 read_size: int = DEFAULT_BUFFERS.read_size) -> Iterator[Extent]:
     """A local file's first ``size`` bytes as extents, its holes as the file system
     reports them (SEEK_DATA/SEEK_HOLE): a sparse 4 GiB cloud image holding 1 GiB of data
     is 1 GiB read, not 4 GiB read and scanned for zeros (4 s of CPU once). Data regions
-    are read in CHUNK pieces; ``Image.extents`` still finds zero runs inside them, which
-    costs little (about 60 ms of CPU per GiB) and keeps a file written without holes
-    fast. A file system that cannot tell reports all of the file as data."""
+    are read in ``read_size`` pieces; ``Image.extents`` still finds zero runs inside
+    them, which costs little (about 60 ms of CPU per GiB) and keeps a file written
+    without holes fast. A file system that cannot tell reports all of the file as data."""
     offset = 0
     while offset < size:
         data_at = _seek(fd, offset, os.SEEK_DATA, size, name)
@@ -142,7 +162,7 @@ def file_extents(fd: int, size: int, name: str) -> Iterator[Extent]:
             yield offset, data_at - offset, None
         hole_at = _seek(fd, data_at, os.SEEK_HOLE, size, name) if data_at < size else size
         while data_at < hole_at:
-            n = min(CHUNK, hole_at - data_at)
+            n = min(read_size, hole_at - data_at)
             try:
                 data = os.pread(fd, n, data_at)
             except OSError as exc:
@@ -206,16 +226,17 @@ def read_full(reader, n: int) -> bytes:
 def open_image(spec: str | os.PathLike, *, hash_algorithm: str | None = None,
                spool_dir: str | None = None, http_options: dict | None = None,
                on_spool: Callable[[str], None] | None = None,
-               image_format: str = "auto") -> Image:
+               image_format: str = "auto", buffers: Buffers = DEFAULT_BUFFERS) -> Image:
     """Open ``spec`` (path, ``-`` or http(s) URL) and identify it by its content.
 
     ``hash_algorithm`` (hashlib name) hashes the source bytes; ``finish()`` returns the
     hex digest. ``image_format``: "auto", or "raw" to write the (decompressed) bytes as
-    they are whatever they hold, or "qcow2" to insist on qcow2. Raises PartitionError for
+    they are whatever they hold, or "qcow2" to insist on qcow2. ``buffers``: the most read
+    at once (``read_size``; the copier takes its ``queue_depth``). Raises PartitionError for
     anything refused (before any target is touched)."""
     source = open_source(spec, **(http_options or {}))
     try:
-        image = _open(source, hash_algorithm, spool_dir, on_spool, image_format)
+        image = _open(source, hash_algorithm, spool_dir, on_spool, image_format, buffers)
         image.origin = source.stat
         return image
     except BaseException:
@@ -223,8 +244,10 @@ def open_image(spec: str | os.PathLike, *, hash_algorithm: str | None = None,
         raise
 
 
-def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="auto") -> Image:
+def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="auto",
+          buffers: Buffers = DEFAULT_BUFFERS) -> Image:
     import hashlib
+    read_size = buffers.read_size
     hasher = hashlib.new(hash_algorithm) if hash_algorithm else None
     hashing = HashingReader(source, hasher)
     outer = _Peek(hashing)
@@ -266,14 +289,14 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
             fd = source.fileno()
             background = _HashFile(source.path, hash_algorithm) if hasher else None
             return Image(source.name, "raw", None, size,
-                         lambda: file_extents(fd, size, source.name),
+                         lambda: file_extents(fd, size, source.name, read_size),
                          background.result if background else (lambda: None), closers,
                          detected=detected)
 
         def raw_extents() -> Iterator[Extent]:
             offset = 0
             while True:
-                data = read_full(stream, CHUNK)
+                data = read_full(stream, read_size)
                 if not data:
                     break
                 yield offset, len(data), data
@@ -291,7 +314,7 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
         # Read in place; hash the same file in order on a thread meanwhile.
         fd = os.open(source.path, os.O_RDONLY | os.O_CLOEXEC)
         closers.append(lambda: os.close(fd))
-        qcow = Qcow2(fd, os.fstat(fd).st_size, source.name)
+        qcow = Qcow2(fd, os.fstat(fd).st_size, source.name, read_run=read_size)
         closers.append(qcow.close)
         background = _HashFile(source.path, hash_algorithm) if hasher else None
         finish = background.result if background else (lambda: None)
@@ -311,7 +334,7 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
             ranged = RangedReader(source, hash_algorithm, prefix=bytes(head))
         closers.append(ranged.close)
         try:
-            qcow = Qcow2(ranged, source.size, source.name, head_first=HEAD)
+            qcow = Qcow2(ranged, source.size, source.name, head_first=HEAD, read_run=read_size)
         except Unforwardable:      # no ranges, tables far in or out of order: spooled
             ranged.close()
             hasher = hashlib.new(hash_algorithm) if hash_algorithm else None
@@ -332,9 +355,9 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
     import tempfile
     spool = tempfile.TemporaryFile(dir=spool_dir, prefix="configdrive-qcow2-")
     closers.append(spool.close)
-    forward = _Forward(stream, spool, source.name)
+    forward = _Forward(stream, spool, source.name, read_size)
     try:
-        qcow = Qcow2(forward, UNKNOWN_SIZE, source.name, head_first=HEAD)
+        qcow = Qcow2(forward, UNKNOWN_SIZE, source.name, head_first=HEAD, read_run=read_size)
     except PartitionError:
         if forward.broken is not None:
             raise forward.broken       # the stream itself failed: no spool would help
@@ -343,7 +366,7 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
         closers.append(qcow.close)
 
         def forward_finish() -> str | None:
-            while read_full(stream, CHUNK):       # the rest, for the digest
+            while read_full(stream, read_size):       # the rest, for the digest
                 pass
             return drained()
         return Image(source.name, "qcow2", compression, qcow.virtual_size,
@@ -365,7 +388,7 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
     meter = Progress(f"spooling {source.name}", known, enabled=on_spool is not None)
     meter.update(forward.pos)
     while True:
-        data = stream.read(CHUNK)
+        data = stream.read(read_size)
         if not data:
             break
         try:
@@ -381,7 +404,7 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
     meter.finish()
     spool.flush()
     digest = drained()      # reads ``outer``: the stream that went to the spool
-    qcow = Qcow2(spool.fileno(), spool.tell(), source.name)
+    qcow = Qcow2(spool.fileno(), spool.tell(), source.name, read_run=read_size)
     closers.append(qcow.close)
     return Image(source.name, "qcow2", compression, qcow.virtual_size, qcow.extents,
                  lambda: digest, closers, detected="qcow2")
@@ -413,8 +436,8 @@ class _Forward:
 
     KEEP = 64 << 10
 
-    def __init__(self, stream, spool, name: str):
-        self.stream, self.spool, self.name = stream, spool, name
+    def __init__(self, stream, spool, name: str, read_size: int = DEFAULT_BUFFERS.read_size):
+        self.stream, self.spool, self.name, self.read_size = stream, spool, name, read_size
         self.pos, self.following, self.broken = 0, False, None
         self.end: int | None = None          # where the stream ended, once it has
         self._kept = b""                     # the last bytes read after ``follow``
@@ -441,7 +464,7 @@ class _Forward:
             return behind + (self.pread(self.pos, length - len(behind))
                              if len(behind) < length else b"")
         while self.pos < offset:
-            if not self._read(min(CHUNK, offset - self.pos)):
+            if not self._read(min(self.read_size, offset - self.pos)):
                 return b""
         return self._read(length)
 

@@ -59,7 +59,7 @@ MAX_L1_BYTES = 32 << 20
 MAX_REFCOUNT_TABLE_BYTES = 8 << 20
 MAX_SNAPSHOTS = 65536
 MAX_BACKING_NAME = 1023
-READ_RUN = 4 << 20     # the most we read (and hand on) at once
+READ_RUN = 4 << 20     # the most we read (and hand on) at once, unless told (``read_run``)
 COMPRESSED_READ_FACTOR = 8   # compressed clusters may read at most this many times the file
 OWNER_PAGE = 64        # clusters per page of the ownership map
 
@@ -92,11 +92,14 @@ class Qcow2:
     """An opened, fully checked qcow2 image read through ``fd`` (``file_size`` bytes): a
     file descriptor, or an object with ``pread(offset, length)``."""
 
-    def __init__(self, fd, file_size: int, name: str, *, head_first: int | None = None):
+    def __init__(self, fd, file_size: int, name: str, *, head_first: int | None = None,
+                 read_run: int = READ_RUN):
         """``head_first``: convert in the file's order (``extents_by_host``), giving the
         first ``head_first`` bytes of the virtual disk before the rest; ``fd`` must then
-        also have ``read_spans`` (partition/ranged.py)."""
+        also have ``read_spans`` (partition/ranged.py). ``read_run``: the most read (and
+        handed on) at once (partition/image.py's ``Buffers.read_size``)."""
         self.fd, self.file_size, self.name = fd, file_size, name
+        self.read_run = read_run
         self.head_first = head_first
         self._read_at = (lambda offset, length: os.pread(fd, length, offset)) \
             if isinstance(fd, int) else fd.pread
@@ -130,7 +133,8 @@ class Qcow2:
         self.l1 = self._read_l1()
         self._l2_digests = bytearray(8 * len(self.l1))
         self._l2_checked = False
-        self._map = _HostMap(head_first, self.coffset_mask) if head_first is not None else None
+        self._map = (_HostMap(head_first, self.coffset_mask, read_run)
+                     if head_first is not None else None)
         for index, l2 in self._tables():
             self._check_l2(index, l2)
             if self._map is not None:
@@ -475,11 +479,11 @@ class Qcow2:
     def extents(self) -> Iterator[tuple[int, int, bytes | None]]:
         """The virtual disk in order as (offset, length, data or None for zeros);
         neighbouring pieces of one kind are merged (contiguous host data is read with
-        one pread of up to 4 MiB)."""
+        one pread of up to ``read_run`` bytes)."""
         run_kind, run_start, run_len, run_host = None, 0, 0, 0
         compressed: list[tuple[int, int, int]] = []     # (entry, virtual offset, length)
         for voff, length, kind, where in self._pieces():
-            contiguous = (kind == run_kind and run_len + length <= READ_RUN
+            contiguous = (kind == run_kind and run_len + length <= self.read_run
                           and (kind != "data" or where == run_host + run_len))
             if kind == "zero" and run_kind == "zero":
                 contiguous = True
@@ -572,7 +576,8 @@ class Qcow2:
         group_bytes = 0
         for i in pieces:
             where, n = self._extent_of(i)
-            if group and (bool(m.entry[i]) != bool(m.entry[group[0]]) or group_bytes + n > READ_RUN
+            if group and (bool(m.entry[i]) != bool(m.entry[group[0]])
+                          or group_bytes + n > self.read_run
                           or (not m.entry[i] and where != m.host[group[-1]] + m.length[group[-1]])):
                 yield from self._group_extents(group)
                 group, group_bytes = [], 0
@@ -627,7 +632,8 @@ class Qcow2:
         for index, (entry, _voff, _length) in enumerate(compressed):
             coffset, csize = self._compressed_extent(entry)
             last = spans[-1] if spans else None
-            if last and last[0] <= coffset <= last[1] and coffset + csize - last[0] <= READ_RUN:
+            if (last and last[0] <= coffset <= last[1]
+                    and coffset + csize - last[0] <= self.read_run):
                 last[1] = max(last[1], coffset + csize)
                 last[2].append((index, coffset, csize))
             else:
@@ -672,9 +678,9 @@ class _HostMap:
     runs; one with its clusters shuffled is one per cluster: 32 bytes each, sized by the
     entries read). Data runs are cut at ``head`` (given first, see extents_by_host)."""
 
-    def __init__(self, head: int, coffset_mask: int):
+    def __init__(self, head: int, coffset_mask: int, read_run: int = READ_RUN):
         from array import array
-        self.head, self.coffset_mask = head, coffset_mask
+        self.head, self.coffset_mask, self.read_run = head, coffset_mask, read_run
         self.zero_voff, self.zero_length = array("Q"), array("Q")
         self.host, self.voff, self.length, self.entry = array("Q"), array("Q"), array("Q"), array("Q")
         self.by_host = array("Q")
@@ -698,7 +704,7 @@ class _HostMap:
             if (self.host and not self.entry[-1] and voff != self.head
                     and self.host[-1] + self.length[-1] == where
                     and self.voff[-1] + self.length[-1] == voff
-                    and self.length[-1] + length <= READ_RUN):
+                    and self.length[-1] + length <= self.read_run):
                 self.length[-1] += length
             else:
                 self._append(where, voff, length, 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,53 @@ def test_python_api(image, tmp_path):
     summary = deploy(str(tmp_path / "api.img"), str(packed), create=True)
     assert summary["image"]["format"] == "qcow2" and summary["image"]["bytes_written"] > 0
     assert (tmp_path / "api.img").read_bytes() == raw.read_bytes()
+
+
+def test_small_buffers_bound_what_is_read_ahead(tmp_path, monkeypatch):
+    """A deploy given small Buffers never holds more than queue_depth reads of read_size
+    between the source and the disk, beyond what the copier holds back by design (the
+    last MiB, until the checksum): counted in bytes read against bytes written."""
+    need_tool("sgdisk")
+    from partition import copy, image
+    from partition.image import Buffers
+    from partition.source import FileSource
+
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(bytes(16 * MiB))
+    run("sgdisk", "-n", "1:2048:+12M", "-c", "1:root", raw)
+    with open(raw, "r+b") as fp:
+        fp.seek(MiB)
+        fp.write(random.Random(7).randbytes(13 * MiB))   # no zero run ends a batch early
+    buffers = Buffers(queue_depth=2, read_size=64 << 10)
+    read = [0]
+
+    class Counting(FileSource):
+        """The image as a stream (no path, so it is read, not pread), every byte counted."""
+
+        def readinto(self, buf) -> int:
+            n = super().readinto(buf)
+            read[0] += n
+            return n
+
+    monkeypatch.setattr(image, "open_source",
+                        lambda spec, **_: Counting(open(spec, "rb", buffering=0), str(spec)))
+    ahead = []
+    write = copy._Writer.write
+
+    def counted_write(self, offset, length, data):
+        if data is not None:
+            ahead.append(read[0] - (offset + length))
+        # A slow disk, so that the reader runs as far ahead as it is let: the bound below
+        # is checked on every write, whatever the timing.
+        time.sleep(0.001)
+        write(self, offset, length, data)
+
+    monkeypatch.setattr(copy._Writer, "write", counted_write)
+    deploy(str(tmp_path / "out.img"), str(raw), create=True, buffers=buffers)
+    assert (tmp_path / "out.img").read_bytes() == raw.read_bytes()
+    # Read and not yet written: the held-back last MiB, queue_depth reads in the queue,
+    # one in the reader's hand waiting for room, one the writer is on.
+    bound = copy.HOLD + (buffers.queue_depth + 2) * buffers.read_size
+    assert ahead and max(ahead) <= bound, (max(ahead), bound)
+    # ... and it did run ahead (1 MiB batches of 64 KiB reads would have gone past the bound).
+    assert max(ahead) > copy.HOLD + buffers.read_size, max(ahead)

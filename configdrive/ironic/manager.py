@@ -19,7 +19,6 @@ retries them (its ``image_download_connection_retries`` and ``_retry_interval``)
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import ssl
@@ -37,6 +36,7 @@ from partition.copy import wipe_disk
 from partition.device import Target, open_target
 from partition.errors import PartitionError
 from partition.formats import QCOW2_MAGIC
+from partition.image import Buffers
 from partition.source import open_source
 
 from ..errors import ConfigDriveError
@@ -50,9 +50,14 @@ CONF = cfg.CONF
 # Under IPA's own logger tree, so the agent's log configuration applies to our lines.
 LOG = log.getLogger("ironic_python_agent.hardware_managers.configdrive")
 MiB = 1 << 20
-# Buffers in flight while writing, sized for a ramdisk (see _ramdisk_buffers).
-RAMDISK_QUEUE_DEPTH = 2
-RAMDISK_READ = 1 * MiB
+# Fewer and smaller buffers in flight for the write, in a ramdisk, where every byte of
+# them is RAM the node needs on top of the agent. Measured with the agent's VmHWM and
+# tracemalloc: copy.py's read-ahead queue of 6 chunks, qcow2.py's reads of up to 4 MiB and
+# image.py's 4 MiB raw chunks (each joined from 1 MiB socket reads) held 21 to 27 MiB of
+# image data at once, which made the agent 27-32 MiB larger than with IPA's own path;
+# 2 chunks of 1 MiB hold a fraction of that, at no cost in time we could measure. The
+# command line keeps the defaults (partition.image.Buffers).
+RAMDISK_BUFFERS = Buffers(queue_depth=2, read_size=1 * MiB)
 
 
 class ConfigDriveHardwareManager(hardware.HardwareManager):
@@ -269,10 +274,10 @@ def _deploy_one(request: Request, url: str, checksum: str, target: Target, http_
     if request.disk_format == "raw":
         _refuse_qcow2_declared_raw(url, http_options)
     LOG.info("configdrive: writing %s to %s", url, target.path)
-    with _ramdisk_buffers():
-        summary = deploy(target, url, checksum=checksum, drive=drive, quiet=False,
-                         progress_stream=_LogStream(), http_options=http_options,
-                         image_format="qcow2" if request.disk_format == "qcow2" else "auto")
+    summary = deploy(target, url, checksum=checksum, drive=drive, quiet=False,
+                     progress_stream=_LogStream(), http_options=http_options,
+                     image_format="qcow2" if request.disk_format == "qcow2" else "auto",
+                     buffers=RAMDISK_BUFFERS)
     if drive is None and not (summary.get("table") or {}).get("table"):
         # Like IPA's _validate_partitioning: a disk left without a table fails the step,
         # and (as after any failure of ours) holds an empty table, never the image.
@@ -280,25 +285,6 @@ def _deploy_one(request: Request, url: str, checksum: str, target: Target, http_
         raise ConfigDriveError(f"{url}: no partition table on {target.path} after writing the "
                                f"image ({note})")
     return summary
-
-
-@contextlib.contextmanager
-def _ramdisk_buffers():
-    """Fewer and smaller buffers in flight for the write, in a ramdisk, where every byte
-    of them is RAM the node needs on top of the agent. Measured with the agent's VmHWM
-    and tracemalloc: copy.py's read-ahead queue of 6 chunks, qcow2.py's reads of up to
-    4 MiB and image.py's 4 MiB raw chunks (each joined from 1 MiB socket reads) held 21
-    to 27 MiB of image data at once, which made the agent 27-32 MiB larger than with
-    IPA's own path; 2 chunks of 1 MiB hold a fraction of that, at no cost in time we
-    could measure. The command line keeps its deeper queue. Set only for the step's
-    duration (the agent runs one command at a time: it refuses another while one runs)."""
-    from partition import copy, image, qcow2
-    saved = copy.QUEUE_DEPTH, qcow2.READ_RUN, image.CHUNK
-    copy.QUEUE_DEPTH, qcow2.READ_RUN, image.CHUNK = RAMDISK_QUEUE_DEPTH, RAMDISK_READ, RAMDISK_READ
-    try:
-        yield
-    finally:
-        copy.QUEUE_DEPTH, qcow2.READ_RUN, image.CHUNK = saved
 
 
 def _refuse_qcow2_declared_raw(url: str, http_options: dict) -> None:
