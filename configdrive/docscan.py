@@ -65,7 +65,12 @@ def check_yaml(data: bytes, source: str) -> None:
     """The same for a YAML document: block collections (by indentation and ``-``, ``?``,
     ``key:``), flow collections (``[`` and ``{``), scalars, aliases; strings, comments and
     block scalars (``|``, ``>``) are skipped as PyYAML skips them."""
-    bom = 3 if data.startswith(_BOM) else 0
+    # Two marks at most are skipped, as the reader skips them: the decode (utf-8-sig) takes
+    # one and PyYAML's scanner a second at its first character. Taking only one made a
+    # second mark the start of a plain scalar running to the end, hiding the document.
+    bom = 0
+    while bom < 2 * len(_BOM) and data.startswith(_BOM, bom):
+        bom += len(_BOM)
     _YamlScan(_line_breaks_as_newlines(data[bom:]), _Counter("YAML", source, bom)).run()
 
 

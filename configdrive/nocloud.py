@@ -18,6 +18,7 @@ PyYAML is imported only where a seed is written or read.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from typing import Any, Mapping
@@ -25,6 +26,7 @@ from typing import Any, Mapping
 from .content import Content
 from .docscan import check_yaml
 from .errors import ConfigDriveError
+from .jsondoc import MAX_INTEGER_DIGITS
 
 LABEL = "cidata"
 # --format name -> the filesystem the seed is written as
@@ -202,13 +204,41 @@ def load_yaml(data: bytes, source: str) -> Any:
                 mark = event.start_mark
                 raise ConfigDriveError(f"{source}: line {mark.line + 1} column {mark.column + 1}: "
                                        "YAML alias refused (a seed needs none)")
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_seed_loader())
     except UnicodeDecodeError as exc:
         raise ConfigDriveError(f"{source}: byte {exc.start}: not UTF-8 text") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
         raise ConfigDriveError(f"{source}: {where}invalid YAML ({getattr(exc, 'problem', None) or exc})") from exc
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        # SafeLoader's constructors raise these for values its resolver took for a type
+        # (2001-13-01 as a date, "!!int abc", !!bool maybe); cloud-init fails on them too.
+        raise ConfigDriveError(f"{source}: invalid YAML value ({type(exc).__name__}: {exc})") from exc
+
+
+# An integer scalar longer than this is refused. The digits bound is JSON's
+# (jsondoc.MAX_INTEGER_DIGITS); YAML 1.1's base-60 form (1:0:0:...) costs PyYAML a
+# multiplication of an ever larger integer per part, quadratic in the scalar's bytes.
+MAX_INTEGER_CHARS = 2 * MAX_INTEGER_DIGITS
+
+
+@functools.cache
+def _seed_loader():
+    """PyYAML's SafeLoader (what cloud-init reads with), integers bounded in length."""
+    import yaml
+
+    def bounded_int(loader, node):
+        if len(node.value) > MAX_INTEGER_CHARS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(node.value)} characters (at most "
+                f"{MAX_INTEGER_CHARS})", node.start_mark)
+        return loader.construct_yaml_int(node)
+
+    class SeedLoader(yaml.SafeLoader):
+        pass
+    SeedLoader.add_constructor("tag:yaml.org,2002:int", bounded_int)
+    return SeedLoader
 
 
 def parse_network_config(data: bytes, source: str) -> dict[str, Any]:

@@ -77,9 +77,10 @@ class Target:
     ``identity`` what was opened, taken from the descriptor (see :func:`identity_of`)."""
 
     def __init__(self, path: str, fd: int, size: int, sector_size: int, is_block: bool,
-                 sector_size_known: bool = True, created: bool = False):
+                 sector_size_known: bool = True, created: tuple[int, str] | None = None):
         self.path, self.fd, self.size = path, fd, size
-        self.created = created       # a file this deploy made: it may grow to the image's end
+        self.created = bool(created)   # a file this deploy made: it may grow to the image's end
+        self._made_in = created or None   # (held directory, name) it was made as
         self.sector_size, self.is_block = sector_size, is_block
         # A regular file has no sector size of its own: unless told, a writer may adopt
         # the image's.
@@ -258,12 +259,16 @@ class Target:
         refused) is removed, if its name still names it."""
         if self.fd < 0:
             return
-        if self.created and os.fstat(self.fd).st_size == 0:
-            try:
-                if identity_of_stat(os.stat(self.path)) == self.identity:
-                    os.unlink(self.path)
-            except OSError:
-                pass
+        if self._made_in is not None:
+            parent, name = self._made_in
+            if os.fstat(self.fd).st_size == 0:
+                try:   # through the directory it was made in, never the name given
+                    if identity_of_stat(os.stat(name, dir_fd=parent, follow_symlinks=False)) == self.identity:
+                        os.unlink(name, dir_fd=parent)
+                except OSError:
+                    pass
+            os.close(parent)
+            self._made_in = None
         os.close(self.fd)
         self.fd = -1
 
@@ -334,7 +339,7 @@ def open_target(path: str | os.PathLike, *, sector_size: int | None = None,
     again on close if it is still empty (a refused deploy leaves nothing behind). Either
     way the descriptor holds an exclusive flock until the target is closed."""
     path = os.fspath(path)
-    created = False
+    created = None
     try:
         # The one lookup of the name: O_PATH opens nothing (no device is touched, a
         # character device's open has no side effect), the real open goes through it.
@@ -343,14 +348,14 @@ def open_target(path: str | os.PathLike, *, sector_size: int | None = None,
         if not create:
             raise PartitionError(f"{path}: no such device or file (--create makes a disk image "
                                  "file there)") from exc
-        if os.path.realpath(path).startswith("/dev/"):
-            raise PartitionError(f"{path}: no such device; a disk image file is never created "
-                                 "under /dev") from exc
+        parent, name = _create_in(path)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o644, dir_fd=parent)
         except OSError as exc:
+            os.close(parent)
             raise PartitionError(f"{path}: cannot create: {exc.strerror}") from exc
-        created = True
+        created = (parent, name)
     except OSError as exc:
         raise PartitionError(f"{path}: cannot open: {exc.strerror}") from exc
     else:
@@ -362,6 +367,8 @@ def open_target(path: str | os.PathLike, *, sector_size: int | None = None,
         target = _target(path, fd, sector_size, created)
     except BaseException:
         os.close(fd)
+        if created:
+            os.close(created[0])
         raise
     try:
         _flock(target.fd, path)
@@ -373,6 +380,25 @@ def open_target(path: str | os.PathLike, *, sector_size: int | None = None,
         target.close()
         raise
     return target
+
+
+def _create_in(path: str) -> tuple[int, str]:
+    """The directory a new disk image file goes into, held (O_PATH), and the file's name in
+    it: the file is made, and removed again if the deploy is refused, relative to that
+    descriptor, so a parent name re-pointed meanwhile (a link flipped between two
+    directories) can never make us remove a file of the same name elsewhere."""
+    head, name = os.path.split(path)
+    if not name:
+        raise PartitionError(f"{path}: names a directory, not a disk image file")
+    try:
+        parent = os.open(head or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise PartitionError(f"{path}: cannot create: {exc.strerror}") from exc
+    if os.path.join(os.readlink(f"/proc/self/fd/{parent}"), "").startswith("/dev/"):
+        os.close(parent)
+        raise PartitionError(f"{path}: no such device; a disk image file is never created "
+                             "under /dev")
+    return parent, name
 
 
 def _open_handle(handle: int, path: str) -> int:
@@ -407,7 +433,7 @@ def _refuse_if_locked(handle: int, path: str) -> None:
         os.close(fd)
 
 
-def _target(path: str, fd: int, sector_size: int | None, created: bool) -> Target:
+def _target(path: str, fd: int, sector_size: int | None, created: tuple[int, str] | None) -> Target:
     if stat.S_ISBLK(os.fstat(fd).st_mode):
         size, logical = block_geometry(fd)
         target = Target(path, fd, size, logical, is_block=True)

@@ -287,3 +287,42 @@ def test_identity_tells_a_reattached_loop_device_from_the_one_before(tmp_path):
         run("losetup", "-d", dev)
     assert before[:2] == after[:2]                   # the same block device number
     assert None not in (before[2], after[2]) and before != after
+
+
+# -- names of files we make ----------------------------------------------------------------
+# A refused `deploy --create` removes the empty file it made, and `build -o` writes a
+# temporary file beside its output: both act relative to the directory they hold, so a
+# name re-pointed meanwhile never removes or writes someone else's file.
+
+def test_a_created_file_is_removed_where_it_was_made_not_where_its_name_leads(tmp_path):
+    """The parent of ``--device`` is a link flipped to another directory that holds a file
+    of the same name after the target was made: closing the refused target removes the
+    file it made, and the other directory's file stays (it was deleted within 130 tries
+    of a flipping loop when the name was stat'ed and unlinked)."""
+    from partition.device import open_target
+    made, other = tmp_path / "A", tmp_path / "B"
+    made.mkdir(), other.mkdir()
+    (other / "new.img").write_bytes(b"someone else's disk image")
+    link = tmp_path / "d"
+    link.symlink_to(made)
+    target = open_target(link / "new.img", create=True)
+    link.unlink()
+    link.symlink_to(other)
+    target.close()                       # still empty: the deploy was refused
+    assert not (made / "new.img").exists()
+    assert (other / "new.img").read_bytes() == b"someone else's disk image"
+
+
+def test_build_output_never_writes_through_a_link_at_its_temporary_name(tmp_path):
+    """A link planted at the temporary name ``build -o`` writes first is refused (one line
+    naming the output), its target left as it was, and nothing appears at the output."""
+    from configdrive.errors import ConfigDriveError
+    from configdrive.output import atomic_output
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"host file")
+    out = tmp_path / "out.img"
+    (tmp_path / f".out.img.tmp{os.getpid()}").symlink_to(victim)
+    with pytest.raises(ConfigDriveError, match=r"out\.img: cannot write \(File exists\)"):
+        with atomic_output(out) as fp:
+            fp.write(b"drive")
+    assert victim.read_bytes() == b"host file" and not out.exists()

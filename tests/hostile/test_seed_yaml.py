@@ -22,6 +22,21 @@ BAD_NETWORK_CONFIG = {
     "alias-bomb": b"a: &a [x, x, x, x, x, x, x, x, x]\n" + b"".join(
         b"%c: &%c [*%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c, *%c]\n" % ((c, c) + (c - 1,) * 9)
         for c in range(ord("b"), ord("j"))) + b"version: 2\n",
+    # Values SafeLoader's resolver types and its constructors then fail on (a traceback
+    # once): cloud-init fails on them too, so they are refused in one line.
+    "bad-date": b"version: 2\nx: 2001-13-01\n",
+    "bad-timestamp": b"version: 2\nx: 2001-02-30 25:00:00\n",
+    "int-tag-text": b"version: 2\nx: !!int abc\n",
+    "int-tag-empty": b"version: 2\nx: !!int ''\n",
+    "bool-tag-maybe": b"version: 2\nx: !!bool maybe\n",
+    "float-tag-text": b"version: 2\nx: !!float abc\n",
+    "int-5000-digits": b"version: 2\nx: " + b"9" * 5000 + b"\n",
+    # YAML 1.1's base 60: PyYAML multiplies an ever larger integer per part (quadratic).
+    "base-60-long": b"version: 2\nx: 1" + b":0" * 800_000 + b"\n",
+    # Two byte order marks: the decode takes one, PyYAML's scanner the second; the
+    # pre-scan once took the second for a scalar running to the end and counted nothing.
+    "two-boms-wide": b"\xef\xbb\xbf\xef\xbb\xbf[" + b"{}," * 700_000 + b"{}]\n",
+    "two-boms-deep": b"\xef\xbb\xbf\xef\xbb\xbf" + b"[" * 3000 + b"]" * 3000 + b"\n",
 }
 
 
