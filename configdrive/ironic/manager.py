@@ -313,11 +313,13 @@ def _final_error(exc: Exception, request: Request, url: str, device: str, checks
     return _ipa_error(errors.ImageWriteError, exc, device, 1, "", str(exc))
 
 
-_SOURCE = (os.path.join("partition", "source.py"), os.path.join("partition", "ranged.py"))
-_CHECKSUM = (os.path.join("partition", "checksum.py"),)
-_IMAGE = tuple(os.path.join("partition", f"{name}.py") for name in
-               ("qcow2", "image", "formats", "compress"))
-_CONFIGDRIVE = (f"{os.sep}configdrive{os.sep}",)
+# Where an error was raised, by module name. Not by file path: a checkout or venv in a
+# folder named "configdrive" put every partition/ module under ".../configdrive/...", and
+# every failure became a DeploymentError (a fresh `git clone` fails so, issue 22's class).
+_SOURCE = ("partition.source", "partition.ranged")
+_CHECKSUM = ("partition.checksum",)
+_IMAGE = ("partition.qcow2", "partition.image", "partition.formats", "partition.compress")
+_CONFIGDRIVE = ("configdrive.",)       # a trailing dot: the package and all below it
 
 
 def _innermost_frames(exc: BaseException | None):
@@ -334,14 +336,15 @@ def _innermost_frames(exc: BaseException | None):
             yield error, tb.tb_frame
 
 
-def _raised_in(exc: BaseException, files: tuple[str, ...]) -> bool:
-    """Some error of the chain was raised in one of ``files`` (partition/source.py: while
-    fetching bytes; partition/checksum.py: the digest did not match)."""
-    for _, frame in _innermost_frames(exc):
-        name = frame.f_code.co_filename
-        if any(f in name if f.startswith(os.sep) else name.endswith(f) for f in files):
-            return True
-    return False
+def _raised_in(exc: BaseException, modules: tuple[str, ...]) -> bool:
+    """Some error of the chain was raised in one of ``modules`` (partition.source: while
+    fetching bytes; partition.checksum: the digest did not match)."""
+    return any(_in_modules(frame, modules) for _, frame in _innermost_frames(exc))
+
+
+def _in_modules(frame, modules: tuple[str, ...]) -> bool:
+    name = frame.f_globals.get("__name__", "")
+    return any(name.startswith(m) if m.endswith(".") else name == m for m in modules)
 
 
 def _download_line(exc: BaseException) -> str:
@@ -363,7 +366,7 @@ def _http_status(exc: BaseException) -> int | None:
 
 def _calculated(exc: BaseException) -> str:
     for _, frame in _innermost_frames(exc):
-        if frame.f_code.co_filename.endswith(_CHECKSUM[0]) and "actual" in frame.f_locals:
+        if _in_modules(frame, _CHECKSUM) and "actual" in frame.f_locals:
             return str(frame.f_locals["actual"]).lower()
     return "?"
 
