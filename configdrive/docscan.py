@@ -25,8 +25,10 @@ depth and values against bytes"):
 
 The scan never counts fewer levels or values than the parser builds (tests/fuzz/
 test_docscan.py): JSON levels exactly; YAML a level more where a collection may be a key,
-and keys and pairs as values. For a broken document it may count more, or stop at an
-unterminated string; the parser then reports the syntax error.
+and keys and pairs as values, with the nodes PyYAML fills in where no token shows them (a
+pair in a flow sequence is a mapping; a flow mapping's entry may lack its key or value; a
+tag or an anchor may stand for an empty scalar). For a broken document it may count more,
+or stop at an unterminated string; the parser then reports the syntax error.
 """
 
 from __future__ import annotations
@@ -129,7 +131,11 @@ _DOCUMENT_MARKER = re.compile(rb"(?:---|\.\.\.)(?=[ \t\n]|\Z)")
 _DIRECTIVE = re.compile(rb"%[^\n]*")
 _DOUBLE_QUOTED = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
 _SINGLE_QUOTED = re.compile(rb"'[^']*+(?:''[^']*+)*+'")
-_PROPERTY = re.compile(rb"[&!*][^ \t\n,\[\]{}]*")   # an anchor, a tag or an alias
+# An anchor, a tag or an alias. An anchor's or alias's name is letters, digits, "-" and
+# "_" (scanner.py scan_anchor): "[*x: a]" is a pair, its ":" no part of the name. A tag
+# runs to a blank, flow indicators included (scan_tag_uri takes ",[]"; anything else
+# before the blank is an error): "[a: !!str, []]" is one pair, its value "[]".
+_PROPERTY = re.compile(rb"[&*][0-9A-Za-z_-]*|![^ \t\n]*")
 # Where a plain scalar ends: in block context at ": " or " #" or the line's end; in flow
 # context at a flow indicator too. Searched for, not matched character by character: 60
 # MiB of ":a:a..." took 10 s as an alternation, 1.6 s so.
@@ -237,8 +243,9 @@ class _YamlScan:
             self.counter.value(self.pos)
             self.pos = match.end() if match else len(data)   # left open: the parser says where
         elif char in b"&!*":
-            if char == ord("*"):
-                self.counter.value(self.pos)
+            # an alias is a node; an anchor or a tag may stand before nothing ("a: !!str",
+            # "[&x , y]"), and PyYAML then builds an empty scalar: each is counted as one
+            self.counter.value(self.pos)
             self.pos = _PROPERTY.match(data, self.pos).end()
         else:
             self.counter.value(self.pos)
@@ -268,34 +275,84 @@ class _YamlScan:
 
     def flow(self, base: int) -> None:
         """A flow collection from its ``[`` or ``{`` to the bracket that closes it, across
-        lines, below ``base`` levels; comments and quoted scalars in it are skipped."""
+        lines, below ``base`` levels; comments and quoted scalars in it are skipped.
+
+        What PyYAML builds that no token of its own shows is counted too. An entry of a
+        flow sequence with a ``?`` or a ``:`` (in flow context both are indicators wherever
+        a token starts, "[?a]" included) is a mapping of one pair: a level more, and a
+        mapping node with a key and a value that may both be empty ("[? , a:]"). Its key
+        may be a collection already counted one level too shallow ("[[[x]]: y]"), so the
+        deepest level of the entry so far is counted again one deeper when its ``:`` comes.
+        Every entry of a flow mapping is a key and a value, either perhaps empty ("{a, ?}"):
+        one value more per entry."""
         data, counter = self.data, self.counter
-        depth = 0
+        # one _Flow per open collection, innermost last; ``level`` is the depth of what an
+        # entry of the innermost one opens, less one
+        frames: list[_Flow] = []
+        level = base
         while self.pos < len(data):
             char = data[self.pos]
-            if char in b"[{":
-                depth += 1
-                counter.value(self.pos)
-                counter.deep(base + depth, self.pos)
-                self.pos += 1
-            elif char in b"]}":
-                depth -= 1
-                self.pos += 1
-                if depth <= 0:
-                    return
-            elif char in b" \t\n,":
-                self.pos = _FLOW_SEPARATORS.match(data, self.pos).end()
-            elif char == ord("#") and data[self.pos - 1] in b" \t\n":
+            if char in b" \t\n":
+                self.pos = _FLOW_SPACES.match(data, self.pos).end()
+                continue
+            if char == ord("#") and data[self.pos - 1] in b" \t\n":
                 newline = data.find(b"\n", self.pos)
                 self.pos = newline if newline >= 0 else len(data)
-            elif char == ord(":") or char == ord("?") and data[self.pos + 1:self.pos + 2] in _BLANK:
-                counter.value(self.pos)     # a pair: "[: , : ]" is a list of {null: null}
+                continue
+            frame = frames[-1] if frames else None
+            if char in b"]},":
+                if frame is None:       # a stray closer before any opener: the parser says
+                    self.pos += 1
+                    return
+                if frame.pair:
+                    level -= 1
+                frame.deepest = max(frame.deepest, frame.entry)
+                frame.pair, frame.started, frame.entry = False, False, level
+                self.pos += 1
+                if char == ord(","):
+                    continue
+                frames.pop()
+                level -= 1
+                if not frames:
+                    return
+                frames[-1].entry = max(frames[-1].entry, frame.deepest)
+                continue
+            if frame is not None and not frame.started:
+                frame.started = True
+                if frame.mapping:
+                    counter.value(self.pos)     # its key or its value may be empty
+            if char in b"[{":
+                level += 1
+                counter.value(self.pos)
+                counter.deep(level, self.pos)
+                frames.append(_Flow(char == ord("{"), level))
+                self.pos += 1
+            elif char in b":?":
+                counter.value(self.pos)
+                if frame is not None and not frame.mapping and not frame.pair:
+                    frame.pair = True
+                    frame.entry += 1
+                    level += 1
+                    counter.deep(frame.entry, self.pos)
+                    counter.value(self.pos)     # the mapping,
+                    counter.value(self.pos)     # and its key or value, perhaps empty
                 self.pos += 1
             else:
                 self.node(_FLOW_PLAIN_END)
 
 
+class _Flow:
+    """An open flow collection: a mapping or a sequence; whether the sequence's entry now
+    read is a pair; the deepest level reached in that entry and in the whole collection."""
+
+    __slots__ = ("mapping", "started", "pair", "entry", "deepest")
+
+    def __init__(self, mapping: bool, level: int):
+        self.mapping, self.started, self.pair = mapping, False, False
+        self.entry = self.deepest = level
+
+
 _BLANK = (b" ", b"\t", b"\n", b"")
 _FLOW_INDICATORS = (b",", b"[", b"]", b"{", b"}")
 _SPACES_AND_BREAKS = re.compile(rb"[ \n]*")
-_FLOW_SEPARATORS = re.compile(rb"[ \t\n,]+")
+_FLOW_SPACES = re.compile(rb"[ \t\n]+")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from configdrive import docscan
 from configdrive.content import Content
@@ -108,6 +108,38 @@ def test_yaml_scan_never_counts_less_than_pyyaml_builds(doc, style, width, inden
     assert counter.deepest >= depth and counter.values >= count, (text, depth, count)
 
 
+# Flow forms yaml.safe_dump never writes, where PyYAML builds nodes no token shows: a
+# pair in a flow sequence is a mapping of its own ("[a: b]", "[? x]", "[?]"), an entry of a
+# flow mapping may lack its key or its value ("{a, ? , : b}"), a tag may stand for an
+# empty scalar ("[!!str ]"). Texts PyYAML refuses are left out.
+flow_scalars = st.sampled_from(["a", "'q:'", '"d,"', "1", "!!str", "!t a", "*x"])
+flow_keys = st.sampled_from(["a", "'k'", "!!str", ""])
+
+
+def _flow_collections(inner):
+    pair = st.tuples(st.sampled_from(["{k}: {v}", "? {k} : {v}", "? {k}", "{k}:", "?", "? : {v}", "{k} :{v}"]),
+                     inner | flow_keys, inner | flow_keys).map(lambda p: p[0].format(k=p[1], v=p[2]))
+    sequence = st.lists(inner | pair, max_size=4).map(lambda items: "[" + ", ".join(items) + "]")
+    mapping = st.lists(inner | pair, max_size=4).map(lambda items: "{" + ", ".join(items) + "}")
+    return sequence | mapping
+
+
+flow_texts = st.recursive(flow_scalars, _flow_collections, max_leaves=30)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(flow=flow_texts, context=st.sampled_from(["{}\n", "x: {}\n", "- {}\n", "? {}\n: y\n", "a:\n  b: {}\n"]),
+       line_break=st.sampled_from([" ", "\n  "]))
+def test_yaml_scan_never_counts_less_in_flow_forms_pyyaml_fills_in(flow, context, line_break):
+    text = "z: &x z\n" + context.format(flow.replace(" ", line_break) if line_break != " " else flow)
+    try:
+        depth, count = composed(text)
+    except yaml.YAMLError:
+        assume(False)
+    counter = counted(docscan.check_yaml, text.encode())
+    assert counter.deepest >= depth and counter.values >= count, (text, depth, count)
+
+
 @settings(max_examples=400, deadline=None)
 @given(doc=documents, indent=st.sampled_from([None, 0, 2]))
 def test_json_scan_counts_depth_exactly(doc, indent):
@@ -149,6 +181,11 @@ HAND_WRITTEN = [
     "a: \"multi\n  line [with] {brackets}\"\nb: [c]\n",
     "[a, b]: c\n",
     "a: [fe80::1/64, 'k:v', {x: y}, '::1']\nb: ::1\n",
+    # flow forms where PyYAML builds more than the tokens show (an attack's finds)
+    "x: " + "[a: " * 63 + "1" + "]" * 63,      # each pair a mapping: 127 levels
+    "[" + "? ," * 1000 + "]",                   # 1,000 {null: null}
+    "{" + ",".join(["a"] * 1000) + "}",         # 1,000 keys, each with a null value
+    "a: [?a, b:, ? : c, !!str ]\nd: {? , e, !!str : , ? : f}\n",
 ]
 
 
