@@ -74,6 +74,15 @@ class Verdict:
                                    f"({self.unread.get('root filesystem', 'no disk')})")
         return debugfs_cat(self.disk, self.root_offset, path)
 
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "Verdict":
+        """A verdict back from :meth:`to_json` (``configdrive boot --json``)."""
+        fields = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
+        for key in ("console_log", "cloud_init_log", "disk"):
+            if fields.get(key) is not None:
+                fields[key] = Path(fields[key])
+        return cls(**fields)
+
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         for key in ("console_log", "cloud_init_log", "disk"):
