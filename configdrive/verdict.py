@@ -254,11 +254,21 @@ def refusal(verdict: Verdict, wanted: str) -> str | None:
     short = wanted.removeprefix("DataSource")
     reasons = []
     log = verdict.cloud_init_log.read_text(errors="replace") if verdict.cloud_init_log else ""
-    for line in log.splitlines():
+    lines = log.splitlines()
+    for n, line in enumerate(lines):
         if (short in line or "config drive" in line.lower()) and re.search(
                 r"WARNING|ERROR|[Ff]ailed|[Rr]efus|[Nn]ot |[Ii]nvalid|[Bb]roken", line):
-            reasons.append(line.split(" - ", 1)[-1].strip())
-    why = reasons[-1] if reasons else (
+            reason = line.split(" - ", 1)[-1].strip()
+            # util.logexc follows the line with a traceback: its last line is the cause
+            for later in lines[n + 1:n + 40]:
+                if re.match(r"^\d{4}-\d\d-\d\d ", later):
+                    break
+                if cause := re.match(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Metadata|Readable)): (.*)", later):
+                    reason += f" ({cause.group(1)}: {cause.group(2).strip()})"
+                    break
+            reasons.append(reason)
+    caused = [r for r in reasons if r.endswith(")")]
+    why = (caused or reasons)[-1] if reasons else (
         "its log says nothing of the drive" if log else f"no cloud-init.log was read ({verdict.unread})")
     return (f"cloud-init did not take the drive: it chose {verdict.datasource or 'no datasource'}, "
             f"not {wanted}; its log: {why} (console {verdict.console_log}"

@@ -186,7 +186,7 @@ LAYERS = [
     "iso isonames isoreader vfat fatgeometry fatnames fatreader pack",
     "drive disk reader extract output",
     "validate consumers drivecheck buildcheck pathcheck",
-    "builder fetch convert placement deploy inject ironic mkisofs testing pytest_plugin examples",
+    "builder fetch convert placement deploy inject ironic mkisofs qemu verdict boot testing pytest_plugin examples",
     "cli",
 ]
 LAYER_OF = {name: n for n, names in enumerate(LAYERS) for name in names.split()}

@@ -42,6 +42,7 @@ from guestvm import (KERNEL_CMDLINE, Guest, UefiDisks, build_glean_guest, build_
                      build_uefi_disks)
 
 pytestmark = pytest.mark.e2e
+pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_KEY = ROOT / "configdrive" / "examples" / "example.pub"
@@ -566,3 +567,23 @@ def test_glean_reads_the_deployed_config_v2_partition(glean_guest, booted_guest,
     result.proved(f"glean-early mounted config-2 at /dev/vda{number} (iso9660)",
                   "hostname from name", "root key", "no cloud-init",
                   f"static {sc.address} and default route on eth0 (ip and glean's ifupdown file)")
+
+
+# --- The datasource author's test file of docs/testing.md ---------------------------------
+
+def boot_page_test_source() -> str:
+    """The complete booted_guest test file docs/testing.md shows datasource authors."""
+    text = (ROOT / "docs/testing.md").read_text()
+    return re.search(r"A complete test file, as a datasource author writes it.*?\n\n```python\n(.*?)```",
+                     text, re.S).group(1)
+
+
+def test_the_testing_page_boot_file_passes(guest, pytester, monkeypatch):
+    """The file as its author runs it: pytest in a separate process, the fixture from the
+    installed plugin, the image from CONFIGDRIVE_BOOT_IMAGE (the suite's bookworm UEFI
+    whole-disk image, which boots by itself as a cloud image does)."""
+    image = uefi_disks_of(guest, 512).without_config_partition
+    pytester.makepyfile(test_my_datasource=boot_page_test_source())
+    monkeypatch.setenv("CONFIGDRIVE_BOOT_IMAGE", str(image))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-v", "-rs")
+    result.assert_outcomes(passed=2)
