@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from partition.tools import failure, run
 
 from .content import Content
 from .errors import ConfigDriveError
@@ -190,11 +191,9 @@ def _deployed(image: Path, drive, work: Path, sector_size: int, options: dict) -
 
 
 def _tool(exe: str, args: list[str]) -> str:
-    proc = subprocess.run([exe, *args], capture_output=True)
+    proc = run(exe, args)
     if proc.returncode != 0:
-        why = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise ConfigDriveError(f"{os.path.basename(exe)} {args[0]}: exited {proc.returncode}"
-                               + (f" ({why[-1]})" if why else ""))
+        raise ConfigDriveError(failure([os.path.basename(exe), *args], proc))
     return proc.stdout.decode(errors="replace")
 
 

@@ -12,6 +12,9 @@ the root filesystem is unmounted); a guest that ignores the button (no logind, n
 is stopped after ``POWERDOWN_SECONDS`` with QMP ``quit``, and its disk is read after
 ext4's journal is replayed (configdrive.verdict). ``wait="poweroff"`` waits only for the
 guest to power off by itself: for images without cloud-init (glean) that do.
+
+QEMU is the one system tool not run through partition.tools.run: it runs for minutes
+beside the loop that reads its console, so it is a Popen of its own.
 """
 
 from __future__ import annotations

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from partition.errors import PartitionError
 from partition.tables import read_table
-from partition.tools import which
+from partition.tools import run, which
 
 from .errors import ConfigDriveError
 
@@ -32,6 +32,7 @@ NETWORK_FILES = ("/etc/network/interfaces.d/50-cloud-init", "/etc/network/interf
 NETWORK_DIRS = ("/etc/NetworkManager/system-connections", "/etc/systemd/network",
                 "/etc/sysconfig/network-scripts", "/etc/network/interfaces.d")
 MAX_FILE = 16 << 20   # a file read from the guest: its disk is a stranger's
+SAFE_NAME = re.compile(r"[\w.@+-]{1,255}")
 
 
 @dataclass
@@ -105,14 +106,18 @@ def debugfs_ls(image: Path, offset: int, path: str) -> list[str] | None:
     # ls -p: /inode/mode/uid/gid/name/size/ per entry
     names = [fields[5] for line in out.decode(errors="replace").splitlines()
              if len(fields := line.split("/")) >= 7]
-    return [n for n in names if n not in (".", "..")]
+    # Names from a stranger's disk go back into a debugfs request: plain ones only.
+    return [n for n in names if n not in (".", "..") and SAFE_NAME.fullmatch(n)]
 
 
 def _debugfs(image: Path, offset: int, request: str) -> bytes | None:
     exe = which("debugfs")
     if exe is None:
         raise ConfigDriveError("debugfs is not installed (Debian package e2fsprogs)")
-    proc = subprocess.run([exe, "-R", request, f"{image}?offset={offset}"], capture_output=True)
+    # read-only (no -w); what it prints is a stranger's file: capped
+    proc = run(exe, ["-R", request, f"{image}?offset={offset}"], max_stdout=MAX_FILE)
+    if len(proc.stdout) > MAX_FILE:
+        raise ConfigDriveError(f"{request!r} on {image}: more than {MAX_FILE} bytes, not read")
     # stderr: the version banner, then any complaint (no such file, bad superblock).
     complaints = [line for line in proc.stderr.decode(errors="replace").splitlines()
                   if line.strip() and not line.startswith("debugfs 1.")]
@@ -121,7 +126,7 @@ def _debugfs(image: Path, offset: int, request: str) -> bytes | None:
     if proc.returncode != 0 or complaints:
         raise ConfigDriveError(f"debugfs {request!r} on {image} at byte {offset}: "
                                + (complaints[-1] if complaints else f"exited {proc.returncode}"))
-    return proc.stdout[:MAX_FILE]
+    return proc.stdout
 
 
 def find_root(disk: Path, sector_size: int | None) -> tuple[int | None, str]:
@@ -133,7 +138,7 @@ def find_root(disk: Path, sector_size: int | None) -> tuple[int | None, str]:
     with open(disk, "rb") as fp:
         try:
             table = read_table(fp, size, sector_size, source=str(disk))
-        except Exception as exc:   # a table we cannot read: say so below
+        except PartitionError as exc:   # a table we cannot read: say so below
             table, why_table = None, str(exc)
         else:
             why_table = "no partition table"
@@ -165,15 +170,22 @@ def replay_journal(disk: Path, offset: int) -> str | None:
     exe = which("e2fsck")
     if exe is None:
         return "e2fsck is not installed (Debian package e2fsprogs)"
-    proc = subprocess.run([exe, "-y", "-E", "journal_only", f"{disk}?offset={offset}"],
-                          capture_output=True)
+    proc = run(exe, ["-y", "-E", "journal_only", f"{disk}?offset={offset}"])
     if proc.returncode not in (0, 1, 2):
         return f"e2fsck -E journal_only exited {proc.returncode}"
     return None
 
 
 def read_guest(verdict: Verdict, disk: Path, sector_size: int | None, journal: bool) -> None:
-    """Fill ``verdict`` from the raw ``disk`` the guest left."""
+    """Fill ``verdict`` from the raw ``disk`` the guest left; a read that fails half-way
+    is named in ``unread`` with debugfs's complaint."""
+    try:
+        _read_guest(verdict, disk, sector_size, journal)
+    except ConfigDriveError as exc:
+        verdict.unread["root filesystem"] = f"read only in part: {exc}"
+
+
+def _read_guest(verdict: Verdict, disk: Path, sector_size: int | None, journal: bool) -> None:
     offset, why = find_root(disk, sector_size)
     if offset is None:
         verdict.unread["root filesystem"] = why
