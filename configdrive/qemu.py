@@ -27,6 +27,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,9 +175,17 @@ class _KvmFailed(Exception):
 def _run_guest(machine: Machine, timeout: float, wait: str) -> Run:
     qemu = need_tool("qemu-system-x86_64", QEMU_PACKAGE)
     console = machine.workdir / "console.log"
-    qmp = machine.workdir / "qmp.sock"
-    for stale in (console, qmp):
-        stale.unlink(missing_ok=True)
+    console.unlink(missing_ok=True)
+    # A Unix socket's path is at most 107 bytes: the QMP socket lives in a short directory
+    # of its own, not in the work directory (a pytest tmp_path is often longer).
+    sockets = Path(tempfile.mkdtemp(prefix="configdrive-qmp-"))
+    try:
+        return _run_qemu(machine, timeout, wait, qemu, console, sockets / "qmp.sock")
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+def _run_qemu(machine: Machine, timeout: float, wait: str, qemu: str, console: Path, qmp: Path) -> Run:
     cmd, accel = machine.command(qemu, console, qmp)
     started = time.monotonic()
     errors = machine.workdir / "qemu.stderr"
@@ -211,7 +220,7 @@ def _run_guest(machine: Machine, timeout: float, wait: str) -> Run:
     text = _read(console)
     if code != 0 and stopped != "quit":
         why = errors.read_text(errors="replace").strip().splitlines()
-        if machine.accel == "auto" and accel == "kvm" and not text:
+        if machine.accel == "auto" and accel == "kvm" and not text and "kvm" in " ".join(why).lower():
             raise _KvmFailed(why[-1].strip() if why else f"exit {code}")
         raise ConfigDriveError(f"qemu-system-x86_64 exited {code}"
                                + (f" ({why[-1].strip()})" if why else "")
