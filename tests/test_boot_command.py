@@ -163,3 +163,17 @@ def test_a_drive_cloud_init_did_not_take_is_refused(tmp_path):
 def test_the_help_shows_examples():
     out = configdrive("boot", "--help").stdout.decode()
     assert "configdrive boot debian-12-genericcloud-amd64.qcow2" in out and "--attach" in out
+
+
+def test_the_verdict_as_printed(tmp_path):
+    """Without --json: a line for the boot, then one per finding, the unread named."""
+    need_qemu()
+    image = boot_sector(tmp_path / "disk.raw", FINISHED, "reset")
+    proc = boot(image, "--attach", "none", "--accel", "tcg", "--timeout", "60", "--workdir", tmp_path / "w")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith(f"booted {image} (BIOS, 512-byte sectors, drive none, tcg) in ")
+    assert lines[0].endswith("stopped by poweroff, cloud-init 99.1"), lines[0]
+    assert "datasource: DataSourceNone" in lines and "hostname: -" in lines, lines
+    assert f"console: {tmp_path / 'w' / 'console.log'}" in lines, lines
+    assert any(line.startswith("unread: root filesystem: no ext2/3/4 filesystem") for line in lines), lines
