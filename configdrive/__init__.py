@@ -2,7 +2,8 @@
 
 The public API: :class:`Content` (what a drive carries), :func:`build` (content -> ISO 9660
 or vfat image), :func:`open_drive` (an image, a directory or a whole disk -> a
-:class:`Drive` with its tree), and :class:`ConfigDriveError` (every refusal, one line).
+:class:`Drive` with its tree), :class:`ConfigDriveError` (every refusal, one line), and
+for booted guests (configdrive.boot) :class:`Verdict` and :class:`DriveRefused`.
 
 The names are imported on first use (PEP 562): the pytest plugin
 (configdrive.pytest_plugin) is loaded by every pytest run of everyone who installed
@@ -17,7 +18,7 @@ import importlib
 # pay for the drive builder's modules at start-up.)
 _PUBLIC = {"Content": "content", "InjectedFile": "content", "content_from_files": "inputs",
            "Drive": "drive", "build": "builder", "open_drive": "reader",
-           "ConfigDriveError": "errors"}
+           "ConfigDriveError": "errors", "Verdict": "verdict", "DriveRefused": "boot"}
 
 __all__ = list(_PUBLIC)
 

@@ -25,7 +25,7 @@ from partition.tools import failure, run
 
 from .content import Content
 from .errors import ConfigDriveError
-from .qemu import QEMU_IMG_PACKAGE, Machine, need_tool, run_guest
+from .qemu import QEMU_IMG_PACKAGE, QEMU_PACKAGE, Machine, need_tool, run_guest
 from .verdict import Verdict, read_guest, refusal, source_of
 
 ATTACH = ("cdrom", "disk", "config-partition", "nocloud", "none")
@@ -84,7 +84,7 @@ def boot(image: str | os.PathLike, drive: Content | str | os.PathLike | None = N
         if given is not None and not Path(given).is_file():
             raise ConfigDriveError(f"{given}: no such file")
     qemu_img = need_tool("qemu-img", QEMU_IMG_PACKAGE)
-    need_tool("qemu-system-x86_64", "qemu-system-x86")
+    need_tool("qemu-system-x86_64", QEMU_PACKAGE)
     work = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="configdrive-boot-"))
     work.mkdir(parents=True, exist_ok=True)
     fmt = image_format(image)

@@ -16,7 +16,7 @@ Fixtures (each a factory: call it, get a Path under the test's tmp_path):
 ``label_uppercase``, ``versions_oldest_and_latest``, ``network_data_mtu_null``,
 ``meta_data_uuid_missing``, ``label_duplicate``; and ``booted_guest(image=None, **content,
 attach=..., ...)``, which boots a cloud image under QEMU with the drive and returns
-cloud-init's verdict (configdrive.verdict.Verdict): the image from the call, else from
+cloud-init's verdict (configdrive.Verdict): the image from the call, else from
 the environment variable CONFIGDRIVE_BOOT_IMAGE, else the test is skipped.
 """
 
@@ -78,7 +78,7 @@ def booted_guest(tmp_path):
     finish and the guest to power off; return cloud-init's verdict: datasource and source
     device, status and errors, hostname, keys, rendered network, cloud-init version,
     console log, and ``read_file(path)`` on the guest's disk. Options as for
-    configdrive.boot.boot: uefi, sector_size, timeout, kernel, initrd, append, wait,
+    the boot job (configdrive boot): uefi, sector_size, timeout, kernel, initrd, append, wait,
     accel, format, label, versions. Fails in one line (configdrive.ConfigDriveError) when
     the guest does not boot, cloud-init never starts or refuses the drive."""
     from configdrive.testing import GuestBooter
