@@ -15,9 +15,9 @@ import importlib
 
 # (Also so that `configdrive --help` and a deploy agent that only writes images do not
 # pay for the drive builder's modules at start-up.)
-_PUBLIC = {"Content": "content", "InjectedFile": "content", "content_from_files": "inputs",
-           "Drive": "drive", "build": "builder", "open_drive": "reader",
-           "ConfigDriveError": "errors"}
+_PUBLIC = {"Content": "model.content", "InjectedFile": "model.content",
+           "content_from_files": "model.inputs", "Drive": "drives.drive", "build": "drives.builder",
+           "open_drive": "drives.reader", "ConfigDriveError": "errors"}
 
 __all__ = list(_PUBLIC)
 

@@ -195,7 +195,7 @@ NETWORK_STATE_COMPARE = textwrap.dedent("""
 
 def test_network_config_v2_equals_cloud_inits_own_conversion(tmp_path):
     from configdrive import Content
-    from configdrive.nocloud import seed_tree
+    from configdrive.model.nocloud import seed_tree
     import yaml
     if not Path(SYSTEM_PYTHON).exists():
         pytest.skip("system python3 with cloud-init is not installed")

@@ -7,7 +7,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from partition.device import disk_geometry
+from partition.writing.device import disk_geometry
 from partition.errors import PartitionError
 from partition.tables import read_table
 

@@ -18,7 +18,7 @@ import pytest
 import fuzz_tally
 from conftest import need_tool, run
 from partition.errors import PartitionError
-from partition.qcow2 import COMPRESSED, OFFSET_MASK, Qcow2
+from partition.images.qcow2 import COMPRESSED, OFFSET_MASK, Qcow2
 
 MiB = 1 << 20
 MUTANTS_PER_SEED = int(os.environ.get("QCOW2_WORK_MUTANTS", "80"))
