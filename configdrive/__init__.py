@@ -5,7 +5,7 @@ or vfat image), :func:`open_drive` (an image, a directory or a whole disk -> a
 :class:`Drive` with its tree), and :class:`ConfigDriveError` (every refusal, one line).
 
 The names are imported on first use (PEP 562): the pytest plugin
-(configdrive.pytest_plugin) is loaded by every pytest run of everyone who installed
+(configdrive.engines.pytest_plugin) is loaded by every pytest run of everyone who installed
 configdrive, and importing this package must not cost them the drive modules.
 """
 

@@ -161,7 +161,7 @@ def _file_spec(spec: str) -> str:
 def _mbr_type(text: str) -> int:
     """An MBR partition type id: one byte, in any base int() reads (0x99, 153, 0o231).
     Which bytes would change the partition's meaning is decided in one place for the
-    command line and the API (partition.config_partition.check_mbr_type)."""
+    command line and the API (partition.tables.config_partition.check_mbr_type)."""
     try:
         value = int(text, 0)
     except ValueError:

@@ -1,4 +1,4 @@
-"""How configdrive.ironic reads ironic's image_info (no agent needed): which checksum it
+"""How configdrive.engines.ironic reads ironic's image_info (no agent needed): which checksum it
 verifies, and what it declines to IPA or refuses, each naming the field."""
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def test_streamed_only_where_ipa_streams(fields, streamed):
 
 
 def test_core_package_never_imports_the_agent():
-    """Only the agent loads configdrive.ironic's manager; everything else imports without
+    """Only the agent loads configdrive.engines.ironic's manager; everything else imports without
     ironic-python-agent (this venv does not have it)."""
     import subprocess
     import sys

@@ -1,4 +1,4 @@
-"""NoCloud seeds (configdrive/nocloud.py), read back by tools we did not write: blkid -p,
+"""NoCloud seeds (configdrive/model/nocloud.py), read back by tools we did not write: blkid -p,
 xorriso / mcopy for the files, cloud-init's own DataSourceNoCloud for what a guest sees,
 cloud-localds for what users make today, and cloud-init's own network_data.json converter
 for the network config we derive."""

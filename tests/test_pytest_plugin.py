@@ -1,4 +1,4 @@
-"""The pytest plugin (configdrive/pytest_plugin.py), as a user meets it: installed through
+"""The pytest plugin (configdrive/engines/pytest_plugin.py), as a user meets it: installed through
 the pytest11 entry point, loaded by a pytest run that knows nothing of this checkout,
 running the complete test file docs/testing.md shows; and cheap to load for everyone else."""
 

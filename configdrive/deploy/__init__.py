@@ -2,9 +2,10 @@
 
     deploy("/dev/sda", image="https://.../disk.qcow2", checksum="sha256:...")
 
-The image part lives in ``partition.copy`` (dd semantics, hold-back, checksum, wipe on
-failure); the config drive part in ``configdrive.placement``. This module only puts them
-in order, on one ``Target``: the device is looked up by its name, opened and locked once,
+The image part lives in ``partition.writing.copy`` (dd semantics, hold-back, checksum,
+wipe on failure); the config drive part beside this module, in ``placement`` (with
+``convert`` and ``fetch``, the drive in the form the disk can mount). This module only puts
+them in order, on one ``Target``: the device is looked up by its name, opened and locked once,
 and every step (copy, verify, drive, re-read, wipe, the summary) acts on that handle, so
 a name re-pointed meanwhile (a /dev/disk/by-id link udev moves) changes nothing.
 """
@@ -40,7 +41,7 @@ def deploy(device: str | Target, image: str | None = None, *, checksum: str | No
     for all of it (a second deploy onto it is refused); a missing one is made as a disk
     image file only with ``create``. ``image_format``: "auto" (by content), "raw" (the
     bytes as they are) or "qcow2"; ``http_options``: retries, deadline, timeout;
-    ``buffers``: how much image data is in flight (partition.image.Buffers).
+    ``buffers``: how much image data is in flight (partition.images.image.Buffers).
 
     Returns a summary: {"device": the name given, "target": the device written (kind,
     major:minor, kernel name, by-id name, disk sequence number; a file's device and inode),
@@ -84,7 +85,7 @@ def _deploy(target: Target, image, checksum, drive, preserve_on_error, verify, q
 
     try:
         if drive is not None:
-            # The config drive goes in after the image (configdrive/placement.py).
+            # The config drive goes in after the image (configdrive/deploy/placement.py).
             from .placement import place_config_drive
             summary["config_drive"] = place_config_drive(target, drive, **drive_options)
         elif image is not None:

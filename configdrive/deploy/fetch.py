@@ -16,7 +16,7 @@ from ..formats.pack import unpack
 def load_drive(spec: str, http_options: dict | None = None) -> bytes:
     """A drive image from a file or http(s) URL holding either the image itself or the
     ironic API's packed form (gzip+base64), at most MAX_DRIVE_BYTES. ``http_options``: as
-    for an image's download (partition.source.HttpSource)."""
+    for an image's download (partition.images.source.HttpSource)."""
     with open_source(spec, **(http_options or {})) as src:
         data = src.read_upto(MAX_DRIVE_BYTES + 1)
     if len(data) > MAX_DRIVE_BYTES:

@@ -26,7 +26,7 @@ def parse_json(data: bytes, source: str) -> Any:
     infinity; none of them is JSON, and written back they make a meta_data.json that
     cloud-init's own parser, and every strict one, rejects. They are refused here.
 
-    Depth and the number of values are counted first (configdrive/docscan.py): everything
+    Depth and the number of values are counted first (configdrive/documents/docscan.py): everything
     downstream walks the objects json builds, and recurses per level."""
     def refuse_constant(name: str) -> Any:
         raise ConfigDriveError(f"{source}: {name} is not a JSON number (RFC 8259 has no NaN or Infinity)")

@@ -66,5 +66,5 @@ def refusal_line(errors: list[Problem]) -> str:
 
 
 def lint_problems(lints, where) -> list[Problem]:
-    """Consumer lints (configdrive/consumers.py) as warnings; ``where`` names a file."""
+    """Consumer lints (configdrive/documents/consumers.py) as warnings; ``where`` names a file."""
     return [Problem(where(lint.file), lint.pointer, lint.text(), "warning") for lint in lints]

@@ -1,5 +1,5 @@
-"""Every problem of one metadata document: its JSON Schema (configdrive/schema.py) and the
-checks a schema cannot say (configdrive/checks.py), all reported, not only the first."""
+"""Every problem of one metadata document: its JSON Schema (configdrive/documents/schema.py) and the
+checks a schema cannot say (configdrive/documents/checks.py), all reported, not only the first."""
 
 from __future__ import annotations
 

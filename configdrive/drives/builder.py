@@ -1,4 +1,4 @@
-"""Building a drive: content -> checked tree (configdrive/layout.py, or a NoCloud seed)
+"""Building a drive: content -> checked tree (configdrive/model/layout.py, or a NoCloud seed)
 -> ISO 9660 or vfat image, written to a path (atomically), a stream or bytes."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Every problem of a whole drive as its consumers read it: each metadata file, the
 directory cloud-init picks, data only latest/ holds, labels, repeated seeds, and the
-consumers' lints (a NoCloud seed gets configdrive/nocloud.py's checks instead)."""
+consumers' lints (a NoCloud seed gets configdrive/model/nocloud.py's checks instead)."""
 
 from __future__ import annotations
 

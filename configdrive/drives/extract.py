@@ -55,7 +55,7 @@ def _destination(dest: str | os.PathLike) -> Iterator[int]:
 def _write_under(top: int, dest: str | os.PathLike, rel: str, pieces) -> None:
     """Write one file of a drive at ``dest/rel``, refusing a path that would leave
     ``dest``: ``..`` or an absolute path by its words, and a link or a non-directory
-    anywhere under ``dest`` by the descriptors that walk there (configdrive/dirfd.py): each
+    anywhere under ``dest`` by the descriptors that walk there (configdrive/files/dirfd.py): each
     directory opened without following a link, the file made anew (O_EXCL), so a name
     swapped for a link while we write cannot send a byte outside."""
     parts = rel.split("/")

@@ -1,6 +1,6 @@
 """Opening a drive from anything that holds one: a directory tree, an ISO 9660 or vfat
 image, or a whole disk (image file or block device) whose config partition holds it;
-reading is bounded by configdrive/drivefiles.py's caps."""
+reading is bounded by configdrive/files/drivefiles.py's caps."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from ..errors import ConfigDriveError
 def open_drive(path: str) -> Drive:
     """Read the config drive held by ``path``: a directory tree, an ISO 9660 or vfat
     image, or a whole disk (image file or block device) with a config partition.
-    Reading is capped at 64 MiB and 10 000 entries (configdrive.drivefiles)."""
+    Reading is capped at 64 MiB and 10 000 entries (configdrive.files.drivefiles)."""
     if Path(path).is_dir():
         return Drive(path, "directory", "", read_directory(Path(path)))
     with open_path(path) as fp:
@@ -68,7 +68,7 @@ def read_image(fp: BinaryIO, fs_type: str, source: str) -> dict[str, bytes]:
 def read_directory(root: Path) -> dict[str, bytes]:
     """A drive's tree from an extracted directory (regular files only, links not
     followed), under the same caps as an image. Each file is judged by fstat of the
-    descriptor its bytes come from (configdrive/dirfd.py): an entry swapped for a link
+    descriptor its bytes come from (configdrive/files/dirfd.py): an entry swapped for a link
     after a look at its name is left out like any link, never read through."""
     budget = Budget(str(root))
     tree = {}

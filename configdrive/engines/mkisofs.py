@@ -92,7 +92,7 @@ def read_source_tree(root: str) -> dict[str, HeldFile]:
 
     Our tree holds regular files only; a symlink, device, or empty directory has no place
     in it, so it is refused instead of silently left out of the image. Each file is judged
-    by fstat of the descriptor its bytes come from (configdrive/dirfd.py), so an entry
+    by fstat of the descriptor its bytes come from (configdrive/files/dirfd.py), so an entry
     swapped for a link to a host file after the look cannot put that file in the image."""
     tree: dict[str, HeldFile] = {}
     try:

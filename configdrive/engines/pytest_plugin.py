@@ -2,7 +2,7 @@
 installing configdrive is enough to have them.
 
 pytest loads this module in every run of every project whose environment has configdrive
-installed, so it imports nothing but pytest here; the drive code (configdrive.testing)
+installed, so it imports nothing but pytest here; the drive code (configdrive.engines.testing)
 is imported when a test first asks for a fixture.
 
     def test_reads_hostname(config_drive_tree):

@@ -1,7 +1,7 @@
 """Drives for datasource tests: content from keyword arguments, drive images, extracted
 trees, whole GPT disks, and the broken drives real producers emit.
 
-The pytest fixtures (configdrive/pytest_plugin.py) are thin wrappers over
+The pytest fixtures (configdrive/engines/pytest_plugin.py) are thin wrappers over
 :class:`DriveMaker`; it works without pytest too. Every broken drive is named after the
 field it breaks and says in its docstring which producer writes it and which consumer
 trips on it.

@@ -1,6 +1,6 @@
 """Reading any FAT12/16/32 image back as a drive's file listing, bounded: the boot sector
 checked against the image, every cluster in one chain at most, the tree walked with a
-stack, every read charged to a Budget (configdrive/drivefiles.py)."""
+stack, every read charged to a Budget (configdrive/files/drivefiles.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from .fatnames import DELETED, sfn_checksum, short_name
 # (a 1200-deep tree raised RecursionError) and followed cross-linked chains as often as
 # records pointed at them. Here the boot sector is checked against the image, every
 # cluster belongs to one chain at most, the tree is walked with a stack, and every read
-# is charged to a Budget (configdrive.drivefiles).
+# is charged to a Budget (configdrive.files.drivefiles).
 
 _END_OF_DIRECTORY = 0x00
 _LFN_LAST = 0x40

@@ -3,9 +3,9 @@
 The image carries three name trees over the same files: Rock Ridge (exact POSIX names,
 what Linux uses), Joliet (exact names for Windows, at most 64 characters) and the plain
 ISO 9660 primary tree with the names genisoimage gives under nova's flags (see
-:mod:`configdrive.isonames`), because ironic and older readers look only at those.
+:mod:`configdrive.formats.isonames`), because ironic and older readers look only at those.
 It is built in-process with pycdlib; nothing is written to a temporary directory.
-Reading an image back is configdrive/isoreader.py.
+Reading an image back is configdrive/formats/isoreader.py.
 
 pycdlib is imported inside the functions: ``configdrive --help`` must not pay for it.
 """

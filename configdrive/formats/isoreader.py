@@ -30,7 +30,7 @@ _EC2_PRIMARY_FILES = {"meta_data.json": "meta-data.json", "user_data": "user-dat
 # directory each time a record points at it, so cross-linked directories (records that
 # point at their own directory, at a parent, or many at one large extent) made an 8.8 MB
 # image take 1.6 GB. Here each directory extent is read once, every read is charged to
-# a Budget (configdrive.drivefiles), and file data is only listed until it is needed.
+# a Budget (configdrive.files.drivefiles), and file data is only listed until it is needed.
 
 _JOLIET_ESCAPES = (b"%/@", b"%/C", b"%/E")     # UCS-2 levels 1-3
 _SUPPLEMENTARY = 2

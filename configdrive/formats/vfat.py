@@ -9,8 +9,8 @@ API (PyFatFS, and FatIO) is not used: it imports PyFilesystem2, whose namespace 
 needs pkg_resources, which setuptools 81 removed; and its mkfs writes an uppercase label
 entry that disagrees with the boot sector and fills the image cluster by cluster.
 
-The geometry is configdrive/fatgeometry.py's, the names configdrive/fatnames.py's; reading
-an image back is configdrive/fatreader.py.
+The geometry is fatgeometry.py's, the names fatnames.py's (beside this module in
+configdrive/formats/); reading an image back is fatreader.py.
 """
 
 from __future__ import annotations

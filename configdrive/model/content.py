@@ -1,6 +1,6 @@
 """One normalized model of what a config drive carries (:class:`Content`).
 
-Every producer (files on the command line, configdrive/inputs.py; an ironic-style request;
+Every producer (files on the command line, configdrive/model/inputs.py; an ironic-style request;
 keyword arguments from Python) ends in the same :class:`Content`; the layout, the
 validator and the injector read only that. Nothing here touches a file or an image.
 """
@@ -52,7 +52,7 @@ class Content:
     random_seed: bool = False
     ec2: dict[str, Any] | None = None    # keys of ec2/<version>/meta-data.json to write as given
     # A NoCloud seed's network-config file as given (YAML, version 1 or 2); config
-    # drives carry network_data.json instead (configdrive/nocloud.py converts it).
+    # drives carry network_data.json instead (configdrive/model/nocloud.py converts it).
     network_config: bytes | None = None
 
     # -- derived facts the layout, the validator and the injector share --------------

@@ -1,6 +1,6 @@
 """What the command line's files say: each read with a bound, parsed and type-checked, and
-gathered into a :class:`~configdrive.content.Content` (build) or
-:class:`~configdrive.remaster.Changes` (build --from). ``-`` is standard input."""
+gathered into a :class:`~configdrive.model.content.Content` (build) or
+:class:`~configdrive.model.remaster.Changes` (build --from). ``-`` is standard input."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def read_bytes(path: str, what: str = "input", limit: int | None = None, *, regu
     """A file's bytes; ``-`` is standard input. With ``limit``, a file holding more than
     ``limit`` bytes is refused after reading at most one byte more. With ``regular``, the
     file itself must be a regular file, opened without following a link and judged by
-    fstat of that descriptor (configdrive/dirfd.py): a name in a directory others can
+    fstat of that descriptor (configdrive/files/dirfd.py): a name in a directory others can
     write may be swapped for a link to a host file at any moment."""
     try:
         if path == "-":

@@ -44,7 +44,7 @@ class Expected:
 def parse_checksum(spec: str, image_name: str, http_options: dict | None = None) -> Expected:
     """``ALGO:HEX``, or a checksum file/URL whose line for ``image_name`` (by base name;
     a file with a single line needs no name) gives the digest. ``http_options``: as for
-    the image's own download (partition.source.HttpSource)."""
+    the image's own download (partition.images.source.HttpSource)."""
     m = _SPEC.match(spec.strip())
     if m:
         return _expected(m.group(1).lower(), m.group(2), spec)

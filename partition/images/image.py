@@ -5,14 +5,14 @@ The chain, one small reader per job (coreos-installer style)::
     source (file | stdin | http)  ->  hash + count  ->  decompress (by magic)
         ->  format (raw | qcow2)  ->  extents (offset, length, data or None for zeros)
 
-Formats and compressors are told by their content, never by a name (partition/formats.py:
+Formats and compressors are told by their content, never by a name (partition/images/formats.py:
 containers we do not convert are refused by name). One layer of compression (gzip, xz,
 zstd) around a raw or qcow2 image is accepted.
 
 A source we cannot account for is refused before any target is touched: an empty one, one
 shorter than a sector, a raw disk shorter than its own GPT says (when the length is known
 up front). Found only at the end of a stream, the same shortfall fails the copy, which
-then wipes the target's tables (partition/copy.py).
+then wipes the target's tables (partition/writing/copy.py).
 
 qcow2 needs random access (its metadata may lie anywhere, before or after the data), so:
 an uncompressed qcow2 in a local file is read in place with pread, and its checksum is
@@ -20,7 +20,7 @@ computed by a thread reading the same file in order; an uncompressed qcow2 over 
 from a server that serves byte ranges is read in place: its tables and the first MiB of
 its disk by a few Range requests, then its data in one forward pass in the file's order
 whatever the order of its clusters, each written at its virtual offset (``in_order``
-False; partition/ranged.py: no spool, memory bounded by the entries read). From a server
+False; partition/images/ranged.py: no spool, memory bounded by the entries read). From a server
 without ranges the same reads are whole-file passes, the first answer going on as the
 first: one for qemu-img's layout (two with a checksum: the hashing pass reads from the
 start), three at most (the first MiB's clusters lying behind the tables that map them).
@@ -58,12 +58,12 @@ class Buffers:
     """How much image data a deploy holds in flight: each read (a raw chunk, a qcow2 run
     of contiguous data, a forward skip or spool copy) is at most ``read_size`` bytes, and
     the copier's reader thread runs at most ``queue_depth`` batches of them ahead of the
-    writer (partition/copy.py). Passed down as a value, never set on a module: a constant
+    writer (partition/writing/copy.py). Passed down as a value, never set on a module: a constant
     patched for one deploy missed what was computed from it at import and every
     ``from ... import`` of it, and would leak into any other deploy running meanwhile.
     The defaults are the command line's (deep enough that reading, decompressing and
     writing overlap); an ironic ramdisk, where each byte is RAM the node needs, passes
-    fewer and smaller (configdrive/ironic/manager.py)."""
+    fewer and smaller (configdrive/engines/ironic/manager.py)."""
 
     queue_depth: int = 6
     read_size: int = READ_RUN      # 4 MiB, the qcow2 reader's own default
@@ -322,7 +322,7 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
                      detected="qcow2")
 
     if isinstance(source, HttpSource) and not compression and source.provable:
-        # Read in place by Range requests: no spool, memory bounded (partition/ranged.py);
+        # Read in place by Range requests: no spool, memory bounded (partition/images/ranged.py);
         # from a server without ranges, by passes through the whole file (tables, data).
         # A server that names no ETag or Last-Modified cannot be proven to send the same
         # file twice: spooled.

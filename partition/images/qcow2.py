@@ -19,7 +19,7 @@ data byte once; ``work`` counts the bytes read, and the fuzz tests hold it propo
 to the file's size.
 
 The file must allow random access: ``os.pread`` on a descriptor, or any object with
-``pread(offset, length)`` (partition/ranged.py reads an http(s) image by Range requests).
+``pread(offset, length)`` (partition/images/ranged.py reads an http(s) image by Range requests).
 The L2 tables converted are the tables checked: each one's digest is kept from the check
 and compared when it is read again, so a file changed in between (or a server answering
 the same Range differently) fails instead of feeding unchecked entries to the converter.
@@ -96,8 +96,8 @@ class Qcow2:
                  read_run: int = READ_RUN):
         """``head_first``: convert in the file's order (``extents_by_host``), giving the
         first ``head_first`` bytes of the virtual disk before the rest; ``fd`` must then
-        also have ``read_spans`` (partition/ranged.py). ``read_run``: the most read (and
-        handed on) at once (partition/image.py's ``Buffers.read_size``)."""
+        also have ``read_spans`` (partition/images/ranged.py). ``read_run``: the most read (and
+        handed on) at once (partition/images/image.py's ``Buffers.read_size``)."""
         self.fd, self.file_size, self.name = fd, file_size, name
         self.read_run = read_run
         self.head_first = head_first
@@ -527,7 +527,7 @@ class Qcow2:
 
     def extents_by_host(self, before_data=None) -> Iterator[tuple[int, int, bytes | None]]:
         """The virtual disk as extents in the file's order, for a reader that goes forward
-        (partition/ranged.py): first the pieces below ``head_first`` in virtual order
+        (partition/images/ranged.py): first the pieces below ``head_first`` in virtual order
         (their bytes fetched by read_spans, or by the stream where they lie first), then,
         after ``before_data()``, the data and compressed clusters in the order they lie in
         the file, each at its virtual offset, with the zero runs (known from the tables): one forward pass whatever

@@ -286,7 +286,7 @@ class RangedReader:
 
 class Unforwardable(PartitionError):
     """A server without ranges, an image whose tables do not lie in the file's first
-    PREPASS bytes in the order they are read: spool it instead (partition/image.py)."""
+    PREPASS bytes in the order they are read: spool it instead (partition/images/image.py)."""
 
 
 def _coalesce(runs: list[list[int]], allowance: int) -> list[list[list[int]]]:

@@ -1,6 +1,8 @@
-"""One view of a disk's partition table, GPT or MBR, in bytes: read it (finding the
-sector size it was made for), move a misplaced backup GPT to the disk's end, and add a
-partition. Callers never need to know which kind of table a disk has."""
+"""Partition tables in bytes: here one view of a disk's table, GPT or MBR (``gpt``,
+``mbr``): read it (finding the sector size it was made for), move a misplaced backup GPT to
+the disk's end, and add a partition; callers never need to know which kind a disk has.
+Beside it, the config partition found or planned (``config_partition``) and what a range of
+bytes holds (``probe``)."""
 
 from __future__ import annotations
 

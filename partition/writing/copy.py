@@ -18,7 +18,7 @@ Order of work, and why:
 4. The checksum of the source is verified; only then the last MiB and then the first MiB
    are written, each followed by fsync.
 5. With ``verify``: every extent written (held-back ends included) was fingerprinted on
-   the way down (partition/verify.py); the target's cache is dropped and all of it is
+   the way down (partition/writing/verify.py); the target's cache is dropped and all of it is
    read back from the device and compared. A difference is a failure like any other.
 6. On any failure after step 2, the target gets a fresh empty partition table (protective
    MBR, primary and backup GPT) unless ``preserve_on_error``: never a half-written
@@ -327,7 +327,7 @@ class _Writer:
     the head goes down), cover only bytes the image holds zeros in (dd semantics: nothing
     past its end), and fail like any write (the target is wiped).
 
-    Data goes to a block device around the page cache (O_DIRECT, partition/direct.py);
+    Data goes to a block device around the page cache (O_DIRECT, partition/writing/direct.py);
     what still goes through it (a file's data, part-sector ends, small pieces) is bounded
     without stalling: every SYNC_EVERY such bytes make a window that another thread has
     the kernel write out (``_writeback_job``), so that pwrite goes on filling the page

@@ -2,7 +2,7 @@
 
 Why: written through the page cache, every data byte is copied by the kernel into pages
 it must first allocate, and each page is then written out by the writeback we drive
-(partition/copy.py). On a 4 GiB image holding 1 GiB of data, on a RAM-backed loop device,
+(partition/writing/copy.py). On a 4 GiB image holding 1 GiB of data, on a RAM-backed loop device,
 that copy was 55-78% of the deploy's CPU samples and its cost swung from 0.4 to 2.4 s
 from run to run with the machine's memory state; the same 1 GiB written with O_DIRECT
 took 0.41-0.46 s with its fsync and 0.16-0.20 s of CPU, every time. What remains on our

@@ -1,4 +1,4 @@
-"""docscan (configdrive/docscan.py) against the parsers it stands in front of.
+"""docscan (configdrive/documents/docscan.py) against the parsers it stands in front of.
 
 - For any document json or PyYAML reads, the scan counts no fewer levels and values than
   the parser builds (JSON: exactly as many levels), so a document the scan lets through

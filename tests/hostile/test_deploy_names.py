@@ -229,7 +229,7 @@ def test_one_device_from_first_open_to_last_write(tmp_path_factory, disks, image
     finally:
         end()
     # fstat on a descriptor (not a stat of a path: the partitions' nodes are looked up by
-    # name on purpose, and proven by number, in partition/rescan.py).
+    # name on purpose, and proven by number, in partition/writing/rescan.py).
     seen = [f"{int(major, 0)}:{int(minor, 0)}" for major, minor in re.findall(
         r"(?:fstat|newfstatat)\(\d+, (?:\"\", )?\{st_mode=S_IFBLK\|\d+, "
         r"st_rdev=makedev\((\w+), (\w+)\)", log.read_text())]

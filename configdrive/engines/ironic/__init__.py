@@ -3,7 +3,7 @@
 
 Only the agent loads the manager (through the entry point
 ``ironic_python_agent.hardware_managers``); the rest of configdrive never imports this
-package, and ``configdrive.ironic.request`` works without the agent installed.
+package, and ``configdrive.engines.ironic.request`` works without the agent installed.
 """
 
 

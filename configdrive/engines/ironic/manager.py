@@ -56,7 +56,7 @@ MiB = 1 << 20
 # image.py's 4 MiB raw chunks (each joined from 1 MiB socket reads) held 21 to 27 MiB of
 # image data at once, which made the agent 27-32 MiB larger than with IPA's own path;
 # 2 chunks of 1 MiB hold a fraction of that, at no cost in time we could measure. The
-# command line keeps the defaults (partition.image.Buffers).
+# command line keeps the defaults (partition.images.image.Buffers).
 RAMDISK_BUFFERS = Buffers(queue_depth=2, read_size=1 * MiB)
 
 
@@ -338,8 +338,8 @@ def _innermost_frames(exc: BaseException | None):
 
 
 def _raised_in(exc: BaseException, modules: tuple[str, ...]) -> bool:
-    """Some error of the chain was raised in one of ``modules`` (partition.source: while
-    fetching bytes; partition.checksum: the digest did not match)."""
+    """Some error of the chain was raised in one of ``modules`` (partition.images.source: while
+    fetching bytes; partition.images.checksum: the digest did not match)."""
     return any(_in_modules(frame, modules) for _, frame in _innermost_frames(exc))
 
 
@@ -349,14 +349,14 @@ def _in_modules(frame, modules: tuple[str, ...]) -> bool:
 
 
 def _download_line(exc: BaseException) -> str:
-    """The failure's line without what partition/source.py adds about its own retry
+    """The failure's line without what partition/images/source.py adds about its own retry
     budget, which this manager sets to none (it retries whole requests itself)."""
     return re.sub(r" \(no retries left; \w+ sets them\)", "", str(exc))
 
 
 def _http_status(exc: BaseException) -> int | None:
     """The 4xx status of urllib's HTTPError under a download failure, if that is what it
-    was (partition/source.py retries 5xx, and raises a 4xx as final)."""
+    was (partition/images/source.py retries 5xx, and raises a 4xx as final)."""
     import urllib.error
     while exc is not None:
         if isinstance(exc, urllib.error.HTTPError) and exc.code < 500:
