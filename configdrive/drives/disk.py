@@ -14,42 +14,20 @@ from partition.tables import read_table
 
 from .drive import Located
 from ..errors import ConfigDriveError
+from ..files.window import Window
 
 
-class _Window:
+class _Window(Window):
     """A read-only view of ``fp`` from ``offset`` on, so that readers written for a drive
     that starts at byte 0 read one inside a partition."""
 
     def __init__(self, fp: BinaryIO, offset: int, size: int):
-        self._fp, self._offset, self._size, self._pos = fp, offset, size, 0
+        super().__init__(size)
+        self._fp, self._offset = fp, offset
 
-    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
-        self._pos = base + pos
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def read(self, n: int = -1) -> bytes:
-        n = self._size - self._pos if n is None or n < 0 else min(n, self._size - self._pos)
-        if n <= 0:
-            return b""
-        self._fp.seek(self._offset + self._pos)
-        data = self._fp.read(n)
-        self._pos += len(data)
-        return data
-
-    def readinto(self, buf) -> int:
-        data = self.read(len(buf))
-        buf[:len(data)] = data
-        return len(data)
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
+    def read_at(self, pos: int, n: int) -> bytes:
+        self._fp.seek(self._offset + pos)
+        return self._fp.read(n)
 
 
 def locate_drive_in_disk(fp: BinaryIO, path: str) -> Located:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from ..errors import ConfigDriveError
+from .window import Window
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO put where a file was must not hang the open; O_NOCTTY: a terminal
@@ -229,7 +230,7 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
-class HeldFile:
+class HeldFile(Window):
     """A regular file's bytes read through the descriptor that was judged, as a file object
     for pycdlib's ``add_fp``: exactly ``size`` bytes (fstat's when opened), read with pread
     so no offset is shared. There is no ``fileno``: pycdlib would take the file's mode from
@@ -238,29 +239,20 @@ class HeldFile:
     mode = "rb"   # what pycdlib looks for before it takes a file object
 
     def __init__(self, fd: int, size: int, name: str):
-        self.fd, self.size, self.name, self._pos = fd, size, name, 0
+        super().__init__(size)
+        self.fd, self.name = fd, name
 
-    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
-        self._pos = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence] + pos
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.size - self._pos if n is None or n < 0 else min(n, self.size - self._pos)
-        if n <= 0:
-            return b""
+    def read_at(self, pos: int, n: int) -> bytes:
         # all n bytes or an error: pycdlib takes a short read for the end of the file and
         # pads the rest silently, so the image would hold bytes that were never in it
         pieces = []
         while n:
-            data = os.pread(self.fd, n, self._pos)
+            data = os.pread(self.fd, n, pos)
             if not data:
                 raise ConfigDriveError(f"{self.name}: {self.size} bytes when opened, ended at byte "
-                                       f"{self._pos} while being read (changed during the build)")
+                                       f"{pos} while being read (changed during the build)")
             pieces.append(data)
-            self._pos += len(data)
+            pos += len(data)
             n -= len(data)
         return b"".join(pieces)
 
