@@ -4,7 +4,7 @@ The guest comes from scripts/e2e-guest.sh (Debian bookworm or trixie with cloud-
 looks only for a config drive and powers off when its final stage is done);
 scripts/e2e-guest-uefi.sh makes whole-disk UEFI images of it, and scripts/e2e-guest-glean.sh
 its glean variant (glean from PyPI, no cloud-init). Booting them is the public API's job
-(``configdrive boot`` and the ``booted_guest`` fixture, configdrive/boot.py): the tests in
+(``configdrive boot`` and the ``booted_guest`` fixture, configdrive/engines/boot.py): the tests in
 test_boot.py boot through it, so what users get is what these boots prove.
 """
 

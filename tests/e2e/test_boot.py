@@ -12,7 +12,7 @@ built once and cached, see scripts/e2e-guest.sh and scripts/e2e-guest-uefi.sh). 
 with ``make e2e`` or ``make test``; a plain ``pytest`` leaves these out.
 
 Every boot goes through the public API, as a datasource test author's would: the
-``booted_guest`` fixture (configdrive.pytest_plugin) or ``configdrive boot --json``; its
+``booted_guest`` fixture (configdrive.engines.pytest_plugin) or ``configdrive boot --json``; its
 verdict (datasource, source device, hostname, keys, rendered network, read from the
 guest's disk with debugfs) is checked beside the guest's own ``E2E key=value`` reports on
 its serial console.
@@ -35,8 +35,8 @@ from pathlib import Path
 import pytest
 
 from configdrive import ConfigDriveError
-from configdrive.qemu import GUEST_MAC, OVMF_CODE
-from configdrive.verdict import Verdict
+from configdrive.engines.qemu import GUEST_MAC, OVMF_CODE
+from configdrive.engines.verdict import Verdict
 from conftest import configdrive, is_root, out, run
 from guestvm import (KERNEL_CMDLINE, Guest, UefiDisks, build_glean_guest, build_guest,
                      build_uefi_disks)
