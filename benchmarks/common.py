@@ -53,6 +53,15 @@ def table(title: str, rows: list[tuple[str, float, float]], unit: str = "s") -> 
     return "\n".join(lines)
 
 
+def workdir(given: str | None, prefix: str):
+    """``--workdir`` (made if missing), or a new temporary directory named ``prefix``."""
+    import tempfile
+    from pathlib import Path
+    work = Path(given or tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
 def self_peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 

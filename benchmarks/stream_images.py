@@ -70,11 +70,10 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import RangeServer
+from common import RangeServer, workdir
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -249,8 +248,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--workdir", default=None, help="where sources and the disk-backed loop live")
     args = ap.parse_args()
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="stream-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = workdir(args.workdir, "stream-bench-")
     sizes = [int(float(s) * GiB) for s in args.sizes.split(",")]
     data = int(args.data_gib * GiB)
     results = []
