@@ -19,7 +19,8 @@ fleet in each round is the devices' floor: on each device at once, the image's d
 extents written with O_DIRECT beside its zero runs zeroed (stream_images.py's limit, no
 network), to which both routes are compared.
 Goal (issue 25): the fleet's wall time <= 0.7 of IPA's route, bytes <= 1.05x the file.
-The source is stream_images.py's cloud-image shape. Needs root (loop devices).
+The source is stream_images.py's cloud-image shape; ours is its `configdrive deploy`
+command, byte-compiled first as there. Needs root (loop devices).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ import time
 from pathlib import Path
 
 from common import RangeServer, workdir
-from stream_images import GiB, MiB, Limit, LoopDevice, finish, make_source, ours, start, warm
+from stream_images import (GiB, MiB, Limit, LoopDevice, byte_compiled, finish, make_source, ours,
+                           start, warm)
 
 
 def fleet(cmds: list[list], server: RangeServer) -> dict:
@@ -113,6 +115,7 @@ def main() -> int:
     ap.add_argument("--workdir", default=None, help="where the image is made and served from")
     args = ap.parse_args()
     work = workdir(args.workdir, "fleet-bench-")
+    byte_compiled()
     size = int(args.size_gib * GiB)
     raw, qcow = work / "src.raw", work / "disk.qcow2"
     make_source(raw, size, args.data_mib * MiB)
