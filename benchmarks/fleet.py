@@ -20,7 +20,20 @@ extents written with O_DIRECT beside its zero runs zeroed (stream_images.py's li
 network), to which both routes are compared.
 Goal (issue 25): the fleet's wall time <= 0.7 of IPA's route, bytes <= 1.05x the file.
 The source is stream_images.py's cloud-image shape; ours is its `configdrive deploy`
-command, byte-compiled first as there. Needs root (loop devices).
+command, byte-compiled first as there.
+
+Where a fleet's time goes (perf record -a during the fleets, wait4 of each deploy): on
+this 2-core machine a fleet is CPU-bound, its wall time about the CPU of all its deploys
+and the server over the cores it gets (other sessions' work takes its share too). Per
+deploy, ours and IPA's route spend CPU of the same order at this shape: about half of
+ours is the interpreter's start-up and imports, the rest the download and the O_DIRECT
+writes (mostly system time); the server, one Python process, is a small share. IPA's
+route writes through the page cache and pays at the `sync`: with other I/O or memory
+pressure its system time and wall time grow severalfold, ours (O_DIRECT, no cache) much
+less; so the ratio between the two swings from run to run more than the bytes and
+requests, which do not.
+
+Needs root (loop devices).
 """
 
 from __future__ import annotations
