@@ -25,9 +25,10 @@ command, byte-compiled first as there.
 Where a fleet's time goes (perf record -a during the fleets, wait4 of each deploy): on
 this 2-core machine a fleet is CPU-bound, its wall time about the CPU of all its deploys
 and the server over the cores it gets (other sessions' work takes its share too). Per
-deploy, ours and IPA's route spend CPU of the same order at this shape: about half of
-ours is the interpreter's start-up and imports, the rest the download and the O_DIRECT
-writes (mostly system time); the server, one Python process, is a small share. IPA's
+deploy, ours and IPA's route spend CPU of the same order at this shape: about a third of
+ours is the interpreter's start-up and imports (half, before they were byte-compiled),
+the rest the download and the O_DIRECT writes (mostly system time); the server, one
+Python process, is a small share. IPA's
 route writes through the page cache and pays at the `sync`: with other I/O or memory
 pressure its system time and wall time grow severalfold, ours (O_DIRECT, no cache) much
 less; so the ratio between the two swings from run to run more than the bytes and
@@ -162,6 +163,8 @@ def main() -> int:
             d.close()
         qcow.unlink(missing_ok=True)
         raw.unlink(missing_ok=True)
+        if not args.workdir:
+            work.rmdir()
     floor = statistics.median(r["wall"] for r in runs["limit"])
     report(summary(runs["ours"], file_size), summary(runs["ipa"], file_size), args.nodes, args.rounds)
     o, p = (statistics.median(r["wall"] for r in runs[who]) for who in ("ours", "ipa"))

@@ -316,6 +316,8 @@ def main() -> int:
                 dev.close()
     for p in sources:
         p.unlink(missing_ok=True)
+    if not args.workdir:
+        work.rmdir()
     worst = min(results, key=lambda r: r["ratio"])
     print(f"\n# slowest against its peer: {worst['case']} vs {worst['peer']}: {worst['ratio']:.2f}")
     return 0
