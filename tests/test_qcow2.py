@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import loop_device, need_tool, out, run
-from partition.copy import write_image
+from partition.writing.copy import write_image
 from partition.errors import PartitionError
 
 MiB = 1 << 20
