@@ -65,7 +65,11 @@ def fleet(cmds: list[list], server: RangeServer) -> dict:
     each: list = [None] * len(cmds)
 
     def one(i: int, proc: subprocess.Popen) -> None:
-        user, system, rss = finish(proc)
+        try:
+            user, system, rss = finish(proc)
+        except SystemExit as failed:          # a thread ends quietly on SystemExit: say why
+            print(failed, file=sys.stderr, flush=True)
+            return
         each[i] = (time.monotonic() - begun, user, system, rss)
     waiters = [threading.Thread(target=one, args=(i, start(cmd))) for i, cmd in enumerate(cmds)]
     for w in waiters:
