@@ -32,7 +32,9 @@ Python process, is a small share. IPA's
 route writes through the page cache and pays at the `sync`: with other I/O or memory
 pressure its system time and wall time grow severalfold, ours (O_DIRECT, no cache) much
 less; so the ratio between the two swings from run to run more than the bytes and
-requests, which do not.
+requests, which do not. On RAM-backed loops that pressure is partly the benchmark's own:
+each device's page cache holds what its backing file in /dev/shm holds again, which a
+real disk would not cost (kswapd shows in IPA's fleet, hardly in ours).
 
 Needs root (loop devices).
 """
