@@ -39,6 +39,12 @@ from typing import Iterator
 
 from .errors import PartitionError
 
+try:
+    from deflate import DeflateError as _libdeflate_error
+    from deflate import deflate_decompress as _libdeflate
+except ImportError:          # zlib alone is correct, only slower
+    _libdeflate, _libdeflate_error = None, Exception
+
 MAGIC = b"QFI\xfb"
 HEADER_V2 = struct.Struct(">4sIQIIQIIQQIIQ")          # up to snapshots_offset (72 bytes)
 HEADER_V3 = struct.Struct(">QQQII")                   # incompatible .. header_length (@72)
@@ -654,8 +660,7 @@ class Qcow2:
             errors = (zstandard.ZstdError,)
         try:
             if self.header.compression_type == 0:
-                # raw deflate (no zlib header); the data may run past its cluster
-                out = zlib.decompressobj(-15).decompress(data, self.cluster)
+                out = _inflate_deflate(data, self.cluster)
             else:
                 dctx = getattr(self._local, "zstd", None)
                 if dctx is None:
@@ -668,6 +673,22 @@ class Qcow2:
             raise PartitionError(f"{self.name}: compressed cluster at byte {coffset} (virtual "
                                  f"byte {voff}) holds {len(out)} bytes, not {self.cluster}")
         return out
+
+
+def _inflate_deflate(data, cluster: int):
+    """Raw deflate (no zlib header) into one cluster; the data may run past its stream.
+    libdeflate (the ``deflate`` package) inflates a whole buffer in one call at about
+    twice zlib's speed (measured: 0.30 s against 0.67 s of CPU for 256 MiB of text in
+    64 KiB clusters), releasing the GIL. Where it refuses, zlib decides, as qemu does: a
+    stream that fills the cluster need not end within the sectors its entry counts."""
+    if _libdeflate is not None:
+        try:
+            out = _libdeflate(data, cluster)
+        except _libdeflate_error:
+            out = None
+        if out is not None and len(out) == cluster:
+            return out
+    return zlib.decompressobj(-15).decompress(data, cluster)
 
 
 class _HostMap:
