@@ -30,7 +30,15 @@ def compression_of(head: bytes) -> str | None:
     return None
 
 
-def decompressing_reader(inner, kind: str, name: str) -> io.RawIOBase:
+def decompressing_reader(inner, kind: str, name: str, pread=None, size: int | None = None
+                         ) -> io.RawIOBase:
+    """``pread(offset, length)`` and ``size``: the compressed file is local, and an xz
+    file of many blocks is decompressed on all cores (partition/xzblocks.py)."""
+    if kind == "xz" and pread is not None and size is not None:
+        from .xzblocks import parallel_reader
+        reader = parallel_reader(inner, pread, size, name)
+        if reader is not None:
+            return reader
     if kind == "zstd":
         return _ZstdReader(inner, name)
     return _StdlibReader(inner, kind, name)
