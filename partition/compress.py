@@ -27,16 +27,25 @@ def compression_of(head: bytes) -> str | None:
     for kind, magic in MAGIC.items():
         if head.startswith(magic):
             return kind
+    if len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18":
+        return "zstd"        # a skippable frame first, as pzstd writes (zstd -d reads it)
     return None
 
 
 def decompressing_reader(inner, kind: str, name: str, pread=None, size: int | None = None
                          ) -> io.RawIOBase:
     """``pread(offset, length)`` and ``size``: the compressed file is local, and an xz
-    file of many blocks is decompressed on all cores (partition/xzblocks.py)."""
+    file of many blocks is decompressed on all cores (partition/xzblocks.py). A zstd
+    stream of many frames is, from any source whose reader can ``peek``
+    (partition/zstdframes.py)."""
     if kind == "xz" and pread is not None and size is not None:
         from .xzblocks import parallel_reader
         reader = parallel_reader(inner, pread, size, name)
+        if reader is not None:
+            return reader
+    if kind == "zstd" and hasattr(inner, "peek"):
+        from .zstdframes import parallel_reader as frames_reader
+        reader = frames_reader(inner, name)
         if reader is not None:
             return reader
     if kind == "zstd":

@@ -3,7 +3,7 @@
 ``OrderedPieces(units, budget, name)`` reads the plain bytes of a compressed stream cut
 into independent units (xz blocks: partition/xzblocks.py). ``units`` yields, in the
 stream's order, either ``Job(decode, claim)``: ``decode()`` runs on a pool thread and
-returns the unit's plain bytes, ``claim`` counting every byte it holds (compressed and
+returns the unit's plain bytes as a list of pieces, ``claim`` counting every byte it holds (compressed and
 plain, as its header says, never more than ``budget``); or ``Inline(pieces)``: an
 iterator decompressing a unit too large for the budget on the reading thread, piece by
 piece. The iterator reads the source itself, so ``units`` is not asked for more until
@@ -25,10 +25,15 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+# Jobs return their bytes in pieces of about this size, not whole: a fresh 24 MiB buffer
+# per xz block cost 600,000 page faults and 1.2 s of system time per 2 GiB (measured),
+# pieces of 1 MiB are reused by the allocator (85,000 faults, 0.18 s).
+PIECE = 1 << 20
+
 
 @dataclass(frozen=True)
 class Job:
-    decode: Callable[[], bytes]
+    decode: Callable[[], list]
     claim: int
 
 
@@ -48,6 +53,8 @@ class OrderedPieces(io.RawIOBase):
         self._more = True                 # ``units`` not used up
         self._pending = None              # a unit read but not yet started (over budget)
         self._piece, self._at = memoryview(b""), 0
+        self._current = None              # the pieces being handed out
+        self._inline = None               # the Inline they come from, if they do
 
     def readable(self) -> bool:
         return True
@@ -73,26 +80,43 @@ class OrderedPieces(io.RawIOBase):
 
     def _next_piece(self) -> bool:
         while True:
+            if self._current is not None:
+                piece = next(self._current, None)
+                if piece is not None:
+                    self._piece, self._at = memoryview(piece), 0
+                    return True
+                if self._queue and self._queue[0] is self._inline:
+                    self._queue.popleft()        # used up: ``units`` may go on
+                self._current = self._inline = None
             if not self._queue:
                 self._pump()
                 if not self._queue:
                     return False
             head = self._queue[0]
             if isinstance(head, Inline):
-                piece = next(head.pieces, None)
-                if piece is None:
-                    self._queue.popleft()
-                    continue
-                self._piece, self._at = memoryview(piece), 0
-                return True
+                self._current, self._inline = head.pieces, head
+                continue
             future, claim = head
-            piece = future.result()      # a failed job raises its error here
+            pieces = future.result()     # a failed job raises its error here
             self._queue.popleft()
             self._claimed -= claim
             self._pump()                 # the next jobs start before this one is read
-            if piece:
-                self._piece, self._at = memoryview(piece), 0
-                return True
+            self._current = iter(pieces)
+
+    def read(self, size: int = -1) -> bytes:
+        """A whole piece is handed on as it is (RawIOBase.read would make a buffer of
+        ``size`` bytes and copy the piece into it, then copy it out again)."""
+        if self._at >= len(self._piece):
+            self._piece = memoryview(b"")
+            if not self._next_piece():
+                return b""
+        left = len(self._piece) - self._at
+        if self._at == 0 and (size < 0 or size >= left):
+            self._at = left
+            return self._piece.obj
+        n = left if size < 0 else min(size, left)
+        self._at += n
+        return bytes(self._piece[self._at - n: self._at])
 
     def readinto(self, buf) -> int:
         if self._at >= len(self._piece):

@@ -28,9 +28,10 @@ import lzma
 import struct
 import zlib
 from dataclasses import dataclass
+from itertools import chain
 
 from .errors import PartitionError
-from .ordered import Inline, Job, OrderedPieces
+from .ordered import PIECE, Inline, Job, OrderedPieces
 from .source import read_full
 
 HEADER_MAGIC, FOOTER_MAGIC = b"\xfd7zXZ\x00", b"YZ"
@@ -144,7 +145,7 @@ def _parse_index(index: bytes) -> list[tuple[int, int]]:
     return blocks
 
 
-def parallel_reader(inner, pread, size: int, name: str, piece: int = INPUT_CHUNK):
+def parallel_reader(inner, pread, size: int, name: str, piece: int = PIECE):
     """An ``OrderedPieces`` reader of the plain bytes of the xz file read forward from
     ``inner``, or None when its blocks cannot be decoded apart (one block, no index)."""
     streams = read_streams(pread, size)
@@ -170,6 +171,12 @@ def _units(inner, streams: list[Stream], size: int, name: str, piece: int):
         if zeros.count(0) != len(zeros):
             raise PartitionError(f"{name}: xz stream padding at byte {pos - len(zeros)} is not zeros")
 
+    def chunks(n: int):
+        while n:
+            data = take(min(INPUT_CHUNK, n), "block")
+            n -= len(data)
+            yield data
+
     for stream in streams:
         padding(stream.start)
         if take(12, "stream header") != stream.header:
@@ -179,10 +186,11 @@ def _units(inner, streams: list[Stream], size: int, name: str, piece: int):
             at, padded = pos, _padded(unpadded)
             tail = _mini_index(unpadded, plain, stream.header[6:8])
             if padded + plain <= BLOCK_LIMIT:
-                block = take(padded, "block")
-                yield Job(_decoder(stream.header, block, tail, plain, at, name), padded + plain)
+                block = list(chunks(padded))      # read here, in order; decoded on a thread
+                yield Job(lambda block=block, tail=tail, plain=plain, at=at: list(
+                    _decode(stream.header, block, tail, plain, at, name, piece)), padded + plain)
             else:
-                yield Inline(_inline(take, stream.header, padded, tail, plain, at, name, piece))
+                yield Inline(_decode(stream.header, chunks(padded), tail, plain, at, name, piece))
         index_at = pos
         if take(len(stream.index), "index") != stream.index:
             raise PartitionError(f"{name}: the xz index at byte {index_at} changed while it was read")
@@ -198,51 +206,33 @@ def _mini_index(unpadded: int, plain: int, flags: bytes) -> bytes:
     return index + struct.pack("<I", zlib.crc32(backward)) + backward + FOOTER_MAGIC
 
 
-def _decoder(header: bytes, block: bytes, tail: bytes, plain: int, at: int, name: str):
-    def decode() -> bytes:
-        d = lzma.LZMADecompressor(lzma.FORMAT_XZ)
-        try:
-            out = d.decompress(header + block + tail, plain)
-            extra = b"" if d.eof else d.decompress(b"", 1)
-        except lzma.LZMAError as exc:
-            raise PartitionError(f"{name}: corrupt xz block at compressed byte {at}: {exc}") from exc
-        _held_to(d, len(out), extra, plain, at, name)
-        return out
-    return decode
-
-
-def _inline(take, header: bytes, padded: int, tail: bytes, plain: int, at: int, name: str,
-            piece: int):
-    """A block too large for a thread, decoded as it is read, ``piece`` bytes at a time."""
+def _decode(header: bytes, block, tail: bytes, plain: int, at: int, name: str, piece: int):
+    """One block, as a stream of its own (``header``, the ``block``'s compressed chunks,
+    ``tail``: its one-record index and footer), ``piece`` plain bytes at a time; never
+    more than the ``plain`` bytes its record claims."""
     d = lzma.LZMADecompressor(lzma.FORMAT_XZ)
-    done, left, data = 0, padded, header
+    inputs = chain([header], block, [tail])
+    done = 0
     try:
-        while True:
+        while not d.eof:
+            data = b""
+            if d.needs_input:
+                data = next(inputs, None)
+                if data is None:
+                    break
             out = d.decompress(data, min(piece, plain - done + 1))
             done += len(out)
             if done > plain:
                 break
             if out:
                 yield out
-            if d.eof:
-                break
-            if d.needs_input:
-                if left:
-                    data = take(min(INPUT_CHUNK, left), "block")
-                    left -= len(data)
-                elif tail:
-                    data, tail = tail, b""
-                else:
-                    break
-            else:
-                data = b""
     except lzma.LZMAError as exc:
         raise PartitionError(f"{name}: corrupt xz block at compressed byte {at}: {exc}") from exc
-    _held_to(d, done, b"" if not (left or tail) else b"?", plain, at, name)
+    _held_to(d, done, plain, at, name)
 
 
-def _held_to(d, done: int, extra: bytes, plain: int, at: int, name: str) -> None:
-    if extra or done > plain:
+def _held_to(d, done: int, plain: int, at: int, name: str) -> None:
+    if done > plain:
         raise PartitionError(f"{name}: the xz block at compressed byte {at} holds more than "
                              f"the {plain} bytes its index record says")
     if not d.eof or done != plain:

@@ -114,20 +114,35 @@ def _pread(path: Path):
     return lambda offset, n: os.pread(fd, n, offset)
 
 
-def deploy_fails_and_wipes(image: Path, tmp_path: Path, *words: str) -> str:
+def deploy_fails_and_wipes(image: Path, tmp_path: Path, monkeypatch, *words: str) -> str:
+    """A deploy of ``image`` fails in one line. As a command: exit 1, and the disk is not
+    the image (a fault found while the first MiB is still being read leaves the disk
+    untouched: refused before the target is touched). With little read ahead (one MiB
+    at a time, a small pool budget), the fault comes after the disk is touched: it ends
+    with an empty table."""
     with disk_target(tmp_path) as dev:
         proc = configdrive("deploy", "--device", dev, "--image", image, check=False)
         assert proc.returncode == 1, proc.stderr
         lines = proc.stderr.decode().strip().splitlines()
         assert len(lines) == 1, lines
-        for word in words:
-            assert word in lines[0], lines[0]
-        assert "empty partition table" in lines[0]
+        assert all(word in lines[0] for word in words), lines[0]
+        assert_not_the_image(dev, empty_table="empty partition table" in lines[0])
+    from partition import xzblocks, zstdframes
+    from partition.errors import PartitionError
+    from partition.image import Buffers
+    for module in (xzblocks, zstdframes):
+        monkeypatch.setattr(module, "BUDGET", 2 * MiB)
+    with disk_target(tmp_path) as dev:
+        with pytest.raises(PartitionError) as info:
+            write_image(str(image), dev, buffers=Buffers(queue_depth=1, read_size=MiB))
+        line = str(info.value)
+        assert "\n" not in line and all(word in line for word in words), line
+        assert "empty partition table" in line
         assert_not_the_image(dev, empty_table=True)
-        return lines[0]
+    return line
 
 
-def test_a_corrupt_block_fails_in_its_worker_and_wipes(disk, tmp_path):
+def test_a_corrupt_block_fails_in_its_worker_and_wipes(disk, tmp_path, monkeypatch):
     image = xz(disk, "-T2", "--block-size=1MiB")
     offset, unpadded, _ = blocks_of(image)[14]
     data = bytearray(image.read_bytes())
@@ -135,7 +150,7 @@ def test_a_corrupt_block_fails_in_its_worker_and_wipes(disk, tmp_path):
     bad = tmp_path / "bad.xz"
     bad.write_bytes(bytes(data))
     assert subprocess.run(["xz", "-t", bad], capture_output=True).returncode != 0
-    line = deploy_fails_and_wipes(bad, tmp_path, str(bad), f"byte {offset}")
+    line = deploy_fails_and_wipes(bad, tmp_path, monkeypatch, str(bad), f"byte {offset}")
     assert "corrupt xz block" in line
 
 
@@ -155,14 +170,16 @@ def _with_claims(image: Path, claim) -> bytes:
     return data[:index_at] + index + struct.pack("<I", zlib.crc32(tail)) + tail + b"YZ"
 
 
+# VmHWM, not ru_maxrss: across a fork and exec ru_maxrss keeps the parent's (pytest's).
 PEAK_RSS = """
-import resource, sys
+import sys
 from partition.copy import write_image
 try:
     write_image(sys.argv[1], sys.argv[2])
 except Exception as exc:
     print(str(exc).splitlines()[0])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+status = open("/proc/self/status").read()
+print(int(status.split("VmHWM:")[1].split()[0]) // 1024)
 """
 
 
@@ -195,3 +212,111 @@ def test_an_index_claiming_more_than_the_file_is_left_to_the_serial_reader(disk,
     assert xzblocks.read_streams(_pread(hostile), len(broken)) is None
     with pytest.raises(Exception, match="corrupt xz data"):
         write_image(str(hostile), str(tmp_path / "out.raw"))
+
+
+def zstd_of(raw: Path, tmp_path: Path, how: str) -> Path:
+    """``how``: "pzstd" (frames of its own, each after a skippable frame), "joined"
+    (``zstd`` run on pieces, concatenated: frames with their content size), "T0" (one
+    frame), "stdin" (one frame without its content size)."""
+    need_tool("zstd", "pzstd")
+    out = tmp_path / f"{how}.zst"
+    data = raw.read_bytes()
+    if how == "pzstd":
+        run("pzstd", "-q", "-f", "-p", "2", raw, "-o", out)
+    elif how == "joined":
+        parts = []
+        for i in range(0, len(data), 3 * MiB):
+            piece = tmp_path / f"piece{i}"
+            piece.write_bytes(data[i: i + 3 * MiB])
+            parts.append(run("zstd", "-q", "-c", "--content-size", piece).stdout)
+        out.write_bytes(b"".join(parts))
+    elif how == "T0":
+        out.write_bytes(run("zstd", "-q", "-T0", "-c", raw).stdout)
+    else:
+        out.write_bytes(run("zstd", "-q", "-c", input=data).stdout)
+    return out
+
+
+def system_zstd(image: Path, tmp_path: Path) -> Path:
+    ref = tmp_path / "ref.raw"
+    ref.write_bytes(run("zstd", "-dc", image).stdout)
+    return ref
+
+
+@pytest.mark.parametrize("how", ["pzstd", "joined", "T0", "stdin"])
+def test_zstd_frames_equal_zstd(how, disk, tmp_path):
+    from partition import zstdframes
+    from partition.image import _Peek
+    image = zstd_of(disk, tmp_path, how)
+    pooled = zstdframes.parallel_reader(_Peek(open(image, "rb")), "x")
+    assert (pooled is not None) == (how != "stdin")   # T0: one frame of 24 MiB, a job
+    target = tmp_path / "out.raw"
+    write_image(str(image), str(target))
+    assert same(target, system_zstd(image, tmp_path))
+
+
+def test_zstd_frames_over_a_thread_limit_are_read_inline(disk, tmp_path, monkeypatch):
+    from partition import zstdframes
+    image = tmp_path / "mixed.zst"
+    image.write_bytes(zstd_of(disk, tmp_path, "joined").read_bytes()
+                      + zstd_of(disk, tmp_path, "stdin").read_bytes()
+                      + zstd_of(disk, tmp_path, "pzstd").read_bytes())
+    monkeypatch.setattr(zstdframes, "FRAME_LIMIT", 5 * MiB)
+    target = tmp_path / "out.raw"
+    write_image(str(image), str(target))
+    assert same(target, system_zstd(image, tmp_path))
+    with open(image, "rb") as fp:       # and from a pipe: no index needed
+        subprocess.run([sys.executable, "-c", "import sys; from partition.copy import "
+                        "write_image; write_image('-', sys.argv[1])", tmp_path / "piped.raw"],
+                       stdin=fp, check=True, cwd=Path(__file__).parent.parent)
+    assert same(tmp_path / "piped.raw", target)
+
+
+def test_a_corrupt_zstd_frame_fails_in_its_worker_and_wipes(disk, tmp_path, monkeypatch):
+    image = zstd_of(disk, tmp_path, "joined")
+    data = bytearray(image.read_bytes())
+    from partition.zstdframes import content_size
+    second = data.index(b"\x28\xb5\x2f\xfd", 8)
+    for _ in range(20):        # from the third frame (at 6 MiB): one with a block of data
+        second = data.index(b"\x28\xb5\x2f\xfd", second + 8)
+        first_block = second + content_size(bytes(data[second: second + 18]))[0]
+        if int.from_bytes(data[first_block: first_block + 3], "little") >> 3 > 100:
+            break
+    data[first_block + 3 + 50] ^= 0x55                 # inside its first block's payload
+    bad = tmp_path / "bad.zst"
+    bad.write_bytes(bytes(data))
+    assert run("zstd", "-t", bad, check=False).returncode != 0
+    line = deploy_fails_and_wipes(bad, tmp_path, monkeypatch, str(bad), f"byte {second}")
+    assert "corrupt zstd frame" in line
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_zstd_frame_claiming_a_huge_size_costs_no_memory(first, disk, tmp_path):
+    """Frame headers claiming 4 GiB - 1 (the 4-byte content size field's most): every
+    frame's (the first too large: the serial reader), or all but the first's (those read
+    inline a piece at a time); refused where the library finds the lie."""
+    import struct as st
+    image = zstd_of(disk, tmp_path, "joined")
+    data = bytearray(image.read_bytes())
+    fd = data[4]
+    assert fd >> 6 == 2                      # 4-byte content size, as zstd writes for 3 MiB
+    hostile = tmp_path / "hostile.zst"
+    # the same frames, each header's content size claiming 4 GiB - 1 (the 4-byte field's most)
+    at = 0
+    while True:
+        at = data.find(b"\x28\xb5\x2f\xfd", at)
+        if at < 0:
+            break
+        if data[at + 4] == fd and (at or first):
+            single = (fd >> 5) & 1
+            field = at + 5 + (0 if single else 1)
+            data[field: field + 4] = st.pack("<I", 0xFFFFFFFF)
+        at += 4
+    hostile.write_bytes(bytes(data))
+    assert run("zstd", "-t", hostile, check=False).returncode != 0
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS, hostile, tmp_path / "out.raw"],
+                          capture_output=True, check=True, cwd=Path(__file__).parent.parent)
+    message, peak_mib = proc.stdout.decode().splitlines()
+    assert "hostile.zst" in message and "compressed byte" in message, message
+    assert "corrupt zstd" in message or "holds" in message, message
+    assert int(peak_mib) < 200, peak_mib
