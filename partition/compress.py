@@ -76,7 +76,14 @@ class _StdlibReader(io.RawIOBase):
         return data
 
     def readinto(self, buf) -> int:
-        want = len(buf)
+        out = self.read(len(buf))
+        buf[: len(out)] = out
+        return len(out)
+
+    def read(self, size: int = -1) -> bytes:
+        """What zlib or lzma gave, as it is (RawIOBase.read would copy it into a buffer
+        of ``size`` bytes made for the call, then copy it out again)."""
+        want = size if size > 0 else INPUT_CHUNK
         while not self._done:
             if self._d.eof:
                 self._next_member()
@@ -94,12 +101,11 @@ class _StdlibReader(io.RawIOBase):
                 raise PartitionError(f"{self._name}: corrupt {self._kind} data near compressed "
                                      f"byte {self._consumed}: {exc}") from exc
             if out:
-                buf[: len(out)] = out
-                return len(out)
+                return out
             if not data and not self._d.eof:
                 raise PartitionError(f"{self._name}: truncated {self._kind} stream (ends at "
                                      f"compressed byte {self._consumed})")
-        return 0
+        return b""
 
     def _next_member(self) -> None:
         """After one member/stream: another may follow; zero padding may end the file
@@ -146,14 +152,20 @@ class _ZstdReader(io.RawIOBase):
         return True
 
     def readinto(self, buf) -> int:
+        out = self.read(len(buf))
+        buf[: len(out)] = out
+        return len(out)
+
+    def read(self, size: int = -1) -> bytes:
+        """As zstandard's reader gives it (see _StdlibReader.read)."""
         try:
-            n = self._reader.readinto(buf)
+            out = self._reader.read(size if size > 0 else INPUT_CHUNK)
         except self._error as exc:
             raise PartitionError(f"{self._name}: corrupt zstd data near compressed byte "
                                  f"{self._frames.offset}: {exc}") from exc
-        if n == 0:
+        if not out:
             self._frames.finish()
-        return n
+        return out
 
 
 class _Tap:

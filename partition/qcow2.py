@@ -524,12 +524,23 @@ class Qcow2:
     def _inflate_run(self, compressed, raw):
         """Each (entry, virtual offset, length) of ``compressed`` inflated from its ``raw``
         bytes; zlib and zstd release the GIL, so a run's clusters go to all cores."""
+        workers = os.cpu_count() or 2
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor   # only when needed
-            self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
-                                            thread_name_prefix="qcow2-inflate")
-        return self._pool.map(lambda c, data: self._inflate(data, c[0], c[1])[:c[2]],
-                              compressed, raw)
+            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qcow2-inflate")
+        # A job per share of the run, not per cluster: a future per 64 KiB cluster cost
+        # more than a tenth of the inflating itself (measured on 256 MiB of text).
+        step = -(-len(compressed) // (2 * workers))
+        jobs = [self._pool.submit(self._inflate_share, compressed[at: at + step], raw[at: at + step])
+                for at in range(0, len(compressed), step)]
+        return (data for job in jobs for data in job.result())
+
+    def _inflate_share(self, compressed, raw) -> list:
+        out = []
+        for (entry, voff, length), data in zip(compressed, raw):
+            data = self._inflate(data, entry, voff)
+            out.append(data if length == len(data) else data[:length])   # a cut copies
+        return out
 
     def extents_by_host(self, before_data=None) -> Iterator[tuple[int, int, bytes | None]]:
         """The virtual disk as extents in the file's order, for a reader that goes forward

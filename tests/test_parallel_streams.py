@@ -81,8 +81,13 @@ def test_xz_blocks_equal_xz(args, disk, tmp_path):
     if pooled is not None:
         pooled.close()
     target = tmp_path / "out.raw"
-    write_image(str(image), str(target))
+    write_image(str(image), str(target), checksum="sha256:" + sha256(image))   # hashed as read
     assert same(target, system_xz(image, tmp_path))
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_xz_streams_and_padding_equal_xz(disk, tmp_path):
@@ -251,7 +256,7 @@ def test_zstd_frames_equal_zstd(how, disk, tmp_path):
     pooled = zstdframes.parallel_reader(_Peek(open(image, "rb")), "x")
     assert (pooled is not None) == (how != "stdin")   # T0: one frame of 24 MiB, a job
     target = tmp_path / "out.raw"
-    write_image(str(image), str(target))
+    write_image(str(image), str(target), checksum="sha256:" + sha256(image))
     assert same(target, system_zstd(image, tmp_path))
 
 
