@@ -34,12 +34,12 @@ from pathlib import Path
 
 from common import median_seconds, table
 
-from configdrive import iso, vfat
-from configdrive.content import InjectedFile
-from configdrive.inputs import content_from_files
-from configdrive.extract import extract
+from configdrive.formats import iso, vfat
+from configdrive.model.content import InjectedFile
+from configdrive.model.inputs import content_from_files
+from configdrive.drives.extract import extract
 from configdrive.examples import example_paths
-from configdrive.layout import build_tree
+from configdrive.model.layout import build_tree
 
 EPOCH = 1700000000
 NOVA_ISO_FLAGS = ["-ldots", "-allow-lowercase", "-allow-multidot", "-l", "-publisher", "bench",

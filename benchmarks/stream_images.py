@@ -101,7 +101,7 @@ def timed(cmd: list[str]) -> tuple[float, float, int]:
 def ours(image: Path, target: str) -> list[str]:
     """The Python API a deploy agent calls (partition.copy.write_image), in a fresh
     interpreter so its start-up counts as qemu-img's does."""
-    code = "import sys; from partition.copy import write_image; write_image(sys.argv[1], sys.argv[2])"
+    code = "import sys; from partition.writing.copy import write_image; write_image(sys.argv[1], sys.argv[2])"
     return [PY, "-c", code, str(image), target]
 
 

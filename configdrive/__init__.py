@@ -5,7 +5,7 @@ or vfat image), :func:`open_drive` (an image, a directory or a whole disk -> a
 :class:`Drive` with its tree), and :class:`ConfigDriveError` (every refusal, one line).
 
 The names are imported on first use (PEP 562): the pytest plugin
-(configdrive.pytest_plugin) is loaded by every pytest run of everyone who installed
+(configdrive.engines.pytest_plugin) is loaded by every pytest run of everyone who installed
 configdrive, and importing this package must not cost them the drive modules.
 """
 
@@ -15,9 +15,9 @@ import importlib
 
 # (Also so that `configdrive --help` and a deploy agent that only writes images do not
 # pay for the drive builder's modules at start-up.)
-_PUBLIC = {"Content": "content", "InjectedFile": "content", "content_from_files": "inputs",
-           "Drive": "drive", "build": "builder", "open_drive": "reader",
-           "ConfigDriveError": "errors"}
+_PUBLIC = {"Content": "model.content", "InjectedFile": "model.content",
+           "content_from_files": "model.inputs", "Drive": "drives.drive", "build": "drives.builder",
+           "open_drive": "drives.reader", "ConfigDriveError": "errors"}
 
 __all__ = list(_PUBLIC)
 

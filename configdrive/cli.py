@@ -82,7 +82,7 @@ def has_content_options(args: argparse.Namespace) -> bool:
 def _admin_pass(args: argparse.Namespace) -> str | None:
     """The password the options give, after the checks every content command shares: at
     most one input reads stdin, and a password on the command line is warned about."""
-    from .inputs import read_admin_pass
+    from .model.inputs import read_admin_pass
     from .errors import ConfigDriveError
     readers = [opt for opt, value in (("--meta-data", args.meta_data), ("--user-data", args.user_data),
                                       ("--network-data", args.network_data), ("--vendor-data", args.vendor_data),
@@ -101,7 +101,7 @@ def _admin_pass(args: argparse.Namespace) -> str | None:
 
 
 def content_from_args(args: argparse.Namespace):
-    from .inputs import content_from_files
+    from .model.inputs import content_from_files
     from .examples import example_paths
     admin_pass = _admin_pass(args)
     ex = example_paths() if args.example else {}
@@ -139,7 +139,7 @@ def _size(text: str) -> int:
 def _drive_size(text: str) -> int:
     """The size of a config drive (--size) or of the partition made for one
     (--config-size): what the vfat writer can make, 1 MiB to 2 GiB."""
-    from .fatgeometry import MAX_SIZE, MIN_SIZE
+    from .formats.fatgeometry import MAX_SIZE, MIN_SIZE
     size = _size(text)
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise argparse.ArgumentTypeError(f"{text!r}: a config drive takes {MIN_SIZE >> 20} MiB to "
@@ -150,7 +150,7 @@ def _drive_size(text: str) -> int:
 def _file_spec(spec: str) -> str:
     """``GUEST_PATH=LOCAL`` of --file, its form checked before anything is read; what the
     guest path says is validation's business (reported with the others, by pointer)."""
-    from .inputs import split_file_spec
+    from .model.inputs import split_file_spec
     try:
         split_file_spec(spec)
     except ValueError as exc:
@@ -161,7 +161,7 @@ def _file_spec(spec: str) -> str:
 def _mbr_type(text: str) -> int:
     """An MBR partition type id: one byte, in any base int() reads (0x99, 153, 0o231).
     Which bytes would change the partition's meaning is decided in one place for the
-    command line and the API (partition.config_partition.check_mbr_type)."""
+    command line and the API (partition.tables.config_partition.check_mbr_type)."""
     try:
         value = int(text, 0)
     except ValueError:
@@ -190,7 +190,7 @@ def _count(text: str) -> int:
 # -- handlers ----------------------------------------------------------------------
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from .builder import write_drive
+    from .drives.builder import write_drive
     from .errors import ConfigDriveError
     tree, fs, problems = _remastered(args) if args.source_drive else _built(args)
     if args.sector_size and fs != "vfat":
@@ -212,14 +212,14 @@ def cmd_build(args: argparse.Namespace) -> int:
 def _built(args: argparse.Namespace):
     """The tree of a new drive (a config drive or a NoCloud seed) from the content options,
     the filesystem that carries it, and what validation says of it."""
-    from .builder import NOCLOUD_FORMATS, default_label, drive_tree
+    from .drives.builder import NOCLOUD_FORMATS, default_label, drive_tree
     content = content_from_args(args)
     format = args.format or "iso"
     args.label = args.label or default_label(format)
     tree, fs = drive_tree(content, format, versions=args.versions, ec2=args.ec2)
     if not args.validate:
         return tree, fs, []
-    from .buildcheck import validate_build   # the checks' modules (and jsonschema) only when asked
+    from .drives.buildcheck import validate_build   # the checks' modules (and jsonschema) only when asked
     return tree, fs, validate_build(content, tree, label=args.label, versions=args.versions, ec2=args.ec2,
                                     source=args.output, consumers=format not in NOCLOUD_FORMATS)
 
@@ -227,13 +227,13 @@ def _built(args: argparse.Namespace):
 def _remastered(args: argparse.Namespace):
     """``--from``: the drive's tree with what the options name replaced, and what
     validation says of the result."""
-    from .builder import default_label
-    from .drive import Drive
-    from .reader import open_drive
+    from .drives.builder import default_label
+    from .drives.drive import Drive
+    from .drives.reader import open_drive
     from .errors import ConfigDriveError
-    from .drivecheck import validate_drive
-    from .inputs import changes_from_options
-    from .remaster import remaster
+    from .drives.drivecheck import validate_drive
+    from .model.inputs import changes_from_options
+    from .model.remaster import remaster
     nocloud = args.format is not None and args.format.startswith("nocloud")
     for given, option in ((args.example, "--example"), (args.versions, "--versions"), (not args.ec2, "--no-ec2"),
                           (nocloud, f"--format {args.format}")):
@@ -257,7 +257,7 @@ def _report_validation(problems, strict: bool) -> None:
     """Errors (and, with --strict, warnings) stop the build in one line (``validate``
     lists each); when the build goes on, its warnings are printed."""
     from .errors import ConfigDriveError
-    from .problems import refusal_line
+    from .documents.problems import refusal_line
     errors = [p for p in problems if p.severity == "error" or strict]
     if errors:
         raise ConfigDriveError(refusal_line(errors))
@@ -266,7 +266,7 @@ def _report_validation(problems, strict: bool) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .reader import open_drive
+    from .drives.reader import open_drive
     from .errors import one_line
     summary = open_drive(args.drive).summary()
     if args.json:   # json.dumps escapes control characters itself
@@ -300,7 +300,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from .extract import extract_drive
+    from .drives.extract import extract_drive
     from .errors import one_line
     drive = extract_drive(args.drive, args.dir)
     _say(args, one_line(f"extracted {len(drive.tree)} files from {args.drive} ({drive.format}) to {args.dir}"))
@@ -308,7 +308,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .pathcheck import validate_paths
+    from .drives.pathcheck import validate_paths
     problems = validate_paths(args.files, kind=args.kind)
     failing = [p for p in problems if p.severity == "error" or args.strict]
     for p in problems:
@@ -321,20 +321,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from .pack import pack_file
+    from .formats.pack import pack_file
     pack_file(args.drive, sys.stdout.write)
     print()
     return 0
 
 
 def cmd_unpack(args: argparse.Namespace) -> int:
-    from .pack import unpack_file
+    from .formats.pack import unpack_file
     image = unpack_file(args.text_file)
     if args.output == "-":
         write_stdout(image)
     else:
         from pathlib import Path
-        from .output import atomic_output
+        from .files.output import atomic_output
         with atomic_output(Path(args.output)) as fp:
             fp.write(image)
         _say(args, f"wrote {args.output}: {len(image)} bytes")

@@ -24,11 +24,13 @@ def main(target: str) -> None:
     import importlib
     with atheris.instrument_imports():
         # The targets import these lazily: import them here so that they are instrumented.
-        for name in ("partition.qcow2", "partition.gpt", "partition.mbr", "partition.tables",
-                     "partition.probe", "partition.config_partition", "partition.compress",
-                     "partition.image", "configdrive.iso", "configdrive.vfat", "configdrive.drive",
-                     "configdrive.disk", "configdrive.pack", "configdrive.content",
-                     "configdrive.checks", "configdrive.validate", "configdrive.layout"):
+        for name in ("partition.images.qcow2", "partition.tables.gpt", "partition.tables.mbr",
+                     "partition.tables", "partition.tables.probe", "partition.tables.config_partition",
+                     "partition.images.compress", "partition.images.image", "configdrive.formats.iso",
+                     "configdrive.formats.vfat", "configdrive.drives.drive", "configdrive.drives.disk",
+                     "configdrive.formats.pack", "configdrive.model.content",
+                     "configdrive.documents.checks", "configdrive.documents.validate",
+                     "configdrive.model.layout"):
             importlib.import_module(name)
     import targets
 

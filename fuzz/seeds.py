@@ -50,8 +50,8 @@ def _pattern(size: int) -> bytes:
 
 
 def _small_tree() -> dict[str, bytes]:
-    from configdrive.content import Content
-    from configdrive.layout import build_tree
+    from configdrive.model.content import Content
+    from configdrive.model.layout import build_tree
     content = Content(meta_data={"uuid": "83679162-1378-4288-a2d4-70e13ec132aa", "name": "fuzz",
                                  "public_keys": {"k": "ssh-ed25519 AAAA k"}},
                       user_data=b"#cloud-config\n{}\n",
@@ -95,7 +95,7 @@ def gpt_seeds(work: Path) -> list[bytes]:
              "-c", "2:config-v2", *_FIXED_GUIDS, disk)
         seeds.append(disk.read_bytes())
     # sfdisk here has no --sector-size: a 4096-byte-sector GPT from our own writer.
-    from partition.gpt import write_empty_gpt
+    from partition.tables.gpt import write_empty_gpt
     from partition.tables import add_partition, read_table
     fp = io.BytesIO(bytes(512 * KiB))
     guids = iter(uuid.UUID(int=n, version=4) for n in range(1, 100))   # fixed, for fixed seeds
@@ -137,7 +137,7 @@ def _tree_dir(work: Path) -> Path:
 
 
 def iso_seeds(work: Path) -> list[bytes]:
-    from configdrive import iso
+    from configdrive.formats import iso
     seeds = []
     # xorriso's mkisofs emulation (genisoimage's flags) honours SOURCE_DATE_EPOCH; genisoimage
     # stamps the current time into the volume descriptors.
@@ -153,7 +153,7 @@ def iso_seeds(work: Path) -> list[bytes]:
 
 
 def vfat_seeds(work: Path) -> list[bytes]:
-    from configdrive import vfat
+    from configdrive.formats import vfat
     seeds = []
     if _have("mkfs.vfat", "mcopy"):
         for name, size_kib, flags in (("fat12", 256, ["-F", "12"]), ("fat16", 2200, ["-F", "16", "-s", "1"])):
@@ -218,7 +218,7 @@ def compress_seeds(work: Path) -> list[bytes]:
 def build(work: Path) -> dict[str, list[bytes]]:
     """{target name: [seed bytes]} for every target of fuzz/targets.py."""
     work.mkdir(parents=True, exist_ok=True)
-    from configdrive.pack import pack
+    from configdrive.formats.pack import pack
     qcow2 = qcow2_seeds(work)
     gpt, mbr = gpt_seeds(work), mbr_seeds(work)
     isos, fats, disks = iso_seeds(work), vfat_seeds(work), disk_with_drive_seeds(work)

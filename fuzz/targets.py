@@ -72,14 +72,14 @@ def consume_extents(extents, virtual_size: int | None) -> None:
 # -- targets ------------------------------------------------------------------------------
 
 def qcow2(data: bytes) -> None:
-    from partition.qcow2 import Qcow2
+    from partition.images.qcow2 import Qcow2
     with memfile(data) as (fd, _):
         image = Qcow2(fd, len(data), "fuzz.qcow2")
         consume_extents(image.extents(), image.virtual_size)
 
 
 def gpt(data: bytes) -> None:
-    from partition.gpt import read_gpt
+    from partition.tables.gpt import read_gpt
     for sector_size in (512, 4096):
         found = read_gpt(io.BytesIO(data), len(data), sector_size)
         if found is not None:
@@ -87,7 +87,7 @@ def gpt(data: bytes) -> None:
 
 
 def mbr(data: bytes) -> None:
-    from partition.mbr import read_mbr
+    from partition.tables.mbr import read_mbr
     for sector_size in (512, 4096):
         found = read_mbr(io.BytesIO(data), len(data), sector_size)
         if found is not None:
@@ -97,7 +97,7 @@ def mbr(data: bytes) -> None:
 def tables(data: bytes) -> None:
     """Read the table as deploy and placement do, then plan and add the config partition
     on a copy (the writers meet hostile tables too)."""
-    from partition.config_partition import create_config_partition, find_config_partition
+    from partition.tables.config_partition import create_config_partition, find_config_partition
     from partition.tables import read_table
     for sector_size in (None, 512, 4096):
         fp = io.BytesIO(data)
@@ -110,7 +110,7 @@ def tables(data: bytes) -> None:
 
 
 def probe(data: bytes) -> None:
-    from partition.probe import probe_filesystem
+    from partition.tables.probe import probe_filesystem
     probe_filesystem(io.BytesIO(data), 0)
 
 
@@ -128,7 +128,7 @@ def check_work(name: str, budget, size: int) -> None:
 
 
 def _read_drive(name: str, scan, data: bytes) -> dict[str, bytes]:
-    from configdrive.drivefiles import Budget, read_all
+    from configdrive.files.drivefiles import Budget, read_all
     fp = io.BytesIO(data)
     budget = Budget(f"fuzz.{name}")
     try:
@@ -139,20 +139,20 @@ def _read_drive(name: str, scan, data: bytes) -> dict[str, bytes]:
 
 
 def iso(data: bytes) -> None:
-    from configdrive import isoreader
+    from configdrive.formats import isoreader
     _read_drive("iso", isoreader.scan, data)
 
 
 def vfat(data: bytes) -> None:
-    from configdrive import fatreader
+    from configdrive.formats import fatreader
     _read_drive("vfat", fatreader.scan, data)
 
 
 def drive(data: bytes) -> None:
     """What ``inspect``/``validate`` do with a file: probe, read (ISO, vfat, or a whole
     disk's config partition), summarise, validate."""
-    from configdrive.drivecheck import validate_drive
-    from configdrive.reader import open_drive
+    from configdrive.drives.drivecheck import validate_drive
+    from configdrive.drives.reader import open_drive
     with memfile(data) as (_, path):
         found = open_drive(path)
         found.summary()
@@ -162,9 +162,9 @@ def drive(data: bytes) -> None:
 def disk(data: bytes) -> None:
     """A whole disk: its table, its config partition, the drive in it (through the window
     ``inspect DISK`` reads it by), work proportional to the disk's bytes."""
-    from configdrive.disk import locate_drive_in_disk
-    from configdrive.reader import scan_image
-    from configdrive.drivefiles import read_all
+    from configdrive.drives.disk import locate_drive_in_disk
+    from configdrive.drives.reader import scan_image
+    from configdrive.files.drivefiles import read_all
     with memfile(data) as (fd, path):
         with open(path, "rb") as fp:
             found = locate_drive_in_disk(fp, path)
@@ -179,14 +179,14 @@ def pack(data: bytes) -> None:
     """pack then unpack gives the bytes back, and gzip (not ours) reads what pack wrote."""
     import base64
     import gzip
-    from configdrive.pack import pack as pack_, unpack as unpack_
+    from configdrive.formats.pack import pack as pack_, unpack as unpack_
     text = pack_(data)
     if unpack_(text, source="fuzz.packed") != data or gzip.decompress(base64.b64decode(text)) != data:
         raise FuzzBug(f"pack: a {len(data)}-byte input does not come back")
 
 
 def unpack(data: bytes) -> None:
-    from configdrive.pack import unpack as unpack_
+    from configdrive.formats.pack import unpack as unpack_
     unpack_(data, source="fuzz.packed")
     unpack_(data.decode("latin-1"), source="fuzz.packed")
 
@@ -194,12 +194,12 @@ def unpack(data: bytes) -> None:
 def json_input(data: bytes) -> None:
     """Every JSON input: each kind of document validated, the ironic object turned into
     content, validated, and laid out as ``build --no-validate`` would."""
-    from configdrive.content import Content
-    from configdrive.jsondoc import parse_json
-    from configdrive.layout import build_tree
-    from configdrive.buildcheck import validate_content
-    from configdrive.schema import SCHEMA_FILES
-    from configdrive.validate import validate_bytes
+    from configdrive.model.content import Content
+    from configdrive.documents.jsondoc import parse_json
+    from configdrive.model.layout import build_tree
+    from configdrive.drives.buildcheck import validate_content
+    from configdrive.documents.schema import SCHEMA_FILES
+    from configdrive.documents.validate import validate_bytes
     for kind in SCHEMA_FILES:
         validate_bytes(kind, data, f"fuzz.{kind}.json")
     doc = parse_json(data, "fuzz.json")
@@ -211,7 +211,7 @@ def json_input(data: bytes) -> None:
 
 def compress(data: bytes) -> None:
     """The three decompressors around a deploy image, on the raw bytes as each kind."""
-    from partition.compress import decompressing_reader
+    from partition.images.compress import decompressing_reader
     for kind in ("gzip", "xz", "zstd"):
         reader = decompressing_reader(io.BytesIO(data), kind, "fuzz.img")
         buf, total = bytearray(1 << 20), 0
@@ -221,7 +221,7 @@ def compress(data: bytes) -> None:
 
 def image(data: bytes) -> None:
     """What deploy reads: magic -> decompress -> raw or qcow2 -> extents -> digest."""
-    from partition.image import open_image
+    from partition.images.image import open_image
     with memfile(data) as (_, path):
         with open_image(path, hash_algorithm="sha256") as opened:
             consume_extents(opened.extents(), opened.virtual_size)

@@ -133,7 +133,7 @@ SAMPLE_NETWORK = {
 def sample_content(**extra):
     """A drive with every kind of content: the tests' common subject. Tests compare what
     tools read back with the values of this object, not with literals of their own."""
-    from configdrive.content import Content, InjectedFile
+    from configdrive.model.content import Content, InjectedFile
     content = Content(
         meta_data={"uuid": SAMPLE_UUID, "name": "node-1", "hostname": "node-1.example.org",
                    "public_keys": {"k1": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmwX0xJ2 k1@x"}},

@@ -1,6 +1,7 @@
-"""The shape of the code: imports go one way (configdrive -> partition, never back) and no
-two modules need each other, counting imports inside functions (a deferred import hides a
-cycle from Python, not from the next reader, who cannot understand either module alone).
+"""The shape of the code: the folders are the layers, imports go down them (configdrive ->
+partition, never back) and no two modules need each other, counting imports inside
+functions (a deferred import hides a cycle from Python, not from the next reader, who
+cannot understand either module alone).
 
 The modules are read with ast from the checkout, so that the test sees every import
 statement whether or not it ever runs."""
@@ -111,9 +112,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_parser_sees_our_modules_and_imports_inside_functions():
-    assert {"configdrive.cli", "configdrive.inject.steps", "partition.copy"} <= set(MODULES)
+    assert {"configdrive.cli", "configdrive.inject.steps", "partition.writing.copy"} <= set(MODULES)
     # cli imports its handlers' modules inside functions only
-    assert {"configdrive.builder", "configdrive.reader"} <= GRAPH["configdrive.cli"]
+    assert {"configdrive.drives.builder", "configdrive.drives.reader"} <= GRAPH["configdrive.cli"]
 
 
 @pytest.mark.parametrize("graph, expected", [
@@ -132,13 +133,6 @@ def test_no_import_cycles():
     assert not found, "import cycles: " + " | ".join(described)
 
 
-def test_partition_never_imports_configdrive():
-    upward = sorted(f"{module} imports {target}" for module, targets in GRAPH.items()
-                    if module.startswith("partition") for target in targets
-                    if target.startswith("configdrive"))
-    assert not upward, "partition/ knows nothing about metadata: " + "; ".join(upward)
-
-
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_every_module_says_its_job(module):
     """A newcomer reads the opening docstring first: it must be there and start with the
@@ -147,63 +141,101 @@ def test_every_module_says_its_job(module):
     assert doc and len(doc.split("\n\n")[0]) > 20, f"{module}: no docstring saying its job"
 
 
-def documented_layout() -> dict[str, set[str]]:
-    """The names docs/ARCHITECTURE.md's Layout section lists under configdrive/ and partition/."""
-    text = (ROOT / "docs/ARCHITECTURE.md").read_text()
+# The layers, bottom up, as folders (and the few modules at a package's top). A module may
+# import its own folder and the folders of earlier lines, never a later line nor a neighbour
+# on its own line. partition/ comes first: it knows nothing about metadata.
+LAYERS = [
+    "partition partition.errors partition.tools partition.progress",
+    "partition.tables",                 # GPT, MBR, the config partition, filesystem probes
+    "partition.images",                 # sources, decompression, formats, qcow2, checksums
+    "partition.writing",                # the target by handle, the copy, O_DIRECT, rescan
+    "configdrive.errors configdrive.version",
+    "configdrive.files",                # by descriptor, within budget, whole or not at all
+    "configdrive.documents",            # one metadata document: scan, parse, schema, lints
+    "configdrive.model",                # what a drive carries, as a tree or a seed
+    "configdrive.formats",              # ISO, FAT, pack: each writer beside its reader
+    "configdrive.drives",               # build, open, check, extract whole drives
+    "configdrive.deploy",               # the bare-metal job and the config partition
+    "configdrive.engines configdrive.inject configdrive.examples",
+    "configdrive.cli configdrive",      # the command; the package's public names
+]
+UNITS = {unit: n for n, line in enumerate(LAYERS) for unit in line.split()}
+
+
+def unit_of(module: str) -> str:
+    """The folder (or top-level module) of LAYERS a module belongs to."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def tree_units() -> set[str]:
+    """What the top of each package holds: its modules and its folders (the link
+    configdrive/schemas -> ../schemas holds data, not code)."""
+    found = set(PACKAGES)
+    for package in PACKAGES:
+        for path in (ROOT / package).iterdir():
+            if path.suffix == ".py" and path.name != "__init__.py":
+                found.add(f"{package}.{path.stem}")
+            elif (path / "__init__.py").exists() and not path.is_symlink():
+                found.add(f"{package}.{path.name}")
+    return found
+
+
+def test_every_folder_and_top_module_has_a_layer():
+    assert tree_units() == set(UNITS), (
+        f"LAYERS vs the tree: missing {sorted(tree_units() - set(UNITS))}, "
+        f"gone {sorted(set(UNITS) - tree_units())}")
+
+
+def test_imports_never_go_up_a_layer_nor_across_one():
+    wrong = sorted(f"{m} ({unit_of(m)}) imports {t} ({unit_of(t)})"
+                   for m, targets in GRAPH.items() for t in targets
+                   if unit_of(t) != unit_of(m) and UNITS[unit_of(t)] >= UNITS[unit_of(m)])
+    assert not wrong, "; ".join(wrong)
+
+
+@pytest.mark.parametrize("graph, expected", [
+    ({"partition.tables.gpt": {"partition.images.image"}}, 1),     # up a layer
+    ({"configdrive.inject.loop": {"configdrive.engines.testing"}}, 1),   # across one
+    ({"configdrive.drives.reader": {"configdrive.formats.iso", "partition.tables.probe"}}, 0),
+])
+def test_the_layer_rule_finds_what_it_should(graph, expected):
+    found = [t for m, targets in graph.items() for t in targets
+             if unit_of(t) != unit_of(m) and UNITS[unit_of(t)] >= UNITS[unit_of(m)]]
+    assert len(found) == expected
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_the_top_of_a_package_is_short(package):
+    """A newcomer reads the tree first: about a dozen entries at a package's top."""
+    entries = [p.name for p in (ROOT / package).iterdir() if p.name != "__pycache__"]
+    assert len(entries) <= 14, sorted(entries)
+
+
+def documented_layout(text: str) -> set[str]:
+    """The folders and top-level modules a layout block lists under configdrive/ and
+    partition/ (the first word of each indented line; a line may name two, comma-joined)."""
     block = text.split("## Layout", 1)[1].split("```", 2)[1]
-    listed: dict[str, set[str]] = {package: set() for package in PACKAGES}
-    section = None
+    listed, section = set(), None
     for line in block.splitlines():
         if line and not line.startswith(" "):
             head = line.split()[0].rstrip("/")
             section = head if head in PACKAGES else None
+            if section:
+                listed.add(section)
             continue
-        if section is None:
+        if section is None or not line.strip():
             continue
-        for word in line.replace(",", " ").split():
-            if word.endswith(".py") or (word.endswith("/") and word[:-1].isidentifier()):
-                listed[section].add(word.rstrip("/"))
+        names = line.strip().split("  ", 1)[0]          # the names, before the description
+        for word in names.replace(",", " ").split():
+            if word.endswith(".py") or word.endswith("/"):
+                listed.add(f"{section}.{word.removesuffix('.py').rstrip('/')}")
     return listed
 
 
-def test_documented_layout_matches_the_tree():
-    listed = documented_layout()
-    for package in PACKAGES:
-        present = {p.name for p in (ROOT / package).glob("*.py") if p.name != "__init__.py"}
-        present |= {p.parent.name for p in (ROOT / package).glob("*/__init__.py")
-                    if not p.parent.is_symlink()}   # configdrive/schemas: a link to schemas/
-        assert listed[package] == present, (
-            f"docs/ARCHITECTURE.md Layout vs {package}/: missing {sorted(present - listed[package])}, "
-            f"gone {sorted(listed[package] - present)}")
-
-
-# docs/ARCHITECTURE.md's layers of configdrive/, bottom up: a module imports only modules
-# of its own layer or an earlier one.
-LAYERS = [
-    "errors docscan jsondoc drivefiles version dirfd",
-    "checks problems schema content",
-    "layout nocloud remaster inputs",
-    "iso isonames isoreader vfat fatgeometry fatnames fatreader pack",
-    "drive disk reader extract output",
-    "validate consumers drivecheck buildcheck pathcheck",
-    "builder fetch convert placement deploy inject ironic mkisofs testing pytest_plugin examples",
-    "cli",
-]
-LAYER_OF = {name: n for n, names in enumerate(LAYERS) for name in names.split()}
-
-
-def _layer(module: str) -> int | None:
-    parts = module.split(".")
-    return LAYER_OF.get(parts[1]) if parts[0] == "configdrive" and len(parts) > 1 else None
-
-
-def test_every_configdrive_module_has_a_layer():
-    top = {m.split(".")[1] for m in MODULES if m.startswith("configdrive.")}
-    assert top == set(LAYER_OF), f"layers to update: {sorted(top ^ set(LAYER_OF))}"
-
-
-def test_imports_never_go_up_a_layer():
-    upward = sorted(f"{m} (layer {_layer(m)}) imports {t} (layer {_layer(t)})"
-                    for m, targets in GRAPH.items() if _layer(m) is not None
-                    for t in targets if _layer(t) is not None and _layer(t) > _layer(m))
-    assert not upward, "; ".join(upward)
+@pytest.mark.parametrize("page", ["docs/ARCHITECTURE.md", "README.md"])
+def test_documented_layout_matches_the_tree(page):
+    listed = documented_layout((ROOT / page).read_text())
+    assert listed == tree_units(), (
+        f"{page} Layout vs the tree: missing {sorted(tree_units() - listed)}, "
+        f"gone {sorted(listed - tree_units())}")

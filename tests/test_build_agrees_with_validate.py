@@ -10,11 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from configdrive.builder import build
-from configdrive.extract import extract
-from configdrive.layout import build_tree
-from configdrive.buildcheck import validate_build
-from configdrive.pathcheck import validate_paths
+from configdrive.drives.builder import build
+from configdrive.drives.extract import extract
+from configdrive.model.layout import build_tree
+from configdrive.drives.buildcheck import validate_build
+from configdrive.drives.pathcheck import validate_paths
 
 from conftest import SAMPLE_NETWORK, cloud_init_read, configdrive, sample_content
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from configdrive.layout import build_tree
+from configdrive.model.layout import build_tree
 
 from conftest import SAMPLE_NETWORK, cloud_init_read, configdrive, sample_content
 from conftest import out as out_of

@@ -9,7 +9,7 @@ import hashlib
 import pytest
 
 from conftest import need_tool, out, run
-from partition.config_partition import create_config_partition, find_config_partition
+from partition.tables.config_partition import create_config_partition, find_config_partition
 from partition.errors import PartitionError
 from partition.tables import read_table
 from test_tables import MiB, sfdisk_dos, sfdisk_json, sgdisk_gpt, sgdisk_verify

@@ -1,4 +1,4 @@
-"""Consumer lints (configdrive/consumers.py): each is shown against the consumer it names.
+"""Consumer lints (configdrive/documents/consumers.py): each is shown against the consumer it names.
 glean is the real one from PyPI (scripts/peers.sh, .peers/glean) run on the extracted
 drive; cloud-init is Debian's; for Afterburn and ironic-python-agent, which are not
 installable here, the lint cites their source line."""

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import is_root, loop_device, make_gpt_disk, need_tool, out, run
-from partition.copy import write_image
-from partition.device import Target, busy_reasons
+from partition.writing.copy import write_image
+from partition.writing.device import Target, busy_reasons
 from partition.errors import PartitionError
 
 MiB = 1 << 20
@@ -125,7 +125,7 @@ def test_zeros_read_back_on_a_used_disk_either_way(gpt_image, tmp_path, monkeypa
     call past the first MiB covers a byte the image holds data in (the reason the runs
     and the data may be written in any order)."""
     need_tool("qemu-img", "cmp")
-    import partition.device
+    import partition.writing.device
     image = tmp_path / "disk.qcow2"
     run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", gpt_image, image)
     calls = []
@@ -133,8 +133,8 @@ def test_zeros_read_back_on_a_used_disk_either_way(gpt_image, tmp_path, monkeypa
     monkeypatch.setattr(Target, "write_zeros", lambda self, o, n: (
         calls.append((o, n, threading.current_thread().name)), real(self, o, n)))
     if not device_zeroes:
-        libc = partition.device._libc()
-        monkeypatch.setattr(partition.device, "_libc", lambda: _NoWriteZeroes(libc))
+        libc = partition.writing.device._libc()
+        monkeypatch.setattr(partition.writing.device, "_libc", lambda: _NoWriteZeroes(libc))
     size = gpt_image.stat().st_size
     with disk_target(tmp_path) as dev:
         write_image(str(image), dev)

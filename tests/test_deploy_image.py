@@ -82,9 +82,10 @@ def test_small_buffers_bound_what_is_read_ahead(tmp_path, monkeypatch):
     between the source and the disk, beyond what the copier holds back by design (the
     last MiB, until the checksum): counted in bytes read against bytes written."""
     need_tool("sgdisk")
-    from partition import copy, image
-    from partition.image import Buffers
-    from partition.source import FileSource
+    from partition.writing import copy
+    from partition.images import image
+    from partition.images.image import Buffers
+    from partition.images.source import FileSource
 
     raw = tmp_path / "disk.raw"
     raw.write_bytes(bytes(16 * MiB))

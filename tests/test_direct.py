@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import loop_device, make_gpt_disk, need_tool, out, run
-from partition.copy import write_image
-from partition.device import Target
+from partition.writing.copy import write_image
+from partition.writing.device import Target
 from partition.errors import PartitionError
 
 MiB = 1 << 20

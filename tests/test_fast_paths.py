@@ -19,7 +19,7 @@ import pytest
 from conftest import configdrive, loop_device, need_tool, run
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from common import RangeServer  # noqa: E402 (the benchmark's server: one for both)
-from partition.copy import write_image
+from partition.writing.copy import write_image
 from test_qcow2 import CONVERT_VARIANTS, base_raw, qemu_raw  # noqa: F401 (a fixture)
 
 MiB = 1 << 20
@@ -246,4 +246,4 @@ def test_help_imports_nothing_heavy():
 def test_the_deploy_writer_imports_only_what_a_raw_file_needs():
     # threading is the writer's own (read-ahead and writeback threads); the rest waits
     # for an image that needs it (zstd, a spool, http, inflating threads, libc calls).
-    assert modules_after("import partition.copy") == {"threading"}
+    assert modules_after("import partition.writing.copy") == {"threading"}

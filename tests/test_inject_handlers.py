@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from configdrive.content import Content, InjectedFile, add_ssh_key
+from configdrive.model.content import Content, InjectedFile, add_ssh_key
 from configdrive.errors import ConfigDriveError
 from configdrive.inject import InjectionError, inject
 from conftest import is_root, need_tool, run

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from configdrive.content import Content, InjectedFile
+from configdrive.model.content import Content, InjectedFile
 from configdrive.inject import NoHandlerError, inject, steps
 from conftest import is_root, need_tool
 from inject_images import attached_loops, ext4_image, gpt_image, guest_tree, mounts_released, record_loop_mounts

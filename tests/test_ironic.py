@@ -68,8 +68,8 @@ def images(served):
 
 @pytest.fixture(scope="module")
 def packed_drive():
-    from configdrive.builder import build
-    from configdrive.pack import pack
+    from configdrive.drives.builder import build
+    from configdrive.formats.pack import pack
     return pack(build(sample_content(), None, format="iso"))
 
 

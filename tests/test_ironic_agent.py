@@ -103,8 +103,8 @@ def mirrors(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def packed_drive():
-    from configdrive.builder import build
-    from configdrive.pack import pack
+    from configdrive.drives.builder import build
+    from configdrive.formats.pack import pack
     return pack(build(sample_content(), None, format="iso"))
 
 

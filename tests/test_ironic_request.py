@@ -1,4 +1,4 @@
-"""How configdrive.ironic reads ironic's image_info (no agent needed): which checksum it
+"""How configdrive.engines.ironic reads ironic's image_info (no agent needed): which checksum it
 verifies, and what it declines to IPA or refuses, each naming the field."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from configdrive.ironic.request import BadRequest, Decline, read_image_info
+from configdrive.engines.ironic.request import BadRequest, Decline, read_image_info
 
 SHA256 = hashlib.sha256(b"image").hexdigest()
 SHA512 = hashlib.sha512(b"image").hexdigest()
@@ -93,12 +93,12 @@ def test_streamed_only_where_ipa_streams(fields, streamed):
 
 
 def test_core_package_never_imports_the_agent():
-    """Only the agent loads configdrive.ironic's manager; everything else imports without
+    """Only the agent loads configdrive.engines.ironic's manager; everything else imports without
     ironic-python-agent (this venv does not have it)."""
     import subprocess
     import sys
-    code = ("import sys, configdrive.cli, configdrive.deploy, configdrive.placement, "
-            "configdrive.ironic, configdrive.ironic.request; "
+    code = ("import sys, configdrive.cli, configdrive.deploy, configdrive.deploy.placement, "
+            "configdrive.engines.ironic, configdrive.engines.ironic.request; "
             "assert 'ironic_python_agent' not in sys.modules; "
             "import importlib.util; print(importlib.util.find_spec('ironic_python_agent'))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

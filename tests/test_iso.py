@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from configdrive import iso, isonames, isoreader
-from configdrive.content import Content
+from configdrive.formats import iso, isonames, isoreader
+from configdrive.model.content import Content
 from configdrive.errors import ConfigDriveError
-from configdrive.layout import build_tree
+from configdrive.model.layout import build_tree
 
 from conftest import cloud_init_read, configdrive, need_tool, out, run, sample_content
 

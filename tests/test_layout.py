@@ -9,12 +9,12 @@ import json
 
 import pytest
 
-from configdrive.content import Content
-from configdrive.inputs import content_from_files
-from configdrive.extract import extract
+from configdrive.model.content import Content
+from configdrive.model.inputs import content_from_files
+from configdrive.drives.extract import extract
 from configdrive.errors import ConfigDriveError
 from configdrive.examples import example_paths
-from configdrive.layout import build_tree
+from configdrive.model.layout import build_tree
 from conftest import SAMPLE_NETWORK, SAMPLE_UUID, cloud_init_read, sample_content
 
 ALL_VERSIONS = ["2012-08-10", "2013-04-04", "2013-10-17", "2015-10-15", "2016-06-30",

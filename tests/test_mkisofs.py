@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from configdrive.layout import build_tree
+from configdrive.model.layout import build_tree
 
 from conftest import need_tool, out, run, sample_content
 from test_iso import awkward_tree, listing, write_dir, xorriso_extract

@@ -1,4 +1,4 @@
-"""NoCloud seeds (configdrive/nocloud.py), read back by tools we did not write: blkid -p,
+"""NoCloud seeds (configdrive/model/nocloud.py), read back by tools we did not write: blkid -p,
 xorriso / mcopy for the files, cloud-init's own DataSourceNoCloud for what a guest sees,
 cloud-localds for what users make today, and cloud-init's own network_data.json converter
 for the network config we derive."""
@@ -195,7 +195,7 @@ NETWORK_STATE_COMPARE = textwrap.dedent("""
 
 def test_network_config_v2_equals_cloud_inits_own_conversion(tmp_path):
     from configdrive import Content
-    from configdrive.nocloud import seed_tree
+    from configdrive.model.nocloud import seed_tree
     import yaml
     if not Path(SYSTEM_PYTHON).exists():
         pytest.skip("system python3 with cloud-init is not installed")

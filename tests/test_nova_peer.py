@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from configdrive.content import Content, InjectedFile
-from configdrive.layout import build_tree
+from configdrive.model.content import Content, InjectedFile
+from configdrive.model.layout import build_tree
 
 from conftest import ROOT, cloud_init_read, configdrive, need_tool, run
 from test_iso import listing, xorriso_extract

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from configdrive.errors import ConfigDriveError
-from configdrive.pack import pack, unpack
+from configdrive.formats.pack import pack, unpack
 from conftest import run
 
 IMAGE = os.urandom(3000) + bytes(200_000) + b"tail"

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from conftest import configdrive, make_gpt_disk, need_tool, run
-from partition import xzblocks
-from partition.copy import write_image
+from partition.images import xzblocks
+from partition.writing.copy import write_image
 from test_copy import IMAGE_GUID, assert_not_the_image, disk_target
 
 MiB = 1 << 20
@@ -132,9 +132,9 @@ def deploy_fails_and_wipes(image: Path, tmp_path: Path, monkeypatch, *words: str
         assert len(lines) == 1, lines
         assert all(word in lines[0] for word in words), lines[0]
         assert_not_the_image(dev, empty_table="empty partition table" in lines[0])
-    from partition import xzblocks, zstdframes
+    from partition.images import xzblocks, zstdframes
     from partition.errors import PartitionError
-    from partition.image import Buffers
+    from partition.images.image import Buffers
     for module in (xzblocks, zstdframes):
         monkeypatch.setattr(module, "BUDGET", 2 * MiB)
     with disk_target(tmp_path) as dev:
@@ -178,7 +178,7 @@ def _with_claims(image: Path, claim) -> bytes:
 # VmHWM, not ru_maxrss: across a fork and exec ru_maxrss keeps the parent's (pytest's).
 PEAK_RSS = """
 import sys
-from partition.copy import write_image
+from partition.writing.copy import write_image
 try:
     write_image(sys.argv[1], sys.argv[2])
 except Exception as exc:
@@ -250,8 +250,8 @@ def system_zstd(image: Path, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("how", ["pzstd", "joined", "T0", "stdin"])
 def test_zstd_frames_equal_zstd(how, disk, tmp_path):
-    from partition import zstdframes
-    from partition.image import _Peek
+    from partition.images import zstdframes
+    from partition.images.image import _Peek
     image = zstd_of(disk, tmp_path, how)
     pooled = zstdframes.parallel_reader(_Peek(open(image, "rb")), "x")
     assert (pooled is not None) == (how != "stdin")   # T0: one frame of 24 MiB, a job
@@ -261,7 +261,7 @@ def test_zstd_frames_equal_zstd(how, disk, tmp_path):
 
 
 def test_zstd_frames_over_a_thread_limit_are_read_inline(disk, tmp_path, monkeypatch):
-    from partition import zstdframes
+    from partition.images import zstdframes
     image = tmp_path / "mixed.zst"
     image.write_bytes(zstd_of(disk, tmp_path, "joined").read_bytes()
                       + zstd_of(disk, tmp_path, "stdin").read_bytes()
@@ -271,7 +271,7 @@ def test_zstd_frames_over_a_thread_limit_are_read_inline(disk, tmp_path, monkeyp
     write_image(str(image), str(target))
     assert same(target, system_zstd(image, tmp_path))
     with open(image, "rb") as fp:       # and from a pipe: no index needed
-        subprocess.run([sys.executable, "-c", "import sys; from partition.copy import "
+        subprocess.run([sys.executable, "-c", "import sys; from partition.writing.copy import "
                         "write_image; write_image('-', sys.argv[1])", tmp_path / "piped.raw"],
                        stdin=fp, check=True, cwd=Path(__file__).parent.parent)
     assert same(tmp_path / "piped.raw", target)
@@ -280,7 +280,7 @@ def test_zstd_frames_over_a_thread_limit_are_read_inline(disk, tmp_path, monkeyp
 def test_a_corrupt_zstd_frame_fails_in_its_worker_and_wipes(disk, tmp_path, monkeypatch):
     image = zstd_of(disk, tmp_path, "joined")
     data = bytearray(image.read_bytes())
-    from partition.zstdframes import content_size
+    from partition.images.zstdframes import content_size
     second = data.index(b"\x28\xb5\x2f\xfd", 8)
     for _ in range(20):        # from the third frame (at 6 MiB): one with a block of data
         second = data.index(b"\x28\xb5\x2f\xfd", second + 8)

@@ -11,8 +11,8 @@ import os
 import pytest
 
 from conftest import add_partitions, cloud_init_read, loop_device, need_tool, out, run
-from configdrive.pack import pack
-from configdrive.placement import place_config_drive
+from configdrive.formats.pack import pack
+from configdrive.deploy.placement import place_config_drive
 from partition.errors import PartitionError
 from test_tables import MiB, sfdisk_dos, sfdisk_json, sgdisk_gpt, sgdisk_verify
 
@@ -195,7 +195,7 @@ def test_refusals_leave_the_disk_unchanged(tmp_path):
 def test_interrupted_write_never_leaves_a_recognisable_drive(tmp_path, monkeypatch):
     """The head (first 64 KiB) goes last: stop before it and blkid finds nothing."""
     disk = os_disk(tmp_path, 48 * MiB, 128 * MiB)
-    from partition.device import Target
+    from partition.writing.device import Target
     real = Target.pwrite
     calls = []
 

@@ -1,4 +1,4 @@
-"""The pytest plugin (configdrive/pytest_plugin.py), as a user meets it: installed through
+"""The pytest plugin (configdrive/engines/pytest_plugin.py), as a user meets it: installed through
 the pytest11 entry point, loaded by a pytest run that knows nothing of this checkout,
 running the complete test file docs/testing.md shows; and cheap to load for everyone else."""
 
@@ -78,11 +78,11 @@ def test_loading_the_plugin_imports_no_drive_code():
         import sys, importlib.metadata as md
         before = set(sys.modules)
         (ep,) = [e for e in md.entry_points(group="pytest11") if e.name == "configdrive"]
-        assert ep.value == "configdrive.pytest_plugin", ep.value
+        assert ep.value == "configdrive.engines.pytest_plugin", ep.value
         ep.load()
         print(" ".join(sorted(set(sys.modules) - before)))
     """)
     subprocess.run([sys.executable, "-c", "import pytest"], check=True)
     loaded = subprocess.run([sys.executable, "-c", "import pytest\n" + code], capture_output=True, text=True,
                             check=True).stdout.split()
-    assert set(loaded) <= {"configdrive", "configdrive.pytest_plugin"}, loaded
+    assert set(loaded) <= {"configdrive", "configdrive.engines", "configdrive.engines.pytest_plugin"}, loaded

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import loop_device, need_tool, out, run
-from partition.copy import write_image
+from partition.writing.copy import write_image
 from partition.errors import PartitionError
 
 MiB = 1 << 20
@@ -89,8 +89,8 @@ def test_converted_images_equal_qemu(variant, base_raw, tmp_path):
 
 def test_zlib_clusters_without_libdeflate_equal_qemu(base_raw, tmp_path, monkeypatch):
     """libdeflate is only faster: without it zlib inflates every cluster, as qemu does."""
-    import partition.qcow2
-    monkeypatch.setattr(partition.qcow2, "_libdeflate", None)
+    import partition.images.qcow2
+    monkeypatch.setattr(partition.images.qcow2, "_libdeflate", None)
     image = tmp_path / "img.qcow2"
     run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", base_raw, image)
     target, _ = ours(image, tmp_path)
@@ -102,7 +102,7 @@ def test_deflate_stream_that_fills_its_cluster_without_ending():
     counts run out (the stream's end is never reached); libdeflate refuses such a
     stream, so zlib decides, as in qemu."""
     import zlib
-    from partition.qcow2 import _inflate_deflate
+    from partition.images.qcow2 import _inflate_deflate
     data = os.urandom(8192) * 4
     packer = zlib.compressobj(6, zlib.DEFLATED, -15)
     stream = packer.compress(data) + packer.flush(zlib.Z_FULL_FLUSH)   # no final block

@@ -16,7 +16,7 @@ import pytest
 from conftest import add_partitions, loop_device, make_gpt_disk, need_tool, out, run, sample_content
 from configdrive.deploy import deploy
 from partition.errors import PartitionError
-from partition.rescan import held_partitions, refuse_held_partitions
+from partition.writing.rescan import held_partitions, refuse_held_partitions
 
 MiB = 1 << 20
 pytestmark = pytest.mark.root

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import configdrive, need_tool, run
-from partition.copy import write_image
+from partition.writing.copy import write_image
 from partition.errors import PartitionError
-from partition.source import HttpSource
+from partition.images.source import HttpSource
 
 MiB = 1 << 20
 

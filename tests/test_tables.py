@@ -10,7 +10,7 @@ import json
 import pytest
 
 from conftest import loop_device, need_tool, out, run
-from partition.gpt import write_empty_gpt
+from partition.tables.gpt import write_empty_gpt
 
 MiB = 1 << 20
 

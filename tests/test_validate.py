@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from configdrive import pathcheck, schema as schemas, validate
-from configdrive.content import Content, InjectedFile
-from configdrive.drivefiles import MAX_DRIVE_BYTES
-from configdrive.layout import build_tree
-from configdrive.buildcheck import check_content, validate_content
-from configdrive.drivecheck import CLOUD_INIT_VERSIONS, cloud_init_version
-from configdrive.pathcheck import validate_paths
-from configdrive.problems import Problem
+from configdrive.drives import pathcheck
+from configdrive.documents import schema as schemas, validate
+from configdrive.model.content import Content, InjectedFile
+from configdrive.files.drivefiles import MAX_DRIVE_BYTES
+from configdrive.model.layout import build_tree
+from configdrive.drives.buildcheck import check_content, validate_content
+from configdrive.drives.drivecheck import CLOUD_INIT_VERSIONS, cloud_init_version
+from configdrive.drives.pathcheck import validate_paths
+from configdrive.documents.problems import Problem
 from configdrive.errors import ConfigDriveError
 
 from conftest import SYSTEM_PYTHON, cloud_init_read, configdrive, run
@@ -36,7 +37,7 @@ UUID = "d8e02d56-2648-49a3-bf97-6be8f1204f38"
 def without_consumer_lints(problems):
     """The problems these tests are about: minimal trees also draw consumer lints (no ec2
     tree for Afterburn, name without hostname), which tests/test_consumers.py covers."""
-    from configdrive.consumers import AFTERBURN, CLOUD_INIT, GLEAN, IPA
+    from configdrive.documents.consumers import AFTERBURN, CLOUD_INIT, GLEAN, IPA
     consumers = tuple(f"{c}: " for c in (AFTERBURN, CLOUD_INIT, GLEAN, IPA))
     return [p for p in problems if not (p.severity == "warning" and p.message.startswith(consumers))]
 

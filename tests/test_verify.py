@@ -16,7 +16,7 @@ import pytest
 
 from conftest import configdrive, loop_device, make_gpt_disk, need_tool, out, run
 from configdrive.deploy import deploy
-from partition.device import Target
+from partition.writing.device import Target
 from partition.errors import PartitionError
 
 MiB = 1 << 20

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from configdrive import fatgeometry, fatreader, vfat
-from configdrive.reader import read_directory
+from configdrive.formats import fatgeometry, fatreader, vfat
+from configdrive.drives.reader import read_directory
 from configdrive.errors import ConfigDriveError
-from configdrive.layout import build_tree
+from configdrive.model.layout import build_tree
 
 from conftest import cloud_init_read, need_tool, out, run, sample_content
 
@@ -384,7 +384,7 @@ def test_import_and_use_never_load_pyfilesystem2_or_pkg_resources():
     """pyfatfs' file-level API imports PyFilesystem2 ("fs"), whose __init__ needs
     pkg_resources, gone from setuptools 81 and absent from Python 3.12 venvs."""
     code = ("import io, sys\n"
-            "from configdrive import fatreader, vfat\n"
+            "from configdrive.formats import fatreader, vfat\n"
             "buf = io.BytesIO(); vfat.write({'a/b': b'x'}, buf, epoch=0)\n"
             "assert fatreader.read(buf) == {'a/b': b'x'}\n"
             "loaded = sorted(m for m in ('fs', 'pkg_resources') if m in sys.modules)\n"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..content import Content
+from ..model.content import Content
 from ..errors import ConfigDriveError
 from .handler import DEFAULT_ORDER, ENTRY_POINT_GROUP, Handler, load, parse_order
 from .guestroot import GuestRoot, GuestStat

@@ -10,7 +10,7 @@ import errno
 import os
 import secrets
 
-from ..dirfd import CREATE_FLAGS, DIR_FLAGS as _DIR_FLAGS, READ_FLAGS, Refused, open_dirs, open_file
+from ..files.dirfd import CREATE_FLAGS, DIR_FLAGS as _DIR_FLAGS, READ_FLAGS, Refused, open_dirs, open_file
 from .guestpath import GuestPath, GuestPathError, show
 from .guestroot import MAX_GUEST_READ, GuestRoot, GuestStat, check_read_size
 

@@ -12,7 +12,7 @@ import json
 import logging
 from typing import Any, Callable
 
-from ..content import Content
+from ..model.content import Content
 from ..errors import ConfigDriveError, one_line
 from . import eni
 from .guestpath import GuestPath, parse

@@ -7,7 +7,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from partition.device import disk_geometry
+from partition.writing.device import disk_geometry
 from partition.errors import PartitionError
 from partition.tables import read_table
 
@@ -81,7 +81,7 @@ class Slice:
 def locate(raw: str, partition: str) -> Slice:
     """Find the requested filesystem on a raw image file or block device.
 
-    The partition table is read by partition/tables.py, the filesystem type by blkid's
+    The partition table is read by partition/tables/__init__.py, the filesystem type by blkid's
     low-level probe; neither needs root for a file."""
     parts = _partitions(raw)
     if partition == "none" or (partition == "auto" and not parts):
@@ -105,7 +105,7 @@ def locate(raw: str, partition: str) -> Slice:
 
 def _partitions(raw: str) -> list[tuple[int, int, int]]:
     """(number, offset, size) in bytes for each partition; [] when there is no table.
-    Read by partition/tables.py, the one table reader (GPT and MBR, logical partitions
+    Read by partition/tables/__init__.py, the one table reader (GPT and MBR, logical partitions
     numbered from 5 as Linux numbers them)."""
     try:
         with open(raw, "rb") as fp:

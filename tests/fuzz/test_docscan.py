@@ -1,4 +1,4 @@
-"""docscan (configdrive/docscan.py) against the parsers it stands in front of.
+"""docscan (configdrive/documents/docscan.py) against the parsers it stands in front of.
 
 - For any document json or PyYAML reads, the scan counts no fewer levels and values than
   the parser builds (JSON: exactly as many levels), so a document the scan lets through
@@ -21,16 +21,16 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from configdrive import docscan
-from configdrive.content import Content
-from configdrive.drive import Drive
-from configdrive.drivecheck import validate_drive
+from configdrive.documents import docscan
+from configdrive.model.content import Content
+from configdrive.drives.drive import Drive
+from configdrive.drives.drivecheck import validate_drive
 from configdrive.errors import ConfigDriveError
-from configdrive.jsondoc import parse_json
-from configdrive.layout import build_tree
-from configdrive.nocloud import parse_network_config, seed_problems, summary_fields
-from configdrive.schema import parse_checked
-from configdrive.validate import validate_bytes
+from configdrive.documents.jsondoc import parse_json
+from configdrive.model.layout import build_tree
+from configdrive.model.nocloud import parse_network_config, seed_problems, summary_fields
+from configdrive.documents.schema import parse_checked
+from configdrive.documents.validate import validate_bytes
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "hostile"))
 import bombs  # noqa: E402

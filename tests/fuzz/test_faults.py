@@ -30,9 +30,9 @@ import pytest
 import fuzz_tally
 from conftest import is_root, loop_device, need_tool, out, run
 from machine_state import device_number, is_mount_point, loops_backed_by, mounts
-from configdrive.content import Content
-from partition.copy import HOLD, write_image
-from partition.device import Target
+from configdrive.model.content import Content
+from partition.writing.copy import HOLD, write_image
+from partition.writing.device import Target
 from partition.errors import PartitionError
 
 pytestmark = pytest.mark.root
@@ -199,7 +199,7 @@ def test_deploy_to_a_really_full_filesystem(image, tmp_path):
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    from partition.device import Target
+    from partition.writing.device import Target
     where, at = sys.argv[1].split(":")
     at, syncs = int(at), [0]
     real_pwrite, real_sync = Target.pwrite, Target.sync
@@ -248,7 +248,7 @@ def _placed_disk(tmp_path: Path) -> Path:
 def test_placement_interrupted_before_the_head_leaves_no_drive(tmp_path, monkeypatch, fail_call):
     """place_config_drive writes zeros over old signatures, the drive's body, then its
     first 64 KiB: failing at any write leaves no config-2 filesystem that blkid finds."""
-    from configdrive.placement import place_config_drive
+    from configdrive.deploy.placement import place_config_drive
     disk = _placed_disk(tmp_path)
     with loop_device(disk) as dev:
         calls = [0]
@@ -335,7 +335,7 @@ MATRIX_KILLS = int(os.environ.get("FAULT_MATRIX_KILLS", "5"))   # per image kind
 
 KILL_AT_EVENT = textwrap.dedent("""
     import os, signal, sys
-    from partition.device import Target
+    from partition.writing.device import Target
     kill_at, count_file = int(sys.argv[1]), sys.argv[2]
     events = [0]
     def counted(name):

@@ -88,7 +88,7 @@ def tool_tree(name: str, data: bytes, work: Path) -> dict[str, bytes] | None:
 
 
 def our_tree(name: str, data: bytes) -> dict[str, bytes] | None:
-    from configdrive import fatreader, isoreader
+    from configdrive.formats import fatreader, isoreader
     from configdrive.errors import ConfigDriveError
     try:
         return (isoreader if name == "iso" else fatreader).read(io.BytesIO(data), source="fuzz")

@@ -17,11 +17,11 @@ from mutations import fix_gpt_crcs  # noqa: E402
 from targets import run_case  # noqa: E402
 
 from conftest import need_tool, run  # noqa: E402
-from configdrive.checks import pointer  # noqa: E402
-from configdrive.content import Content  # noqa: E402
+from configdrive.documents.checks import pointer  # noqa: E402
+from configdrive.model.content import Content  # noqa: E402
 from configdrive.errors import ConfigDriveError  # noqa: E402
 from partition.errors import PartitionError  # noqa: E402
-from partition.qcow2 import Qcow2  # noqa: E402
+from partition.images.qcow2 import Qcow2  # noqa: E402
 from partition.tables import read_table  # noqa: E402
 
 
@@ -94,7 +94,7 @@ def test_deeply_nested_json_is_refused_not_a_recursion_error():
 
 def test_non_ascii_random_seed_is_reported_not_a_crash():
     """checks.py: base64.b64decode raises ValueError (not binascii.Error) for non-ASCII."""
-    from configdrive.validate import validate_document
+    from configdrive.documents.validate import validate_document
     problems = validate_document("meta_data", {"uuid": "83679162-1378-4288-a2d4-70e13ec132aa",
                                                "random_seed": "é"}, "m.json")
     assert any(p.pointer == "/random_seed" and "not base64" in p.message for p in problems)
@@ -110,7 +110,7 @@ def test_fat32_root_cluster_below_2_probes_without_a_negative_seek(tmp_path):
     struct.pack_into("<H", data, 14, 1)     # reserved sectors
     struct.pack_into("<I", data, 36, 0)     # sectors per FAT (FAT32 field)
     struct.pack_into("<I", data, 44, 0)     # root directory's first cluster
-    from partition.probe import probe_filesystem
+    from partition.tables.probe import probe_filesystem
     fs = probe_filesystem(io.BytesIO(bytes(data)))
     assert fs is not None and fs.type == "vfat" and fs.label == "config-2"   # the boot sector's label
     assert run_case("probe", bytes(data)) == "ok"

@@ -37,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "fuzz"))
 import seeds as seedmod  # noqa: E402
 from targets import run_case  # noqa: E402
 
-from partition.config_partition import create_config_partition, find_config_partition  # noqa: E402
+from partition.tables.config_partition import create_config_partition, find_config_partition  # noqa: E402
 from partition.errors import PartitionError  # noqa: E402
-from partition.gpt import read_gpt  # noqa: E402
-from partition.mbr import read_mbr  # noqa: E402
-from partition.probe import probe_filesystem  # noqa: E402
+from partition.tables.gpt import read_gpt  # noqa: E402
+from partition.tables.mbr import read_mbr  # noqa: E402
+from partition.tables.probe import probe_filesystem  # noqa: E402
 from partition.tables import read_table  # noqa: E402
 
 TABLE_EXAMPLES = int(os.environ.get("CONFIGDRIVE_FUZZ_EXAMPLES", "600"))

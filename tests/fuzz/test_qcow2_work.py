@@ -18,12 +18,12 @@ import pytest
 import fuzz_tally
 from conftest import need_tool, run
 from partition.errors import PartitionError
-from partition.qcow2 import COMPRESSED, OFFSET_MASK, Qcow2
+from partition.images.qcow2 import COMPRESSED, OFFSET_MASK, Qcow2
 
 MiB = 1 << 20
 MUTANTS_PER_SEED = int(os.environ.get("QCOW2_WORK_MUTANTS", "80"))
 # header + L1 + every L2 twice + every data byte once + compressed reads (at most 8x the
-# file: partition/qcow2.py): a constant factor of the file, never of the virtual size.
+# file: partition/images/qcow2.py): a constant factor of the file, never of the virtual size.
 WORK_FACTOR = 13
 
 GiB = 1 << 30
@@ -163,7 +163,7 @@ def test_all_l1_entries_sharing_one_l2_table_cost_one_read(tmp_path):
 
 
 class InMemory:
-    """What partition/ranged.py offers the qcow2 reader, over bytes: pread, read_spans
+    """What partition/images/ranged.py offers the qcow2 reader, over bytes: pread, read_spans
     (every span in the file's order), follow."""
 
     def __init__(self, data: bytes):

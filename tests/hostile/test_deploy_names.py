@@ -229,7 +229,7 @@ def test_one_device_from_first_open_to_last_write(tmp_path_factory, disks, image
     finally:
         end()
     # fstat on a descriptor (not a stat of a path: the partitions' nodes are looked up by
-    # name on purpose, and proven by number, in partition/rescan.py).
+    # name on purpose, and proven by number, in partition/writing/rescan.py).
     seen = [f"{int(major, 0)}:{int(minor, 0)}" for major, minor in re.findall(
         r"(?:fstat|newfstatat)\(\d+, (?:\"\", )?\{st_mode=S_IFBLK\|\d+, "
         r"st_rdev=makedev\((\w+), (\w+)\)", log.read_text())]
@@ -260,7 +260,7 @@ def test_identity_tells_a_reattached_loop_device_from_the_one_before(tmp_path):
     alone does not tell two disks apart that took the same number one after the other (a
     loop device detached and attached to another file, a re-plugged disk); the kernel's
     disk sequence number does."""
-    from partition.device import identity_of
+    from partition.writing.device import identity_of
     first, second = tmp_path / "first.img", tmp_path / "second.img"
     for path in (first, second):
         path.write_bytes(bytes(4 * MiB))
@@ -299,7 +299,7 @@ def test_a_created_file_is_removed_where_it_was_made_not_where_its_name_leads(tm
     of the same name after the target was made: closing the refused target removes the
     file it made, and the other directory's file stays (it was deleted within 130 tries
     of a flipping loop when the name was stat'ed and unlinked)."""
-    from partition.device import open_target
+    from partition.writing.device import open_target
     made, other = tmp_path / "A", tmp_path / "B"
     made.mkdir(), other.mkdir()
     (other / "new.img").write_bytes(b"someone else's disk image")
@@ -317,7 +317,7 @@ def test_build_output_never_writes_through_a_link_at_its_temporary_name(tmp_path
     """A link planted at the temporary name ``build -o`` writes first is refused (one line
     naming the output), its target left as it was, and nothing appears at the output."""
     from configdrive.errors import ConfigDriveError
-    from configdrive.output import atomic_output
+    from configdrive.files.output import atomic_output
     victim = tmp_path / "victim"
     victim.write_bytes(b"host file")
     out = tmp_path / "out.img"

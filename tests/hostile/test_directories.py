@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from configdrive.errors import ConfigDriveError
-from configdrive.layout import build_tree
+from configdrive.model.layout import build_tree
 
 from conftest import configdrive, need_tool, out, run, sample_content
 from harness import MKISOFS, refused, run_measured
@@ -288,7 +288,7 @@ def _source_for_race(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_mkisofs_never_reads_a_flipping_entrys_link_target(tmp_path, secret):
-    from configdrive.mkisofs import close_all, read_source_tree
+    from configdrive.engines.mkisofs import close_all, read_source_tree
     source, at = _source_for_race(tmp_path)
 
     def read_once():
@@ -325,7 +325,7 @@ def test_mkisofs_command_never_puts_a_flipping_entrys_target_in_the_image(tmp_pa
 
 
 def test_build_from_a_directory_never_reads_a_flipping_entrys_link_target(tmp_path, secret):
-    from configdrive.reader import read_directory   # what build --from DIR reads the drive with
+    from configdrive.drives.reader import read_directory   # what build --from DIR reads the drive with
     source, at = _source_for_race(tmp_path)
 
     def read_once():
@@ -340,7 +340,7 @@ def test_build_from_a_directory_never_reads_a_flipping_entrys_link_target(tmp_pa
 def test_extract_never_writes_through_a_flipping_destination(tmp_path, secret):
     """DIR/openstack flips between a directory and a link to a host directory while
     extract writes: nothing may appear in the host directory."""
-    from configdrive.extract import extract
+    from configdrive.drives.extract import extract
     outside = secret.parent
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -380,8 +380,8 @@ def test_extract_never_writes_through_a_flipping_destination(tmp_path, secret):
 
 def test_a_file_that_shrinks_while_the_image_is_written_is_refused_not_padded(tmp_path):
     """pycdlib pads a short read silently: the image would hold bytes never in the file."""
-    from configdrive import iso
-    from configdrive.mkisofs import close_all, read_source_tree
+    from configdrive.formats import iso
+    from configdrive.engines.mkisofs import close_all, read_source_tree
     source, at = _source_for_race(tmp_path)
     at.write_bytes(MINE * 1000)
     tree = read_source_tree(str(source))       # judged and sized here

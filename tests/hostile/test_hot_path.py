@@ -118,7 +118,7 @@ def loop_as_found(disk: Path, sector: int, read_first: bool, dio: bool):
 @pytest.mark.parametrize("fmt", ["qcow2-512", "qcow2-4k", "raw"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_zero_runs_at_every_granularity_read_back_as_the_image(tmp_path, layout, fmt, target):
-    from partition.copy import write_image
+    from partition.writing.copy import write_image
     period, zeros, phase = LAYOUTS[layout]
     raw = pattern_raw(tmp_path / "image.raw", IMAGE_SIZE, period, zeros, phase, seed=period)
     if fmt == "raw":
@@ -176,7 +176,7 @@ def test_a_reader_during_the_deploy_sees_the_image_after_it(tmp_path, layout, se
     zeroing thread, the O_DIRECT writes and the page-cache writes, must not outlive the
     deploy. With --verify our own read-back (its cache dropped) agrees, and so do `cmp`
     through the cache and the backing file."""
-    from partition.copy import write_image
+    from partition.writing.copy import write_image
     period, zeros, phase = LAYOUTS[layout]
     raw = pattern_raw(tmp_path / "image.raw", IMAGE_SIZE, period, zeros, phase, seed=period)
     image = qcow2_of(raw, 512)
@@ -216,7 +216,7 @@ def test_many_tiny_zero_runs_stay_bounded(tmp_path):
 
 DRIVER = textwrap.dedent("""
     import errno, os, signal, sys, threading
-    from partition.device import Target
+    from partition.writing.device import Target
     action, nth = sys.argv[1], int(sys.argv[2])   # nth < 0: the first call past byte -nth
     calls, fired = [0], []
     real = Target.write_zeros
@@ -306,7 +306,7 @@ def test_signal_while_the_zeroing_thread_works(gpt_image, tmp_path, signame, nth
 
 PLACEMENT_DRIVER = textwrap.dedent("""
     import os, signal, sys, time
-    import configdrive.placement as placement
+    import configdrive.deploy.placement as placement
     def place_config_drive(*args, **kwargs):      # the image is down; the drive goes in
         os.kill(os.getpid(), getattr(signal, sys.argv[1]))
         time.sleep(30)                             # never reached: the signal interrupts
@@ -342,8 +342,8 @@ def test_a_failed_deploy_drops_the_zeroing_still_queued(gpt_image, tmp_path, mon
     the error line); the disk is wiped."""
     import threading
     import time
-    import partition.copy as copy
-    from partition.device import Target
+    import partition.writing.copy as copy
+    from partition.writing.device import Target
     from partition.errors import PartitionError
     failed = threading.Event()
     after_failure = []
@@ -397,8 +397,8 @@ def test_lost_writeback_fails_the_deploy(gpt_image, tmp_path, monkeypatch):
     is where the writer meets it (as strace showed on a loop device over a full tmpfs:
     EIO). The deploy must fail there and wipe, not fsync (which then returns 0) and go on
     to write the head."""
-    import partition.copy as copy
-    import partition.device as device
+    import partition.writing.copy as copy
+    import partition.writing.device as device
     from partition.errors import PartitionError
     real = device._libc()
 
@@ -495,9 +495,9 @@ def test_o_direct_refused_part_way(tmp_path, monkeypatch, layout, refused_at, se
     the disk equals qemu-img's conversion and no direct write follows the refusal."""
     import fcntl
     import os
-    import partition.direct as direct
-    from partition.copy import write_image
-    from partition.device import Target
+    import partition.writing.direct as direct
+    from partition.writing.copy import write_image
+    from partition.writing.device import Target
     from partition.errors import PartitionError
     period, zeros, phase = LAYOUTS[layout]
     raw = pattern_raw(tmp_path / "image.raw", IMAGE_SIZE, period, zeros, phase, seed=period)

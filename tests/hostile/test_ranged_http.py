@@ -1,4 +1,4 @@
-"""A hostile server behind a qcow2 read in place by Range requests (partition/ranged.py).
+"""A hostile server behind a qcow2 read in place by Range requests (partition/images/ranged.py).
 
 It controls every answer: the bytes, Content-Range, the ETag between requests, how much
 of a range it sends. What we promise: a range that is not the one asked for, of another

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from configdrive import iso
-from configdrive.layout import build_tree
+from configdrive.formats import iso
+from configdrive.model.layout import build_tree
 
 import bombs
 from conftest import sample_content

@@ -394,7 +394,7 @@ def test_mbr_crafted_partitions_and_chains_are_refused(tmp_path, drive, case):
 
 # -- the same tables in a guest image handed to the legacy injector -------------------------
 #
-# inject reads a guest image's table with the reader deploy trusts (partition/tables.py;
+# inject reads a guest image's table with the reader deploy trusts (partition/tables/__init__.py;
 # it ran sfdisk --json before): a table refused above is refused there too, naming the
 # same partition, and the image is left as it was. debugfs alone: it reads the file
 # itself, so no kernel parses the crafted table.
