@@ -134,3 +134,21 @@ class OrderedPieces(io.RawIOBase):
             self._pool = None
             self._queue.clear()
         super().close()
+
+
+def hold_freed_memory(limit: int = 256 << 20) -> None:
+    """Ask glibc's allocator to keep up to ``limit`` bytes of freed memory instead of
+    handing it back at once. The pieces above are made on the pool's threads and freed on
+    the reading thread; with glibc's defaults each thread's heap is trimmed as they are
+    freed and faulted in again for the next (2 GiB of xz: 300,000 page faults, 1.1 s of
+    system time, against 62,000 and 0.3 s so). Process-wide, so only a one-shot process
+    calls it (the ``deploy`` command), never a library caller such as the ironic agent.
+    Elsewhere than glibc: nothing."""
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL(None).mallopt      # this process's own C library
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_TRIM_THRESHOLD, limit)
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)     # glibc's largest; fixed, not raised by frees
