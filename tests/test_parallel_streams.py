@@ -19,6 +19,7 @@ import pytest
 
 from conftest import configdrive, make_gpt_disk, need_tool, run
 from partition.images import xzblocks
+from partition.images.image import Buffers
 from partition.writing.copy import write_image
 from test_copy import IMAGE_GUID, assert_not_the_image, disk_target
 
@@ -76,7 +77,8 @@ def blocks_of(image: Path) -> list[tuple[int, int, int]]:
 ])
 def test_xz_blocks_equal_xz(args, disk, tmp_path):
     image = xz(disk, *args)
-    pooled = xzblocks.parallel_reader(open(image, "rb"), _pread(image), image.stat().st_size, "x")
+    pooled = xzblocks.parallel_reader(open(image, "rb"), _pread(image), image.stat().st_size, "x",
+                                      256 * MiB)
     assert (pooled is not None) == ("-T1" not in args)
     if pooled is not None:
         pooled.close()
@@ -101,16 +103,14 @@ def test_xz_streams_and_padding_equal_xz(disk, tmp_path):
     assert target.stat().st_size == 2 * disk.stat().st_size
 
 
-def test_blocks_larger_than_a_thread_takes_are_read_inline(disk, tmp_path, monkeypatch):
-    """A block whose claim passes BLOCK_LIMIT is decompressed on the reading thread,
+def test_blocks_larger_than_a_thread_takes_are_read_inline(disk, tmp_path):
+    """A block claiming over half the budget is decompressed on the reading thread,
     piece by piece, between blocks that go to the pool."""
-    monkeypatch.setattr(xzblocks, "BLOCK_LIMIT", 3 * MiB)
-    monkeypatch.setattr(xzblocks, "BUDGET", 4 * MiB)
     image = tmp_path / "mixed.xz"
     image.write_bytes(xz(disk, "-T2", "--block-size=1MiB").read_bytes()
                       + xz(disk, "-T2", "--block-size=5MiB").read_bytes())
     target = tmp_path / "out.raw"
-    write_image(str(image), str(target))
+    write_image(str(image), str(target), buffers=Buffers(decompress_budget=6 * MiB))
     assert same(target, system_xz(image, tmp_path))
 
 
@@ -119,12 +119,12 @@ def _pread(path: Path):
     return lambda offset, n: os.pread(fd, n, offset)
 
 
-def deploy_fails_and_wipes(image: Path, tmp_path: Path, monkeypatch, *words: str) -> str:
+def deploy_fails_and_wipes(image: Path, tmp_path: Path, *words: str) -> str:
     """A deploy of ``image`` fails in one line. As a command: exit 1, and the disk is not
     the image (a fault found while the first MiB is still being read leaves the disk
     untouched: refused before the target is touched). With little read ahead (one MiB
-    at a time, a small pool budget), the fault comes after the disk is touched: it ends
-    with an empty table."""
+    at a time, a pool budget of two 3 MiB frames), the fault comes after the disk is
+    touched: it ends with an empty table."""
     with disk_target(tmp_path) as dev:
         proc = configdrive("deploy", "--device", dev, "--image", image, check=False)
         assert proc.returncode == 1, proc.stderr
@@ -132,14 +132,11 @@ def deploy_fails_and_wipes(image: Path, tmp_path: Path, monkeypatch, *words: str
         assert len(lines) == 1, lines
         assert all(word in lines[0] for word in words), lines[0]
         assert_not_the_image(dev, empty_table="empty partition table" in lines[0])
-    from partition.images import xzblocks, zstdframes
     from partition.errors import PartitionError
-    from partition.images.image import Buffers
-    for module in (xzblocks, zstdframes):
-        monkeypatch.setattr(module, "BUDGET", 2 * MiB)
     with disk_target(tmp_path) as dev:
         with pytest.raises(PartitionError) as info:
-            write_image(str(image), dev, buffers=Buffers(queue_depth=1, read_size=MiB))
+            write_image(str(image), dev, buffers=Buffers(queue_depth=1, read_size=MiB,
+                                                         decompress_budget=8 * MiB))
         line = str(info.value)
         assert "\n" not in line and all(word in line for word in words), line
         assert "empty partition table" in line
@@ -147,7 +144,7 @@ def deploy_fails_and_wipes(image: Path, tmp_path: Path, monkeypatch, *words: str
     return line
 
 
-def test_a_corrupt_block_fails_in_its_worker_and_wipes(disk, tmp_path, monkeypatch):
+def test_a_corrupt_block_fails_in_its_worker_and_wipes(disk, tmp_path):
     image = xz(disk, "-T2", "--block-size=1MiB")
     offset, unpadded, _ = blocks_of(image)[14]
     data = bytearray(image.read_bytes())
@@ -155,7 +152,7 @@ def test_a_corrupt_block_fails_in_its_worker_and_wipes(disk, tmp_path, monkeypat
     bad = tmp_path / "bad.xz"
     bad.write_bytes(bytes(data))
     assert subprocess.run(["xz", "-t", bad], capture_output=True).returncode != 0
-    line = deploy_fails_and_wipes(bad, tmp_path, monkeypatch, str(bad), f"byte {offset}")
+    line = deploy_fails_and_wipes(bad, tmp_path, str(bad), f"byte {offset}")
     assert "corrupt xz block" in line
 
 
@@ -253,22 +250,20 @@ def test_zstd_frames_equal_zstd(how, disk, tmp_path):
     from partition.images import zstdframes
     from partition.images.image import _Peek
     image = zstd_of(disk, tmp_path, how)
-    pooled = zstdframes.parallel_reader(_Peek(open(image, "rb")), "x")
+    pooled = zstdframes.parallel_reader(_Peek(open(image, "rb")), "x", 256 * MiB)
     assert (pooled is not None) == (how != "stdin")   # T0: one frame of 24 MiB, a job
     target = tmp_path / "out.raw"
     write_image(str(image), str(target), checksum="sha256:" + sha256(image))
     assert same(target, system_zstd(image, tmp_path))
 
 
-def test_zstd_frames_over_a_thread_limit_are_read_inline(disk, tmp_path, monkeypatch):
-    from partition.images import zstdframes
+def test_zstd_frames_over_a_thread_limit_are_read_inline(disk, tmp_path):
     image = tmp_path / "mixed.zst"
     image.write_bytes(zstd_of(disk, tmp_path, "joined").read_bytes()
                       + zstd_of(disk, tmp_path, "stdin").read_bytes()
                       + zstd_of(disk, tmp_path, "pzstd").read_bytes())
-    monkeypatch.setattr(zstdframes, "FRAME_LIMIT", 5 * MiB)
     target = tmp_path / "out.raw"
-    write_image(str(image), str(target))
+    write_image(str(image), str(target), buffers=Buffers(decompress_budget=10 * MiB))
     assert same(target, system_zstd(image, tmp_path))
     with open(image, "rb") as fp:       # and from a pipe: no index needed
         subprocess.run([sys.executable, "-c", "import sys; from partition.writing.copy import "
@@ -277,12 +272,14 @@ def test_zstd_frames_over_a_thread_limit_are_read_inline(disk, tmp_path, monkeyp
     assert same(tmp_path / "piped.raw", target)
 
 
-def test_a_corrupt_zstd_frame_fails_in_its_worker_and_wipes(disk, tmp_path, monkeypatch):
+def test_a_corrupt_zstd_frame_fails_in_its_worker_and_wipes(disk, tmp_path):
     image = zstd_of(disk, tmp_path, "joined")
     data = bytearray(image.read_bytes())
     from partition.images.zstdframes import content_size
     second = data.index(b"\x28\xb5\x2f\xfd", 8)
-    for _ in range(20):        # from the third frame (at 6 MiB): one with a block of data
+    for _ in range(2):
+        second = data.index(b"\x28\xb5\x2f\xfd", second + 8)
+    for _ in range(20):        # from the fifth frame (at 12 MiB): one with a block of data
         second = data.index(b"\x28\xb5\x2f\xfd", second + 8)
         first_block = second + content_size(bytes(data[second: second + 18]))[0]
         if int.from_bytes(data[first_block: first_block + 3], "little") >> 3 > 100:
@@ -291,7 +288,7 @@ def test_a_corrupt_zstd_frame_fails_in_its_worker_and_wipes(disk, tmp_path, monk
     bad = tmp_path / "bad.zst"
     bad.write_bytes(bytes(data))
     assert run("zstd", "-t", bad, check=False).returncode != 0
-    line = deploy_fails_and_wipes(bad, tmp_path, monkeypatch, str(bad), f"byte {second}")
+    line = deploy_fails_and_wipes(bad, tmp_path, str(bad), f"byte {second}")
     assert "corrupt zstd frame" in line
 
 

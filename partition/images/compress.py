@@ -32,20 +32,21 @@ def compression_of(head: bytes) -> str | None:
     return None
 
 
-def decompressing_reader(inner, kind: str, name: str, pread=None, size: int | None = None
-                         ) -> io.RawIOBase:
+def decompressing_reader(inner, kind: str, name: str, pread=None, size: int | None = None,
+                         budget: int = 256 << 20) -> io.RawIOBase:
     """``pread(offset, length)`` and ``size``: the compressed file is local, and an xz
     file of many blocks is decompressed on all cores (partition/images/xzblocks.py). A zstd
     stream of many frames is, from any source whose reader can ``peek``
-    (partition/images/zstdframes.py)."""
+    (partition/images/zstdframes.py). ``budget``: what their threads may hold at once
+    (image.Buffers.decompress_budget)."""
     if kind == "xz" and pread is not None and size is not None:
         from .xzblocks import parallel_reader
-        reader = parallel_reader(inner, pread, size, name)
+        reader = parallel_reader(inner, pread, size, name, budget)
         if reader is not None:
             return reader
     if kind == "zstd" and hasattr(inner, "peek"):
         from .zstdframes import parallel_reader as frames_reader
-        reader = frames_reader(inner, name)
+        reader = frames_reader(inner, name, budget)
         if reader is not None:
             return reader
     if kind == "zstd":

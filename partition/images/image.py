@@ -63,10 +63,14 @@ class Buffers:
     ``from ... import`` of it, and would leak into any other deploy running meanwhile.
     The defaults are the command line's (deep enough that reading, decompressing and
     writing overlap); an ironic ramdisk, where each byte is RAM the node needs, passes
-    fewer and smaller (configdrive/engines/ironic/manager.py)."""
+    fewer and smaller (configdrive/engines/ironic/manager.py). ``decompress_budget``: the
+    bytes (compressed and plain) of the xz blocks or zstd frames decompressed on threads at
+    once (partition/images/ordered.py); one claiming more than half of it is decompressed
+    on the reading thread instead."""
 
     queue_depth: int = 6
     read_size: int = READ_RUN      # 4 MiB, the qcow2 reader's own default
+    decompress_budget: int = 256 << 20
 
 
 DEFAULT_BUFFERS = Buffers()
@@ -245,7 +249,8 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
     if compression:
         # A local file can be read at random too: an xz file's index is read from its end.
         pread = (lambda offset, n: os.pread(source.fileno(), n, offset)) if source.path else None
-        decompressed = decompressing_reader(outer, compression, source.name, pread, source.size)
+        decompressed = decompressing_reader(outer, compression, source.name, pread, source.size,
+                                            buffers.decompress_budget)
         closers.append(decompressed.close)
         stream = _Peek(decompressed)
         if compression_of(stream.peek(8)):

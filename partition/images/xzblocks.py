@@ -11,8 +11,8 @@ Bounded whatever the indexes claim. Before a byte is decompressed they are check
 against the file: each index inside it (at most INDEX_LIMIT bytes, records charged to its
 own bytes), its blocks adding up to the bytes before it, each stream's header agreeing
 with its footer. Blocks in flight claim (compressed plus plain bytes, from the index) at
-most BUDGET together (partition/images/ordered.py), and liblzma is asked for no more plain
-bytes than a block's record claims; a block whose claim passes BLOCK_LIMIT is decompressed
+most ``budget`` together (partition/images/ordered.py), and liblzma is asked for no more
+plain bytes than a block's record claims; a block claiming over half of it is decompressed
 on the reading thread, ``piece`` bytes at a time, as the serial reader would. The bytes
 read forward where the index, the stream headers and footers lie must be the bytes the
 indexes were read from.
@@ -36,8 +36,6 @@ from .source import read_full
 
 HEADER_MAGIC, FOOTER_MAGIC = b"\xfd7zXZ\x00", b"YZ"
 INDEX_LIMIT = 16 << 20       # an index this large is a million blocks: read serially
-BLOCK_LIMIT = 128 << 20      # compressed + plain bytes of one block decoded on a thread
-BUDGET = 256 << 20           # of all blocks in flight together
 INPUT_CHUNK = 1 << 20
 PADDING_LIMIT = 64 << 10     # zeros between streams: more is left to the serial reader
 
@@ -145,16 +143,16 @@ def _parse_index(index: bytes) -> list[tuple[int, int]]:
     return blocks
 
 
-def parallel_reader(inner, pread, size: int, name: str, piece: int = PIECE):
+def parallel_reader(inner, pread, size: int, name: str, budget: int, piece: int = PIECE):
     """An ``OrderedPieces`` reader of the plain bytes of the xz file read forward from
     ``inner``, or None when its blocks cannot be decoded apart (one block, no index)."""
     streams = read_streams(pread, size)
     if not streams or sum(len(s.blocks) for s in streams) < 2:
         return None
-    return OrderedPieces(_units(inner, streams, size, name, piece), BUDGET)
+    return OrderedPieces(_units(inner, streams, size, name, budget // 2, piece), budget)
 
 
-def _units(inner, streams: list[Stream], size: int, name: str, piece: int):
+def _units(inner, streams: list[Stream], size: int, name: str, limit: int, piece: int):
     pos = 0
 
     def take(n: int, what: str) -> bytes:
@@ -185,7 +183,7 @@ def _units(inner, streams: list[Stream], size: int, name: str, piece: int):
         for unpadded, plain in stream.blocks:
             at, padded = pos, _padded(unpadded)
             tail = _mini_index(unpadded, plain, stream.header[6:8])
-            if padded + plain <= BLOCK_LIMIT:
+            if padded + plain <= limit:
                 block = list(chunks(padded))      # read here, in order; decoded on a thread
                 yield Job(lambda block=block, tail=tail, plain=plain, at=at: list(
                     _decode(stream.header, block, tail, plain, at, name, piece)), padded + plain)

@@ -4,7 +4,7 @@ decompressed on all cores.
 The frames are found as the bytes go by, by walking frame and block headers (RFC 8878):
 no index is needed, so a stream from stdin or http gains as a local file does. A frame
 goes whole to a thread (the zstandard library releases the GIL and checks the frame's
-checksum) when it claims at most FRAME_LIMIT, compressed plus plain bytes: its plain
+checksum) when it claims at most half the ``budget``, compressed plus plain bytes: its plain
 bytes are its header's content size, or where the header does not tell (pzstd's frames),
 the most its blocks can hold (a raw or RLE block its size, a compressed one 128 KiB). A
 larger frame is decompressed on the reading thread, a piece at a time, as the serial
@@ -16,7 +16,7 @@ beside it.
 Bounded whatever the headers claim: a frame goes to a thread only if its claim fits, and
 its compressed bytes are collected only while they fit too (past that, the frame is
 decompressed inline from what was collected and the rest); frames in flight claim at
-most BUDGET together (partition/images/ordered.py).
+most ``budget`` together (partition/images/ordered.py).
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from .ordered import PIECE, Inline, Job, OrderedPieces
 from .source import read_full
 
 FRAME_MAGIC = 0xFD2FB528
-FRAME_LIMIT = 128 << 20
-BUDGET = 256 << 20
 INPUT_CHUNK = 1 << 20
 MAX_HEADER = 18             # magic, descriptor, window, dictionary id, content size
 PEEK = 256                  # looked at to find the first frame's header
@@ -54,7 +52,7 @@ def content_size(header: bytes) -> tuple[int, int | None] | None:
     return at + fcs_bytes, size
 
 
-def parallel_reader(inner, name: str, piece: int = PIECE):
+def parallel_reader(inner, name: str, budget: int, piece: int = PIECE):
     """An ``OrderedPieces`` reader of the plain bytes of the zstd stream read forward
     from ``inner`` (which can ``peek``), or None when its first frame would be
     decompressed inline anyway."""
@@ -62,9 +60,10 @@ def parallel_reader(inner, name: str, piece: int = PIECE):
     while len(head) >= at + 8 and head[at] & 0xF0 == 0x50 and head[at + 1: at + 4] == b"\x2a\x4d\x18":
         at += 8 + struct.unpack_from("<I", head, at + 4)[0]      # skippable frames (pzstd's)
     first = content_size(head[at:])
-    if first is None or (first[1] is None and not at) or (first[1] or 0) > FRAME_LIMIT:
+    limit = budget // 2
+    if first is None or (first[1] is None and not at) or (first[1] or 0) > limit:
         return None
-    return OrderedPieces(_Walker(inner, name).units(piece), BUDGET)
+    return OrderedPieces(_Walker(inner, name).units(limit, piece), budget)
 
 
 class _Walker:
@@ -81,7 +80,7 @@ class _Walker:
                                  f"byte {self.offset}, inside a {what})")
         return data
 
-    def units(self, piece: int):
+    def units(self, limit: int, piece: int):
         import zstandard      # imported by the streams that need it, not by every deploy
         frames = 0
         while True:
@@ -109,14 +108,14 @@ class _Walker:
             size = content_size(header)[1]
             self.most = 0
             chunks = self._frame(header, (fd >> 2) & 1)
-            if size is not None and size > FRAME_LIMIT:
+            if size is not None and size > limit:
                 yield Inline(_decode(chunks, at, self._name, piece, zstandard, size))
                 continue
             collected, held = [], 0
             for chunk in chunks:
                 collected.append(chunk)
                 held += len(chunk)
-                if held + (self.most if size is None else size) > FRAME_LIMIT:
+                if held + (self.most if size is None else size) > limit:
                     # more than a thread may hold: the rest as it is read
                     yield Inline(_decode(chain(collected, chunks), at, self._name, piece,
                                          zstandard, size))
