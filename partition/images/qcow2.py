@@ -485,16 +485,23 @@ class Qcow2:
     def extents(self) -> Iterator[tuple[int, int, bytes | None]]:
         """The virtual disk in order as (offset, length, data or None for zeros);
         neighbouring pieces of one kind are merged (contiguous host data is read with
-        one pread of up to ``read_run`` bytes)."""
+        one pread of up to ``read_run`` bytes). Each extent is handed on once the next
+        has been read and, if compressed, handed to the inflating threads: they inflate
+        one run while this thread joins and hands on the one before, instead of waiting
+        idle while it does (one more run in memory)."""
         run_kind, run_start, run_len, run_host = None, 0, 0, 0
         compressed: list[tuple[int, int, int]] = []     # (entry, virtual offset, length)
+        pending = None
         for voff, length, kind, where in self._pieces():
             contiguous = (kind == run_kind and run_len + length <= self.read_run
                           and (kind != "data" or where == run_host + run_len))
             if kind == "zero" and run_kind == "zero":
                 contiguous = True
             if not contiguous and run_kind is not None:
-                yield self._flush(run_kind, run_start, run_len, run_host, compressed)
+                started = self._flush(run_kind, run_start, run_len, run_host, compressed)
+                if pending is not None:
+                    yield self._joined(pending)
+                pending = started
                 compressed = []
                 run_kind = None
             if run_kind is None:
@@ -503,15 +510,28 @@ class Qcow2:
                 compressed.append((where, voff, length))
             run_len += length
         if run_kind is not None:
-            yield self._flush(run_kind, run_start, run_len, run_host, compressed)
+            started = self._flush(run_kind, run_start, run_len, run_host, compressed)
+            if pending is not None:
+                yield self._joined(pending)
+            pending = started
+        if pending is not None:
+            yield self._joined(pending)
 
     def _flush(self, kind, start, length, host, compressed):
+        """A run as (start, length, data, None for zeros, or its clusters being inflated)."""
         if kind == "zero":
             return start, length, None
         if kind == "compressed":
-            return start, length, b"".join(self._inflate_run(compressed, self._read_compressed(compressed)))
+            return start, length, self._inflate_run(compressed, self._read_compressed(compressed))
         data = self._pread(host, length, f"data at virtual byte {start}")
         return start, length, self._whole(data, host, length)
+
+    @staticmethod
+    def _joined(extent):
+        start, length, data = extent
+        if data is None or isinstance(data, (bytes, bytearray)):
+            return extent
+        return start, length, b"".join(data)
 
     def _whole(self, data, host: int, length: int):
         """``data`` read at ``host``: short only at the end of the file, read as zeros."""
