@@ -53,6 +53,15 @@ def table(title: str, rows: list[tuple[str, float, float]], unit: str = "s") -> 
     return "\n".join(lines)
 
 
+def workdir(given: str | None, prefix: str):
+    """``--workdir`` (made if missing), or a new temporary directory named ``prefix``."""
+    import tempfile
+    from pathlib import Path
+    work = Path(given or tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
 def self_peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -60,7 +69,10 @@ def self_peak_rss() -> int:
 class RangeServer:
     """Serve the files of ``root`` on 127.0.0.1 as a CDN does: Accept-Ranges, a strong
     ETag, ``Range: bytes=a-`` / ``a-b`` honoured when If-Range matches. Python's own
-    http.server (3.11) serves no ranges. ``with RangeServer(root) as url: ...``"""
+    http.server (3.11) serves no ranges. ``with RangeServer(root) as url: ...``
+
+    A query string names the client (``/disk.qcow2?node-3``): ``clients[query]`` counts
+    the requests and body bytes sent for it; the file served is the path without it."""
 
     def __init__(self, root):
         import http.server
@@ -68,6 +80,8 @@ class RangeServer:
         from pathlib import Path
         outer = self
         self.root, self.requests = Path(root), []
+        self.clients: dict[str, dict[str, int]] = {}
+        self._counting = threading.Lock()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -85,8 +99,15 @@ class RangeServer:
         """What is sent for ``piece`` (ending at byte ``end`` of a range); a hook for tests."""
         return piece
 
+    def count(self, client: str, requests: int = 0, sent: int = 0) -> None:
+        with self._counting:
+            seen = self.clients.setdefault(client, {"requests": 0, "bytes": 0})
+            seen["requests"] += requests
+            seen["bytes"] += sent
+
     def serve(self, handler) -> None:
-        path = self.root / handler.path.lstrip("/")
+        name, _, client = handler.path.partition("?")
+        path = self.root / name.lstrip("/")
         if not path.is_file():
             handler.send_error(404)
             return
@@ -94,6 +115,7 @@ class RangeServer:
         etag = f'"{size}-{path.stat().st_mtime_ns}"'
         rng, if_range = handler.headers.get("Range"), handler.headers.get("If-Range")
         self.requests.append(rng)
+        self.count(client, requests=1)
         start, end, status = 0, size, 200
         if rng and if_range in (None, etag):
             first, _, last = rng.split("=")[1].partition("-")
@@ -111,7 +133,9 @@ class RangeServer:
             try:
                 while start < end:
                     piece = fp.read(min(1 << 20, end - start))
-                    handler.wfile.write(self.body(piece, start, end, bounded))
+                    body = self.body(piece, start, end, bounded)
+                    handler.wfile.write(body)
+                    self.count(client, sent=len(body))
                     start += len(piece)
             except (BrokenPipeError, ConnectionResetError):
                 pass      # the reader closed a stream it no longer needs

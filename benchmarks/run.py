@@ -22,11 +22,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-BENCHES = ["build_drives.py", "stream_images.py", "ipa_write_image.py"]
+BENCHES = ["build_drives.py", "stream_images.py", "ipa_write_image.py", "fleet.py"]
 # Each benchmark's smallest size, one run (--quick).
 QUICK = {"build_drives.py": ["--runs", "1"],
          "stream_images.py": ["--sizes", "0.0625", "--data-gib", "0.03125", "--runs", "1"],
-         "ipa_write_image.py": ["--size-gib", "0.0625", "--data-mib", "16", "--runs", "1"]}
+         "ipa_write_image.py": ["--size-gib", "0.0625", "--data-mib", "16", "--runs", "1"],
+         "fleet.py": ["--size-gib", "0.0625", "--data-mib", "16", "--rounds", "1"]}
 GENERATED = "<!-- Written by benchmarks/run.py (`make bench`); edit the benchmarks, not this page. -->"
 
 

@@ -350,7 +350,9 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    from partition.images.ordered import hold_freed_memory
     from .deploy import deploy
+    hold_freed_memory()      # a one-shot process: see there why
     # The drive: a ready one (--config-drive), or content options built like `build` does.
     drive = args.config_drive or (content_from_args(args) if has_content_options(args) else None)
     http = {k: v for k, v in (("deadline", args.http_deadline), ("retries", args.http_retries))

@@ -29,6 +29,7 @@ TEST_DEBS=(
   e2fsprogs                                 # mkfs.ext4 -d, debugfs, e2fsck (injector)
   openssl                                   # openssl passwd -6 (injector: etc/shadow hash)
   zstd xz-utils gzip                        # compressed image fixtures
+  xfsprogs pigz                             # benchmarks: xfs_io (the device's limit), a peer
   cloud-init                                # cloud-init's own config drive reader
   cloud-image-utils                         # cloud-localds: the NoCloud seeds we are compared with
   debootstrap qemu-system-x86               # the end-to-end guest (make e2e): build, boot

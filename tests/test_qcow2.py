@@ -87,6 +87,29 @@ def test_converted_images_equal_qemu(variant, base_raw, tmp_path):
     assert summary["format"] == "qcow2" and summary["virtual_size"] == base_raw.stat().st_size
 
 
+def test_zlib_clusters_without_libdeflate_equal_qemu(base_raw, tmp_path, monkeypatch):
+    """libdeflate is only faster: without it zlib inflates every cluster, as qemu does."""
+    import partition.images.qcow2
+    monkeypatch.setattr(partition.images.qcow2, "_libdeflate", None)
+    image = tmp_path / "img.qcow2"
+    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", base_raw, image)
+    target, _ = ours(image, tmp_path)
+    assert same(target, qemu_raw(image))
+
+
+def test_deflate_stream_that_fills_its_cluster_without_ending():
+    """qemu takes a cluster whose deflate stream fills it before the sectors its entry
+    counts run out (the stream's end is never reached); libdeflate refuses such a
+    stream, so zlib decides, as in qemu."""
+    import zlib
+    from partition.images.qcow2 import _inflate_deflate
+    data = os.urandom(8192) * 4
+    packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+    stream = packer.compress(data) + packer.flush(zlib.Z_FULL_FLUSH)   # no final block
+    assert bytes(_inflate_deflate(stream, 16384)) == data[:16384]
+    assert bytes(_inflate_deflate(zlib.compress(data[:4096], wbits=-15), 4096)) == data[:4096]
+
+
 def qemu_io(image: Path, *commands: str) -> None:
     args = []
     for c in commands:

@@ -27,16 +27,47 @@ def compression_of(head: bytes) -> str | None:
     for kind, magic in MAGIC.items():
         if head.startswith(magic):
             return kind
+    if len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == b"\x2a\x4d\x18":
+        return "zstd"        # a skippable frame first, as pzstd writes (zstd -d reads it)
     return None
 
 
-def decompressing_reader(inner, kind: str, name: str) -> io.RawIOBase:
+def decompressing_reader(inner, kind: str, name: str, pread=None, size: int | None = None,
+                         budget: int = 256 << 20) -> io.RawIOBase:
+    """``pread(offset, length)`` and ``size``: the compressed file is local, and an xz
+    file of many blocks is decompressed on all cores (partition/images/xzblocks.py). A zstd
+    stream of many frames is, from any source whose reader can ``peek``
+    (partition/images/zstdframes.py). ``budget``: what their threads may hold at once
+    (image.Buffers.decompress_budget)."""
+    if kind == "xz" and pread is not None and size is not None:
+        from .xzblocks import parallel_reader
+        reader = parallel_reader(inner, pread, size, name, budget)
+        if reader is not None:
+            return reader
+    if kind == "zstd" and hasattr(inner, "peek"):
+        from .zstdframes import parallel_reader as frames_reader
+        reader = frames_reader(inner, name, budget)
+        if reader is not None:
+            return reader
     if kind == "zstd":
         return _ZstdReader(inner, name)
     return _StdlibReader(inner, kind, name)
 
 
-class _StdlibReader(io.RawIOBase):
+class _Reader(io.RawIOBase):
+    """A reader whose ``read`` hands on what its library gave (RawIOBase.read would copy
+    it into a buffer of ``size`` bytes made for the call, then copy it out again)."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        out = self.read(len(buf))
+        buf[: len(out)] = out
+        return len(out)
+
+
+class _StdlibReader(_Reader):
     """gzip (zlib) and xz (lzma): both take ``max_length`` and report ``eof`` and
     ``unused_data``, so one loop serves both."""
 
@@ -50,16 +81,13 @@ class _StdlibReader(io.RawIOBase):
     def _new(self):
         return zlib.decompressobj(wbits=31) if self._kind == "gzip" else lzma.LZMADecompressor(lzma.FORMAT_XZ)
 
-    def readable(self) -> bool:
-        return True
-
     def _fill(self) -> bytes:
         data = self._inner.read(INPUT_CHUNK)
         self._consumed += len(data)
         return data
 
-    def readinto(self, buf) -> int:
-        want = len(buf)
+    def read(self, size: int = -1) -> bytes:
+        want = size if size > 0 else INPUT_CHUNK
         while not self._done:
             if self._d.eof:
                 self._next_member()
@@ -77,12 +105,11 @@ class _StdlibReader(io.RawIOBase):
                 raise PartitionError(f"{self._name}: corrupt {self._kind} data near compressed "
                                      f"byte {self._consumed}: {exc}") from exc
             if out:
-                buf[: len(out)] = out
-                return len(out)
+                return out
             if not data and not self._d.eof:
                 raise PartitionError(f"{self._name}: truncated {self._kind} stream (ends at "
                                      f"compressed byte {self._consumed})")
-        return 0
+        return b""
 
     def _next_member(self) -> None:
         """After one member/stream: another may follow; zero padding may end the file
@@ -111,7 +138,7 @@ class _StdlibReader(io.RawIOBase):
             self._done = True
 
 
-class _ZstdReader(io.RawIOBase):
+class _ZstdReader(_Reader):
     """zstd through zstandard's stream reader (which bounds its output by the read size).
     That reader stops quietly when its input ends mid-frame, so the compressed bytes pass
     a small frame walker that knows whether the stream ended on a frame boundary."""
@@ -125,18 +152,15 @@ class _ZstdReader(io.RawIOBase):
         self._reader = zstandard.ZstdDecompressor().stream_reader(
             self._tap, read_size=INPUT_CHUNK, read_across_frames=True)
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf) -> int:
+    def read(self, size: int = -1) -> bytes:
         try:
-            n = self._reader.readinto(buf)
+            out = self._reader.read(size if size > 0 else INPUT_CHUNK)
         except self._error as exc:
             raise PartitionError(f"{self._name}: corrupt zstd data near compressed byte "
                                  f"{self._frames.offset}: {exc}") from exc
-        if n == 0:
+        if not out:
             self._frames.finish()
-        return n
+        return out
 
 
 class _Tap:

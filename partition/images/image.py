@@ -47,7 +47,7 @@ from ..errors import PartitionError
 from .formats import HEAD_BYTES, MIN_DISK, gpt_declared_size, identify, refuse_unconvertible
 from ..progress import Progress
 from .qcow2 import READ_RUN, Qcow2
-from .source import HttpSource, Source, open_source
+from .source import HttpSource, Source, open_source, read_full
 
 ZERO_GRAIN = 64 << 10    # zero detection granularity inside data
 HEAD = 1 << 20           # the copier holds back this much of the disk's start (copy.HOLD)
@@ -63,10 +63,14 @@ class Buffers:
     ``from ... import`` of it, and would leak into any other deploy running meanwhile.
     The defaults are the command line's (deep enough that reading, decompressing and
     writing overlap); an ironic ramdisk, where each byte is RAM the node needs, passes
-    fewer and smaller (configdrive/engines/ironic/manager.py)."""
+    fewer and smaller (configdrive/engines/ironic/manager.py). ``decompress_budget``: the
+    bytes (compressed and plain) of the xz blocks or zstd frames decompressed on threads at
+    once (partition/images/ordered.py); one claiming more than half of it is decompressed
+    on the reading thread instead."""
 
     queue_depth: int = 6
     read_size: int = READ_RUN      # 4 MiB, the qcow2 reader's own default
+    decompress_budget: int = 256 << 20
 
 
 DEFAULT_BUFFERS = Buffers()
@@ -211,18 +215,6 @@ class _Peek:
         return self._inner.read(n)
 
 
-def read_full(reader, n: int) -> bytes:
-    """Up to ``n`` bytes; fewer only at the end (pipes and sockets return short reads)."""
-    parts, got = [], 0
-    while got < n:
-        data = reader.read(n - got)
-        if not data:
-            break
-        parts.append(data)
-        got += len(data)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
 def open_image(spec: str | os.PathLike, *, hash_algorithm: str | None = None,
                spool_dir: str | None = None, http_options: dict | None = None,
                on_spool: Callable[[str], None] | None = None,
@@ -253,13 +245,18 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
     outer = _Peek(hashing)
     compression = compression_of(outer.peek(8))
     stream = outer
+    closers = [source.close]
     if compression:
-        stream = _Peek(decompressing_reader(outer, compression, source.name))
+        # A local file can be read at random too: an xz file's index is read from its end.
+        pread = (lambda offset, n: os.pread(source.fileno(), n, offset)) if source.path else None
+        decompressed = decompressing_reader(outer, compression, source.name, pread, source.size,
+                                            buffers.decompress_budget)
+        closers.append(decompressed.close)
+        stream = _Peek(decompressed)
         if compression_of(stream.peek(8)):
             raise PartitionError(f"{source.name}: compressed twice ({compression} around "
                                  f"{compression_of(stream.peek(8))}): refused")
     head = stream.peek(HEAD_BYTES)
-    closers = [source.close]
     inside = f" inside {compression}" if compression else ""
     if not head:
         raise PartitionError(f"{source.name}: the image is empty (0 bytes{inside}): refused")

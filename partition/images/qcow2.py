@@ -39,6 +39,12 @@ from typing import Iterator
 
 from ..errors import PartitionError
 
+try:
+    from deflate import DeflateError as _libdeflate_error
+    from deflate import deflate_decompress as _libdeflate
+except ImportError:          # zlib alone is correct, only slower
+    _libdeflate, _libdeflate_error = None, Exception
+
 MAGIC = b"QFI\xfb"
 HEADER_V2 = struct.Struct(">4sIQIIQIIQQIIQ")          # up to snapshots_offset (72 bytes)
 HEADER_V3 = struct.Struct(">QQQII")                   # incompatible .. header_length (@72)
@@ -479,16 +485,23 @@ class Qcow2:
     def extents(self) -> Iterator[tuple[int, int, bytes | None]]:
         """The virtual disk in order as (offset, length, data or None for zeros);
         neighbouring pieces of one kind are merged (contiguous host data is read with
-        one pread of up to ``read_run`` bytes)."""
+        one pread of up to ``read_run`` bytes). Each extent is handed on once the next
+        has been read and, if compressed, handed to the inflating threads: they inflate
+        one run while this thread joins and hands on the one before, instead of waiting
+        idle while it does (one more run in memory)."""
         run_kind, run_start, run_len, run_host = None, 0, 0, 0
         compressed: list[tuple[int, int, int]] = []     # (entry, virtual offset, length)
+        pending = None
         for voff, length, kind, where in self._pieces():
             contiguous = (kind == run_kind and run_len + length <= self.read_run
                           and (kind != "data" or where == run_host + run_len))
             if kind == "zero" and run_kind == "zero":
                 contiguous = True
             if not contiguous and run_kind is not None:
-                yield self._flush(run_kind, run_start, run_len, run_host, compressed)
+                started = self._flush(run_kind, run_start, run_len, run_host, compressed)
+                if pending is not None:
+                    yield self._joined(pending)
+                pending = started
                 compressed = []
                 run_kind = None
             if run_kind is None:
@@ -497,15 +510,28 @@ class Qcow2:
                 compressed.append((where, voff, length))
             run_len += length
         if run_kind is not None:
-            yield self._flush(run_kind, run_start, run_len, run_host, compressed)
+            started = self._flush(run_kind, run_start, run_len, run_host, compressed)
+            if pending is not None:
+                yield self._joined(pending)
+            pending = started
+        if pending is not None:
+            yield self._joined(pending)
 
     def _flush(self, kind, start, length, host, compressed):
+        """A run as (start, length, data, None for zeros, or its clusters being inflated)."""
         if kind == "zero":
             return start, length, None
         if kind == "compressed":
-            return start, length, b"".join(self._inflate_run(compressed, self._read_compressed(compressed)))
+            return start, length, self._inflate_run(compressed, self._read_compressed(compressed))
         data = self._pread(host, length, f"data at virtual byte {start}")
         return start, length, self._whole(data, host, length)
+
+    @staticmethod
+    def _joined(extent):
+        start, length, data = extent
+        if data is None or isinstance(data, (bytes, bytearray)):
+            return extent
+        return start, length, b"".join(data)
 
     def _whole(self, data, host: int, length: int):
         """``data`` read at ``host``: short only at the end of the file, read as zeros."""
@@ -518,12 +544,23 @@ class Qcow2:
     def _inflate_run(self, compressed, raw):
         """Each (entry, virtual offset, length) of ``compressed`` inflated from its ``raw``
         bytes; zlib and zstd release the GIL, so a run's clusters go to all cores."""
+        workers = os.cpu_count() or 2
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor   # only when needed
-            self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
-                                            thread_name_prefix="qcow2-inflate")
-        return self._pool.map(lambda c, data: self._inflate(data, c[0], c[1])[:c[2]],
-                              compressed, raw)
+            self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qcow2-inflate")
+        # A job per share of the run, not per cluster: a future per 64 KiB cluster cost
+        # more than a tenth of the inflating itself (measured on 256 MiB of text).
+        step = -(-len(compressed) // (2 * workers))
+        jobs = [self._pool.submit(self._inflate_share, compressed[at: at + step], raw[at: at + step])
+                for at in range(0, len(compressed), step)]
+        return (data for job in jobs for data in job.result())
+
+    def _inflate_share(self, compressed, raw) -> list:
+        out = []
+        for (entry, voff, length), data in zip(compressed, raw):
+            data = self._inflate(data, entry, voff)
+            out.append(data if length == len(data) else data[:length])   # a cut copies
+        return out
 
     def extents_by_host(self, before_data=None) -> Iterator[tuple[int, int, bytes | None]]:
         """The virtual disk as extents in the file's order, for a reader that goes forward
@@ -654,8 +691,7 @@ class Qcow2:
             errors = (zstandard.ZstdError,)
         try:
             if self.header.compression_type == 0:
-                # raw deflate (no zlib header); the data may run past its cluster
-                out = zlib.decompressobj(-15).decompress(data, self.cluster)
+                out = _inflate_deflate(data, self.cluster)
             else:
                 dctx = getattr(self._local, "zstd", None)
                 if dctx is None:
@@ -668,6 +704,22 @@ class Qcow2:
             raise PartitionError(f"{self.name}: compressed cluster at byte {coffset} (virtual "
                                  f"byte {voff}) holds {len(out)} bytes, not {self.cluster}")
         return out
+
+
+def _inflate_deflate(data, cluster: int):
+    """Raw deflate (no zlib header) into one cluster; the data may run past its stream.
+    libdeflate (the ``deflate`` package) inflates a whole buffer in one call at about
+    twice zlib's speed (measured: 0.30 s against 0.67 s of CPU for 256 MiB of text in
+    64 KiB clusters), releasing the GIL. Where it refuses, zlib decides, as qemu does: a
+    stream that fills the cluster need not end within the sectors its entry counts."""
+    if _libdeflate is not None:
+        try:
+            out = _libdeflate(data, cluster)
+        except _libdeflate_error:
+            out = None
+        if out is not None and len(out) == cluster:
+            return out
+    return zlib.decompressobj(-15).decompress(data, cluster)
 
 
 class _HostMap:

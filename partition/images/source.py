@@ -311,6 +311,18 @@ def _discard(resp, count: int, url: str) -> None:
         count -= len(chunk)
 
 
+def read_full(reader, n: int) -> bytes:
+    """Up to ``n`` bytes; fewer only at the end (pipes and sockets return short reads)."""
+    parts, got = [], 0
+    while got < n:
+        data = reader.read(n - got)
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def is_url(spec: str) -> bool:
     return spec.startswith(("http://", "https://"))
 

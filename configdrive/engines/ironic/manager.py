@@ -56,8 +56,11 @@ MiB = 1 << 20
 # image.py's 4 MiB raw chunks (each joined from 1 MiB socket reads) held 21 to 27 MiB of
 # image data at once, which made the agent 27-32 MiB larger than with IPA's own path;
 # 2 chunks of 1 MiB hold a fraction of that, at no cost in time we could measure. The
-# command line keeps the defaults (partition.images.image.Buffers).
-RAMDISK_BUFFERS = Buffers(queue_depth=2, read_size=1 * MiB)
+# command line keeps the defaults (partition.images.image.Buffers). Decompressing on
+# threads holds its units whole: 32 MiB lets small ones (pzstd's frames, xz blocks of
+# -T with a small --block-size) run on all cores and leaves xz -T's default blocks (24 MiB
+# and more) to one core, a piece at a time.
+RAMDISK_BUFFERS = Buffers(queue_depth=2, read_size=1 * MiB, decompress_budget=32 * MiB)
 
 
 class ConfigDriveHardwareManager(hardware.HardwareManager):
