@@ -2,7 +2,8 @@
 
 The public API: :class:`Content` (what a drive carries), :func:`build` (content -> ISO 9660
 or vfat image), :func:`open_drive` (an image, a directory or a whole disk -> a
-:class:`Drive` with its tree), and :class:`ConfigDriveError` (every refusal, one line).
+:class:`Drive` with its tree), :class:`ConfigDriveError` (every refusal, one line), and
+for booted guests (configdrive.engines.boot) :class:`Verdict` and :class:`DriveRefused`.
 
 The names are imported on first use (PEP 562): the pytest plugin
 (configdrive.engines.pytest_plugin) is loaded by every pytest run of everyone who installed
@@ -17,7 +18,8 @@ import importlib
 # pay for the drive builder's modules at start-up.)
 _PUBLIC = {"Content": "model.content", "InjectedFile": "model.content",
            "content_from_files": "model.inputs", "Drive": "drives.drive", "build": "drives.builder",
-           "open_drive": "drives.reader", "ConfigDriveError": "errors"}
+           "open_drive": "drives.reader", "ConfigDriveError": "errors",
+           "Verdict": "engines.verdict", "DriveRefused": "engines.boot"}
 
 __all__ = list(_PUBLIC)
 

@@ -187,6 +187,14 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _guest_memory(text: str) -> int:
+    """Guest memory as a size (2G, 1536M): whole MiB, 256 MiB to 1 TiB."""
+    mib = _size(text) >> 20
+    if not 256 <= mib <= 1 << 20:
+        raise argparse.ArgumentTypeError(f"{text!r}: guest memory from 256M to 1T")
+    return mib
+
+
 # -- handlers ----------------------------------------------------------------------
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -380,6 +388,40 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_boot(args: argparse.Namespace) -> int:
+    from .engines.boot import boot, remove_disks
+    from .errors import ConfigDriveError
+    content = content_from_args(args) if has_content_options(args) else None
+    if content is not None and args.drive:
+        raise ConfigDriveError("--drive is a ready drive: give it or drive content options, not both")
+    drive = args.drive or content
+    if drive is None and args.attach != "none":
+        raise ConfigDriveError(f"--attach {args.attach}: give --drive DRIVE or drive content options "
+                               "(--hostname, --user-data, ...), or --attach none")
+    with _log_to_stderr(args), _sigterm_as_interrupt():
+        verdict = boot(args.image, drive, attach=args.attach, workdir=args.workdir, uefi=args.uefi,
+                       sector_size=args.sector_size, timeout=args.timeout, kernel=args.kernel,
+                       initrd=args.initrd, append=args.append, wait=args.wait, accel=args.accel,
+                       memory_mib=args.memory, format=args.format, label=args.label, size=args.size,
+                       versions=args.versions, ec2=args.ec2, validate=args.validate)
+        if not args.keep_disks:
+            remove_disks(verdict)
+    if args.json:
+        print(json.dumps(_versioned(verdict.to_json()), indent=2))
+        return 0
+    print(f"booted {args.image} ({verdict.how}) in {verdict.seconds:.0f} s, "
+          f"stopped by {verdict.stopped}, cloud-init {verdict.cloud_init_version or 'not seen'}")
+    rows = [("datasource", verdict.datasource), ("source", verdict.source), ("hostname", verdict.hostname),
+            ("errors", "; ".join(verdict.errors) or "none")]
+    rows += [("keys", f"{path}: {len(keys)}") for path, keys in verdict.keys.items()]
+    rows += [("network", path) for path in verdict.network]
+    rows += [("console", verdict.console_log), ("cloud-init log", verdict.cloud_init_log)]
+    rows += [("unread", f"{what}: {why}") for what, why in verdict.unread.items()]
+    for key, value in rows:
+        print(f"{key}: {value if value is not None else '-'}")
+    return 0
+
+
 def _written(name: str, target: dict) -> str:
     """The device a deploy wrote, as the summary line names it: the name given, and the
     device that name led to when the deploy opened it (major:minor, kernel name, by-id
@@ -558,6 +600,43 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a summary as JSON")
     add_content_options(p)
     add_format_options(p)
+
+    p = command("boot", cmd_boot, "boot a cloud image under QEMU with a drive, print cloud-init's verdict",
+                "  configdrive boot debian-12-genericcloud-amd64.qcow2 --hostname node-7 --ssh-key ops.pub\n"
+                "  configdrive boot cloud.qcow2 --drive drive.img --attach disk --json\n"
+                "  configdrive boot cloud.raw --attach config-partition --uefi --sector-size 4096 \\\n"
+                "      --network-data network_data.json\n")
+    p.add_argument("image", metavar="IMAGE", help="the cloud image (qcow2 or raw), never modified")
+    p.add_argument("--drive", metavar="DRIVE", help="a ready drive image (instead of drive content options)")
+    p.add_argument("--attach", choices=("cdrom", "disk", "config-partition", "nocloud", "none"),
+                   default="cdrom",
+                   help="cdrom: nova's IDE CD-ROM (default); disk: nova's vfat disk; config-partition: "
+                        "the image deployed onto a scratch disk, the drive in its config partition "
+                        "(ironic); nocloud: a NoCloud seed; none: the image as it is")
+    p.add_argument("--uefi", action="store_true", help="boot through UEFI firmware (Debian's OVMF)")
+    p.add_argument("--sector-size", type=int, choices=(512, 4096), default=512, metavar="BYTES",
+                   help="the disks' logical sector size: 512 (default) or 4096 (4Kn; a vfat drive "
+                        "gets 4096-byte sectors too)")
+    p.add_argument("--timeout", type=_seconds, default=600, metavar="SECONDS",
+                   help="give up when cloud-init has not finished and the guest stopped by then (default 600)")
+    p.add_argument("--wait", choices=("cloud-init", "poweroff"), default="cloud-init",
+                   help="cloud-init: until its final message, then power the guest off (default); "
+                        "poweroff: until the guest powers off by itself (images without cloud-init)")
+    p.add_argument("--kernel", metavar="F", help="direct kernel boot: the guest's kernel (IMAGE is its root disk)")
+    p.add_argument("--initrd", metavar="F", help="direct kernel boot: its initramfs")
+    p.add_argument("--append", metavar="CMDLINE", help="direct kernel boot: the kernel command line "
+                                                       "(console=ttyS0 for the verdict)")
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                   help="auto: KVM when /dev/kvm is usable, else TCG (software)")
+    p.add_argument("--memory", type=_guest_memory, default=1024, metavar="SIZE",
+                   help="guest memory, e.g. 2G (default 1G)")
+    p.add_argument("--workdir", metavar="DIR",
+                   help="where the overlay, console log and verdict go (default: a new temporary directory)")
+    p.add_argument("--keep-disks", action="store_true",
+                   help="keep the overlay and the raw copy read after the boot (default: removed)")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    add_content_options(p)
+    add_format_options(p, nocloud=True)
 
     p = command("inject", cmd_inject, "write drive content into a guest image's filesystem (legacy)",
                 "  configdrive inject guest.raw --hostname node-7 --ssh-key ops.pub\n")

@@ -167,8 +167,8 @@ def make_gpt_disk(path: Path, disk_guid: str, seed: int, size: int = 24 << 20) -
 
 def pytest_terminal_summary(terminalreporter):
     """The figures of tests/fuzz (cases per parser, faults survived) and what the
-    end-to-end boots proved (tests/e2e/guestvm.py), when they ran."""
-    for figures in ("fuzz_tally", "guestvm"):
+    end-to-end guests built and boots proved (tests/e2e/guestvm.py, test_boot.py), when they ran."""
+    for figures in ("fuzz_tally", "guestvm", "test_boot"):
         module = sys.modules.get(figures)
         if module is not None:
             module.report(terminalreporter.write_line)

@@ -86,3 +86,16 @@ def test_loading_the_plugin_imports_no_drive_code():
     loaded = subprocess.run([sys.executable, "-c", "import pytest\n" + code], capture_output=True, text=True,
                             check=True).stdout.split()
     assert set(loaded) <= {"configdrive", "configdrive.engines", "configdrive.engines.pytest_plugin"}, loaded
+
+
+def test_booted_guest_skips_without_an_image(pytester, monkeypatch):
+    """No image from the test and none from the environment: skipped, saying how to give one."""
+    monkeypatch.delenv("CONFIGDRIVE_BOOT_IMAGE", raising=False)
+    pytester.makepyfile(test_boot=textwrap.dedent("""
+        def test_boot(booted_guest):
+            booted_guest(hostname="node-7")
+        """))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*no cloud image to boot: pass one to booted_guest(image) "
+                                 "or set CONFIGDRIVE_BOOT_IMAGE*"])

@@ -91,7 +91,8 @@ def test_every_command_and_option_the_readme_names_is_in_its_help():
 def test_every_option_the_readme_names_in_prose_exists():
     """An option named outside a command line (`--json`, `--debug`) is some command's."""
     helps = help_text() + "".join(help_text(sub) for sub in
-                                  ("build", "inspect", "extract", "validate", "pack", "unpack", "deploy", "inject"))
+                                  ("build", "inspect", "extract", "validate", "pack", "unpack", "deploy", "inject",
+                                   "boot"))
     for option in set(OPTION.findall(README)) - {"--list"}:    # --list: scripts/install.sh's
         assert re.search(rf"(?<![\w-]){re.escape(option)}\b", helps), f"README names {option}"
     # --list is install.sh's, which prints its lists with it

@@ -14,12 +14,20 @@ Fixtures (each a factory: call it, get a Path under the test's tmp_path):
 ``config_drive_tree(**content, ...)``, ``config_disk(image=None, **content, ...)``, and
 ``broken_config_drive`` whose methods are named after the field they break:
 ``label_uppercase``, ``versions_oldest_and_latest``, ``network_data_mtu_null``,
-``meta_data_uuid_missing``, ``label_duplicate``.
+``meta_data_uuid_missing``, ``label_duplicate``; and ``booted_guest(image=None, **content,
+attach=..., ...)``, which boots a cloud image under QEMU with the drive and returns
+cloud-init's verdict (configdrive.Verdict): the image from the call, else from
+the environment variable CONFIGDRIVE_BOOT_IMAGE, else the test is skipped.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Where booted_guest finds the image when the test names none.
+BOOT_IMAGE_ENV = "CONFIGDRIVE_BOOT_IMAGE"
 
 
 @pytest.fixture
@@ -58,3 +66,27 @@ def broken_config_drive(_configdrive_maker):
     ``meta_data_uuid_missing``, ``label_duplicate`` (a disk); each takes the content
     keywords and returns a Path."""
     return _configdrive_maker
+
+
+@pytest.fixture
+def booted_guest(tmp_path):
+    """``booted_guest(image=None, *, drive=None, attach="cdrom", **content_and_options)
+    -> Verdict``: boot ``image`` (qcow2 or raw; $CONFIGDRIVE_BOOT_IMAGE when None; the
+    test is skipped when neither names one) under QEMU on a copy-on-write overlay, with
+    the drive built from the content keywords (or ``drive``, a ready image) attached as
+    ``attach`` (cdrom, disk, config-partition, nocloud, none); wait for cloud-init to
+    finish and the guest to power off; return cloud-init's verdict: datasource and source
+    device, status and errors, hostname, keys, rendered network, cloud-init version,
+    console log, and ``read_file(path)`` on the guest's disk. Options as for
+    the boot job (configdrive boot): uefi, sector_size, timeout, kernel, initrd, append, wait,
+    accel, format, label, versions. Fails in one line (configdrive.ConfigDriveError) when
+    the guest does not boot, cloud-init never starts or refuses the drive."""
+    from configdrive.engines.testing import GuestBooter
+    booter = GuestBooter(tmp_path)
+
+    def boot(image=None, **options):
+        image = image or os.environ.get(BOOT_IMAGE_ENV)
+        if not image:
+            pytest.skip(f"no cloud image to boot: pass one to booted_guest(image) or set {BOOT_IMAGE_ENV}")
+        return booter(image, **options)
+    return boot

@@ -185,3 +185,33 @@ def _empty_gpt_disk(path: Path, size: int) -> None:
     with open(path, "w+b") as fp:
         fp.truncate(size)
         write_empty_gpt(fp, size)
+
+
+# Keywords of booted_guest that are content (content_from_kwargs's), the rest go to boot().
+_CONTENT_KEYWORDS = ("meta_data", "user_data", "network_data", "vendor_data", "vendor_data2",
+                     "network_config", "files", "uuid", "hostname", "name", "ssh_keys",
+                     "admin_pass", "random_seed")
+
+
+class GuestBooter:
+    """Boots a cloud image with a drive (configdrive.engines.boot), each boot in a directory of
+    its own under ``directory``; what the ``booted_guest`` fixture calls."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self._serial = itertools.count(1)
+
+    def __call__(self, image: str | Path, *, drive: str | Path | None = None, attach: str = "cdrom",
+                 **options: Any):
+        """Boot ``image`` with ``drive`` (a ready image) or the drive built from the content
+        keywords, attached as ``attach``; the other keywords as for configdrive.engines.boot.boot.
+        Returns its :class:`configdrive.Verdict`."""
+        from .boot import boot
+        content = {k: options.pop(k) for k in _CONTENT_KEYWORDS if k in options}
+        if drive is not None and content:
+            raise ConfigDriveError(f"booted_guest: drive= is a ready drive; content keywords "
+                                   f"({', '.join(sorted(content))}) cannot be used with it")
+        if drive is None and attach != "none":
+            drive = content_from_kwargs(**content)
+        workdir = self.directory / f"boot-{next(self._serial)}"
+        return boot(image, drive, attach=attach, workdir=workdir, **options)
