@@ -216,6 +216,29 @@ def test_an_index_claiming_more_than_the_file_is_left_to_the_serial_reader(disk,
         write_image(str(hostile), str(tmp_path / "out.raw"))
 
 
+
+def test_many_streams_cost_reads_bounded_by_a_constant_not_by_their_count(disk, tmp_path):
+    """Each stream costs a read at its end (its padding, its footer, its index): a file of
+    many tiny streams is left to the serial reader after STREAM_LIMIT of them, having read
+    a bounded number of bytes (200,000 empty streams once read 13 GB for a 6.4 MB file)."""
+    import lzma
+    empty = lzma.compress(b"", format=lzma.FORMAT_XZ)          # one 32-byte stream
+    image = tmp_path / "streams.xz"
+    image.write_bytes(xz(disk, "-T2", "--block-size=1MiB").read_bytes() + empty * 200_000)
+    fd = os.open(image, os.O_RDONLY)
+    read = []
+    try:
+        streams = xzblocks.read_streams(lambda at, n: read.append(n) or os.pread(fd, n, at),
+                                        image.stat().st_size)
+    finally:
+        os.close(fd)
+    assert streams is None
+    assert sum(read) <= xzblocks.STREAM_LIMIT * (xzblocks.PADDING_LIMIT + 64) + xzblocks.INDEX_LIMIT
+    target = tmp_path / "out.raw"
+    write_image(str(image), str(target))                  # the serial reader takes it whole
+    assert same(target, system_xz(image, tmp_path))
+
+
 def zstd_of(raw: Path, tmp_path: Path, how: str) -> Path:
     """``how``: "pzstd" (frames of its own, each after a skippable frame), "joined"
     (``zstd`` run on pieces, concatenated: frames with their content size), "T0" (one

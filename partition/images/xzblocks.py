@@ -8,8 +8,8 @@ checks the whole file: the block header's CRC, the block's check, its sizes agai
 index record. Python's lzma releases the GIL while it decodes.
 
 Bounded whatever the indexes claim. Before a byte is decompressed they are checked
-against the file: each index inside it (at most INDEX_LIMIT bytes, records charged to its
-own bytes), its blocks adding up to the bytes before it, each stream's header agreeing
+against the file: each index inside it (all of them together at most INDEX_LIMIT bytes,
+at most STREAM_LIMIT streams, records charged to their own bytes), its blocks adding up to the bytes before it, each stream's header agreeing
 with its footer. Blocks in flight claim (compressed plus plain bytes, from the index) at
 most ``budget`` together (partition/images/ordered.py), and liblzma is asked for no more
 plain bytes than a block's record claims; a block claiming over half of it is decompressed
@@ -36,7 +36,12 @@ from .ordered import PIECE, Inline, Job, OrderedPieces
 from .source import read_full
 
 HEADER_MAGIC, FOOTER_MAGIC = b"\xfd7zXZ\x00", b"YZ"
-INDEX_LIMIT = 1 << 20        # 100,000 blocks and more (2.4 TB of xz -T's): read serially
+# The indexes are held while the file is read (16 bytes a block, and their own bytes), and
+# each stream costs a read of up to PADDING_LIMIT bytes at its end: both are bounded here,
+# not by the file's layout (a file of a million empty streams, or of indexes making up most
+# of its bytes, would otherwise cost gigabytes before a byte is decompressed).
+INDEX_LIMIT = 1 << 20        # all indexes: 100,000 blocks and more (2.4 TB of xz -T's)
+STREAM_LIMIT = 1024          # concatenated streams; more are read serially
 INPUT_CHUNK = 1 << 20
 PADDING_LIMIT = 64 << 10     # zeros between streams: more is left to the serial reader
 
@@ -47,19 +52,10 @@ class Stream:
     header: bytes                # its 12-byte stream header
     blocks: "_Blocks"            # (unpadded size, plain size) per block, from the index
     index: bytes                 # its index and footer, as the file holds them
-    check_size: int
-
-    @property
-    def end(self) -> int:
-        return self.start + 12 + sum(_padded(u) for u, _ in self.blocks) + len(self.index)
 
 
 def _padded(n: int) -> int:
     return (n + 3) & ~3
-
-
-def _check_size(check_id: int) -> int:
-    return 0 if check_id == 0 else 4 << ((check_id - 1) // 3)
 
 
 def _vli(data: bytes, at: int) -> tuple[int, int]:
@@ -91,9 +87,11 @@ def read_streams(pread, size: int) -> list[Stream] | None:
     from its end with ``pread(offset, length)``; None where anything is amiss (the serial
     reader then tells what)."""
     streams: list[Stream] = []
-    pos = size
+    pos, index_bytes = size, 0
     try:
         while pos > 0:
+            if len(streams) == STREAM_LIMIT:
+                return None
             tail = pread(max(0, pos - PADDING_LIMIT), min(pos, PADDING_LIMIT))
             padding = len(tail) - len(tail.rstrip(b"\0")) & ~3        # stream padding
             if padding == PADDING_LIMIT:
@@ -106,7 +104,8 @@ def read_streams(pread, size: int) -> list[Stream] | None:
                 return None
             backward = (struct.unpack("<I", footer[4:8])[0] + 1) * 4
             index_at = pos - 12 - backward
-            if backward > INDEX_LIMIT or index_at < 12:
+            index_bytes += backward
+            if index_bytes > INDEX_LIMIT or index_at < 12:
                 return None
             index = pread(index_at, backward)
             blocks = _parse_index(index)
@@ -117,7 +116,7 @@ def read_streams(pread, size: int) -> list[Stream] | None:
             if (header[:6] != HEADER_MAGIC or header[6:8] != footer[8:10]
                     or struct.unpack("<I", header[8:])[0] != zlib.crc32(header[6:8])):
                 return None
-            streams.append(Stream(start, header, blocks, index + footer, _check_size(header[7] & 0x0F)))
+            streams.append(Stream(start, header, blocks, index + footer))
             pos = start
     except ValueError:
         return None
