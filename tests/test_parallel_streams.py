@@ -345,3 +345,31 @@ def test_a_zstd_frame_claiming_a_huge_size_costs_no_memory(first, disk, tmp_path
     assert "hostile.zst" in message and "compressed byte" in message, message
     assert "corrupt zstd" in message or "holds" in message, message
     assert int(peak_mib) < 200, peak_mib
+
+
+def test_a_frame_of_empty_blocks_is_charged_what_its_chunks_cost(tmp_path):
+    """A frame without a content size (as pzstd writes, after a skippable frame) made of
+    200,000 empty raw blocks: 600 KB of file, but each 3-byte block header collected is a
+    Python object. Charged at what it costs, the frame goes inline once that passes the
+    budget, and memory stays under it (charged only its 3 bytes, 200,000 of them were
+    held at once: 9 MB against a 2 MiB budget)."""
+    import io
+    import tracemalloc
+    from partition.images import zstdframes
+    frame = struct.pack("<I", 0xFD2FB528) + b"\x00\x00" + bytes(3) * 200_000 + b"\x01\x00\x00"
+    image = tmp_path / "blocks.zst"
+    image.write_bytes(struct.pack("<II", 0x184D2A50, 0) + frame + frame)
+    assert run("zstd", "-t", image, check=False).returncode == 0          # a valid stream
+    budget = 2 * MiB
+    with open(image, "rb") as fp:
+        tracemalloc.start()
+        try:
+            reader = zstdframes.parallel_reader(fp, "blocks.zst", budget)
+            assert reader is not None
+            assert reader.read() == b""                     # both frames hold nothing
+            reader.close()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 2 * budget, peak
+
