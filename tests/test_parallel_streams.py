@@ -373,3 +373,27 @@ def test_a_frame_of_empty_blocks_is_charged_what_its_chunks_cost(tmp_path):
             tracemalloc.stop()
     assert peak < 2 * budget, peak
 
+
+def test_jobs_in_flight_are_charged_what_a_job_costs_not_only_their_bytes():
+    """Units claiming no bytes (an xz block of one plain byte claims a few): each job in
+    flight still costs a future, a work item and its closure. Charged JOB_COST each, so a
+    1 MiB budget starts at most 256 of 10,000 at once (charged their bytes alone, every
+    one of them was queued: a 9 MB xz file of 300,000 one-byte blocks took 682 MiB)."""
+    from partition.images.ordered import JOB_COST, Job, OrderedPieces
+    drawn = 0
+
+    def units():
+        nonlocal drawn
+        for _ in range(10_000):
+            drawn += 1
+            yield Job(lambda: [b"x"], 0)
+
+    budget = 1 * MiB
+    reader = OrderedPieces(units(), budget)
+    try:
+        assert reader.read(1) == b"x"
+        assert drawn <= budget // JOB_COST + 2, drawn
+        assert len(reader.read()) == 1 and drawn <= budget // JOB_COST + 3
+    finally:
+        reader.close()
+

@@ -9,8 +9,8 @@ iterator decompressing a unit too large for the budget on the reading thread, pi
 piece. The iterator reads the source itself, so ``units`` is not asked for more until
 an ``Inline`` is used up: every unit's bytes come off the source in order, once.
 
-Memory: the jobs in flight together claim at most ``budget`` bytes (one is always
-allowed, so progress never stalls), and one more unit may wait, read, for room. Each job must hold itself to its claim (the
+Memory: the jobs in flight together claim at most ``budget`` bytes, each charged JOB_COST
+more for what a job is besides its bytes (one is always allowed, so progress never stalls), and one more unit may wait, read, for room. Each job must hold itself to its claim (the
 decoders ask their library for no more than the plain bytes claimed).
 
 A job that fails fails the read that reaches it, with its own one-line error; the
@@ -29,6 +29,10 @@ from typing import Callable, Iterator
 # per xz block cost 600,000 page faults and 1.2 s of system time per 2 GiB (measured),
 # pieces of 1 MiB are reused by the allocator (85,000 faults, 0.18 s).
 PIECE = 1 << 20
+# What a job in flight costs besides the bytes it claims: its future (with its condition
+# and lock), the pool's work item, its closure and chunk list. Charged, or an xz file of
+# 300,000 one-byte blocks (9 MB) queued them all at once: 682 MiB.
+JOB_COST = 4 << 10
 
 
 @dataclass(frozen=True)
@@ -72,10 +76,11 @@ class OrderedPieces(io.RawIOBase):
                 self._queue.append(unit)
                 self._pending = None
                 return
-            if self._queue and self._claimed + unit.claim > self._budget:
+            cost = unit.claim + JOB_COST
+            if self._queue and self._claimed + cost > self._budget:
                 return
-            self._queue.append((self._pool.submit(unit.decode), unit.claim))
-            self._claimed += unit.claim
+            self._queue.append((self._pool.submit(unit.decode), cost))
+            self._claimed += cost
             self._pending = None
 
     def _next_piece(self) -> bool:
@@ -96,10 +101,10 @@ class OrderedPieces(io.RawIOBase):
             if isinstance(head, Inline):
                 self._current, self._inline = head.pieces, head
                 continue
-            future, claim = head
+            future, cost = head
             pieces = future.result()     # a failed job raises its error here
             self._queue.popleft()
-            self._claimed -= claim
+            self._claimed -= cost
             self._pump()                 # the next jobs start before this one is read
             self._current = iter(pieces)
 
