@@ -177,3 +177,27 @@ def test_the_verdict_as_printed(tmp_path):
     assert "datasource: DataSourceNone" in lines and "hostname: -" in lines, lines
     assert f"console: {tmp_path / 'w' / 'console.log'}" in lines, lines
     assert any(line.startswith("unread: root filesystem: no ext2/3/4 filesystem") for line in lines), lines
+
+
+def test_a_guest_disk_with_many_homes_costs_a_bounded_number_of_reads(tmp_path):
+    """Every home is one debugfs run, and the guest's disk decides how many there are: the
+    first MAX_NAMES are read, the count is named in unread. The disk is an ext4 made by
+    mkfs.ext4 -d (e2fsprogs), as a guest's root would be."""
+    from configdrive.engines.verdict import MAX_NAMES, Verdict, read_guest
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "os-release").write_text("ID=debian\n")
+    (root / "etc" / "hostname").write_text("node-7\n")
+    for n in range(MAX_NAMES + 36):
+        (root / "home" / f"user{n:03d}" / ".ssh").mkdir(parents=True)
+        (root / "home" / f"user{n:03d}" / ".ssh" / "authorized_keys").write_text(f"ssh-ed25519 AAAA{n} u\n")
+    disk = tmp_path / "root.ext4"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", root, disk, "16M"], check=True)
+    console = tmp_path / "console.log"
+    console.write_text("")
+    verdict = Verdict(console_log=console, seconds=0.0, accel="tcg", stopped="poweroff", how="test")
+    read_guest(verdict, disk, None, journal=False)
+    assert verdict.hostname == "node-7"
+    assert len(verdict.keys) == MAX_NAMES
+    assert verdict.keys["/home/user000/.ssh/authorized_keys"] == ["ssh-ed25519 AAAA0 u"]
+    assert verdict.unread["/home"].startswith(f"{MAX_NAMES + 36} entries")

@@ -32,6 +32,9 @@ NETWORK_FILES = ("/etc/network/interfaces.d/50-cloud-init", "/etc/network/interf
 NETWORK_DIRS = ("/etc/NetworkManager/system-connections", "/etc/systemd/network",
                 "/etc/sysconfig/network-scripts", "/etc/network/interfaces.d")
 MAX_FILE = 16 << 20   # a file read from the guest: its disk is a stranger's
+# Each home and rendered network file is one debugfs run: the guest's disk decides how many
+# names a directory holds, so at most this many of each are read, the rest named unread.
+MAX_NAMES = 64
 SAFE_NAME = re.compile(r"[\w.@+-]{1,255}")
 
 
@@ -194,8 +197,7 @@ def _read_guest(verdict: Verdict, disk: Path, sector_size: int | None, journal: 
         verdict.unread["journal"] = failed
     verdict.disk, verdict.root_offset = disk, offset
 
-    def json_file(path: str, what: str) -> dict | None:
-        text = debugfs_cat(disk, offset, path)
+    def json_file(path: str, what: str, text: str | None) -> dict | None:
         if text is None:
             verdict.unread[what] = f"{path} does not exist"
             return None
@@ -205,11 +207,12 @@ def _read_guest(verdict: Verdict, disk: Path, sector_size: int | None, journal: 
             verdict.unread[what] = f"{path}: not JSON ({exc})"
             return None
 
-    verdict.status = json_file("/var/lib/cloud/data/status.json", "status.json")
-    verdict.result = json_file("/var/lib/cloud/data/result.json", "result.json")
+    status, result = "/var/lib/cloud/data/status.json", "/var/lib/cloud/data/result.json"
+    verdict.status = json_file(status, "status.json", debugfs_cat(disk, offset, status))
+    verdict.result = json_file(result, "result.json", debugfs_cat(disk, offset, result))
     for where in ("/run/cloud-init/instance-data.json", "/var/lib/cloud/data/instance-data.json"):
-        if debugfs_cat(disk, offset, where) is not None:
-            verdict.instance_data = json_file(where, "instance-data.json")
+        if (text := debugfs_cat(disk, offset, where)) is not None:
+            verdict.instance_data = json_file(where, "instance-data.json", text)
             break
     else:
         verdict.unread["instance-data.json"] = (
@@ -225,7 +228,14 @@ def _read_guest(verdict: Verdict, disk: Path, sector_size: int | None, journal: 
         verdict.datasource = v1["datasource"]
     hostname = debugfs_cat(disk, offset, "/etc/hostname")
     verdict.hostname = hostname.strip() if hostname is not None else None
-    homes = ["/root"] + [f"/home/{name}" for name in (debugfs_ls(disk, offset, "/home") or [])]
+    def listed(directory: str, names: list[str]) -> list[str]:
+        if len(names) > MAX_NAMES:
+            verdict.unread[directory] = (f"{len(names)} entries; the first {MAX_NAMES} read "
+                                         "(each is a debugfs run)")
+        return names[:MAX_NAMES]
+
+    homes = ["/root"] + [f"/home/{name}" for name in
+                         listed("/home", debugfs_ls(disk, offset, "/home") or [])]
     for home in homes:
         keys = debugfs_cat(disk, offset, f"{home}/.ssh/authorized_keys")
         if keys is not None:
@@ -236,9 +246,10 @@ def _read_guest(verdict: Verdict, disk: Path, sector_size: int | None, journal: 
         if text is not None:
             verdict.network[path] = text
     for directory in NETWORK_DIRS:
-        for name in debugfs_ls(disk, offset, directory) or []:
+        names = [n for n in debugfs_ls(disk, offset, directory) or [] if "cloud-init" in n]
+        for name in listed(directory, names):
             path = f"{directory}/{name}"
-            if "cloud-init" in name and path not in verdict.network:
+            if path not in verdict.network:
                 text = debugfs_cat(disk, offset, path)
                 if text is not None:
                     verdict.network[path] = text
