@@ -201,3 +201,23 @@ def test_a_guest_disk_with_many_homes_costs_a_bounded_number_of_reads(tmp_path):
     assert len(verdict.keys) == MAX_NAMES
     assert verdict.keys["/home/user000/.ssh/authorized_keys"] == ["ssh-ed25519 AAAA0 u"]
     assert verdict.unread["/home"].startswith(f"{MAX_NAMES + 36} entries")
+
+
+def test_the_console_is_read_once_as_it_grows(tmp_path):
+    """The console is read from where the last poll stopped, the tail kept for the error
+    lines is bounded, and cloud-init's final line cut between two polls is still found."""
+    from configdrive.engines.qemu import FINISHED, _Growing
+    console = tmp_path / "console.log"
+    growing = _Growing(console)
+    assert growing.poll() == ("", "")                      # QEMU has not made it yet
+    with open(console, "ab", buffering=0) as fp:
+        fp.write(b"x" * (200 << 10) + b"\r\n")
+        tail, new = growing.poll()
+        assert len(tail) == _Growing.TAIL and len(new) == (200 << 10) + 1
+        fp.write(b"Cloud-init v. 22.4.2 finished at Mon, 07 Dec 2026 10:00:00 +0000. Data")
+        assert FINISHED.search(growing.poll()[1]) is None
+        fp.write(b"source DataSourceConfigDrive [net,ver=2][source=/dev/sr0].  Up 9.50 seconds\n")
+        tail, new = growing.poll()
+        assert len(new) < _Growing.TAIL + 200                 # the tail and the new line, not the file
+        assert FINISHED.search(new).group(2).startswith("DataSourceConfigDrive")
+    growing.close()

@@ -180,15 +180,16 @@ def _run_qemu(machine: Machine, timeout: float, wait: str, qemu: str, console: P
     with open(errors, "wb") as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
     finished_at = None
+    growing = _Growing(console)
     stopped = "poweroff"
     try:
         while True:
             code = proc.poll()
-            text = _read(console)
+            text, new = growing.poll()
             if code is not None:
                 break
             now = time.monotonic()
-            if finished_at is None and wait == "cloud-init" and FINISHED.search(text):
+            if finished_at is None and wait == "cloud-init" and FINISHED.search(new):
                 finished_at = now
             if finished_at is not None:
                 if stopped == "poweroff" and now - finished_at > SETTLE_SECONDS:
@@ -201,6 +202,7 @@ def _run_qemu(machine: Machine, timeout: float, wait: str, qemu: str, console: P
                 raise ConfigDriveError(_not_done(text, timeout, wait, console))
             time.sleep(0.5)
     finally:
+        growing.close()
         if proc.poll() is None:
             proc.kill()
         proc.wait()
@@ -238,6 +240,32 @@ def _not_done(text: str, timeout: float, wait: str, console: Path) -> str:
     else:
         what = "cloud-init finished but the guest did not stop"
     return f"{what} within {timeout:g} s (console {console}); its last lines: {tail(text)}"
+
+
+class _Growing:
+    """The console as QEMU appends to it, read from where the last poll stopped: a guest
+    that floods its console costs a read of each byte once (read whole every half second,
+    a 100 MB console cost gigabytes). ``poll`` returns the last TAIL characters (for the
+    error messages) and what is new with the tail before it (for a line cut between polls)."""
+
+    TAIL = 64 << 10
+
+    def __init__(self, path: Path):
+        self._path, self._fp, self._tail = path, None, ""
+
+    def poll(self) -> tuple[str, str]:
+        if self._fp is None:
+            try:
+                self._fp = open(self._path, "rb")
+            except FileNotFoundError:
+                return "", ""
+        new = self._tail + self._fp.read().decode(errors="replace").replace("\r", "")
+        self._tail = new[-self.TAIL:]
+        return self._tail, new
+
+    def close(self) -> None:
+        if self._fp is not None:
+            self._fp.close()
 
 
 def _read(path: Path) -> str:
