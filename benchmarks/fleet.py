@@ -16,8 +16,10 @@ rounds; figures are medians (per deploy: over all deploys of all rounds). The CP
 says how busy the cores were: (deploys' CPU + server's CPU) / (wall x cores); the loop
 devices' own kernel workers, which copy every block into RAM, are not in it. A third
 fleet in each round is the devices' floor: on each device at once, the image's data
-extents written with O_DIRECT beside its zero runs zeroed (stream_images.py's limit, no
-network), to which both routes are compared.
+extents written with O_DIRECT beside its zero runs zeroed (stream_images.py's limit, both
+at once, no network), to which both routes are compared. Every fleet meets the same devices:
+each detached, its backing file allocated whole and attached again first, untimed
+(stream_images.py's ``LoopDevice.renew`` says why).
 Goal (issue 25): the fleet's wall time <= 0.7 of IPA's route, bytes <= 1.05x the file.
 The source is stream_images.py's cloud-image shape; ours is its `configdrive deploy`
 command, byte-compiled first as there.
@@ -44,7 +46,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -158,11 +159,11 @@ def main() -> int:
             cmds = {"ours": [ours(f"{url}?node-{i}", d.path) for i, d in enumerate(devs)],
                     "ipa": [["sh", "-c", ipa_route, "sh", f"{spool}-{i}", f"{url}?node-{i}", d.path]
                             for i, d in enumerate(devs)],
-                    "limit": [["sh", "-c", f"{shlex.join(limit.write_cmd)} & {shlex.join(limit.zero_cmd)}; "
-                               "s=$?; wait $! && exit $s"]
-                              for limit in (Limit(raw, d.path) for d in devs)]}
+                    "limit": [Limit(raw, d).both_cmd for d in devs]}
             for _ in range(args.rounds):
                 for who in ("ours", "ipa", "limit"):
+                    for d in devs:     # every fleet meets the same devices (LoopDevice.renew)
+                        d.renew()
                     runs[who].append(fleet(cmds[who], server))
     finally:
         for d in devs:

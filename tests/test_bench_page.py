@@ -17,7 +17,7 @@ from conftest import ROOT, is_root, need_tool, run
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import RangeServer  # noqa: E402
-from stream_images import extents  # noqa: E402
+from stream_images import LoopDevice, extents  # noqa: E402
 
 MiB = 1 << 20
 
@@ -74,6 +74,31 @@ def test_the_limit_writes_the_data_extents_and_zeroes_the_runs_between(tmp_path)
     data, zeros = extents(raw)
     assert data == [(0, 2 * MiB), (8 * MiB, MiB)]
     assert zeros == [(2 * MiB, 6 * MiB), (9 * MiB, 7 * MiB)]
+
+
+def test_renew_gives_every_command_the_same_device_with_its_zeroing_on():
+    """One ZERO_RANGE (BLKZEROOUT, `blkdiscard -z`) on a RAM-backed loop device makes the
+    loop driver switch its write-zeroes off (tmpfs refuses the call), so every later
+    command would zero by writing zero pages: renew attaches the same node again, with
+    its zeroing on and its backing file allocated whole (a used disk)."""
+    if not is_root():
+        pytest.skip("loop devices need root")
+    need_tool("xfs_io", "losetup", "fallocate")
+    dev = LoopDevice(Path("/dev/shm"), 16 * MiB, name="bench-renew-test")
+    try:
+        limit = Path(f"/sys/block/{Path(dev.path).name}/queue/write_zeroes_max_bytes")
+        assert int(limit.read_text()) > 0
+        run("xfs_io", "-c", f"fzero {MiB} {MiB}", dev.path)
+        assert int(limit.read_text()) == 0, "the kernel kept tmpfs-backed write-zeroes on"
+        node = dev.path
+        dev.renew()
+        assert dev.path == node and int(limit.read_text()) > 0
+        assert os.stat(dev.backing).st_blocks * 512 >= 16 * MiB
+        run("xfs_io", "-c", f"fpunch {MiB} {MiB}", dev.path)     # the limit's zeroing works
+        assert int(limit.read_text()) > 0
+        assert os.stat(dev.backing).st_blocks * 512 == 15 * MiB
+    finally:
+        dev.close()
 
 
 def _fleet_leftovers() -> set[str]:
