@@ -17,11 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import configdrive, make_gpt_disk, need_tool, run
+from conftest import ROOT, configdrive, make_gpt_disk, need_tool, run
 from partition.images import xzblocks
 from partition.images.image import Buffers
 from partition.writing.copy import write_image
 from test_copy import IMAGE_GUID, assert_not_the_image, disk_target
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import RangeServer  # noqa: E402 (the benchmarks' server: one for both)
 
 MiB = 1 << 20
 
@@ -237,6 +240,85 @@ def test_many_streams_cost_reads_bounded_by_a_constant_not_by_their_count(disk, 
     target = tmp_path / "out.raw"
     write_image(str(image), str(target))                  # the serial reader takes it whole
     assert same(target, system_xz(image, tmp_path))
+
+
+# -- xz over http(s): the index read by Range requests ----------------------------------
+
+class IgnoresRanges(RangeServer):
+    """A server that says it serves ranges (Accept-Ranges), then answers every Range
+    request with the whole file, as some misconfigured caches do."""
+
+    def serve(self, handler) -> None:
+        if handler.headers.get("Range"):
+            del handler.headers["Range"]
+        super().serve(handler)
+
+
+def served(image: Path, tmp_path: Path, kind=RangeServer) -> RangeServer:
+    """A ``kind`` of server on 127.0.0.1 with a copy of ``image`` in its root."""
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / image.name).write_bytes(image.read_bytes())
+    return kind(root)
+
+
+def deploy_url(server: RangeServer, image: Path, target: Path, client: str):
+    """``configdrive deploy`` of ``image`` from ``server``, counted under ``client``."""
+    with server as base:
+        return configdrive("deploy", "--create", "--device", target, "--image",
+                           f"{base}/{image.name}?{client}", "--json")
+
+
+def test_xz_blocks_over_http_are_found_by_two_range_requests(disk, tmp_path):
+    """An xz file of many blocks from a server that serves ranges: its index is read
+    from the file's end by Range requests (the last 64 KiB, then the stream header), the
+    blocks are decoded apart, and what lands is what `xz -dc` writes; the server sends
+    the file once, plus that window."""
+    image = xz(disk, "-T2", "--block-size=1MiB")
+    size = image.stat().st_size
+    server = served(image, tmp_path)
+    target = tmp_path / "out.raw"
+    deploy_url(server, image, target, "node")
+    assert same(target, system_xz(image, tmp_path))
+    assert server.requests == [None, f"bytes={size - (64 << 10)}-{size - 1}", "bytes=0-11"]
+    assert server.clients["node"] == {"requests": 3, "bytes": size + (64 << 10) + 12}
+
+
+def test_a_server_ignoring_ranges_is_not_read_twice(disk, tmp_path):
+    """A server that claims ranges but answers the index's Range request with the whole
+    file: that answer is closed unread and the file is decompressed serially from the
+    first answer (skipping to the index's offset would download the file twice)."""
+    image = tmp_path / "four.xz"              # four streams: large beside socket buffers
+    image.write_bytes(xz(disk, "-T2", "--block-size=1MiB").read_bytes() * 4)
+    size = image.stat().st_size
+    server = served(image, tmp_path, IgnoresRanges)
+    target = tmp_path / "out.raw"
+    with server as base:       # the library: four disks in a row are no disk to refresh
+        write_image(f"{base}/{image.name}?node", str(target))
+    assert same(target, system_xz(image, tmp_path))
+    assert server.clients["node"]["requests"] == 2
+    # The file once, and what the closed answer had pushed into the sockets' buffers
+    # (a few MiB on loopback), not the file again.
+    assert server.clients["node"]["bytes"] < size + size // 2
+
+
+def test_many_streams_over_http_cost_range_reads_within_a_budget(disk, tmp_path):
+    """Each stream costs a 64 KiB window at its end: a file of many small streams is
+    left to the serial reader once INDEX_READS bytes have been asked for, not after a
+    request and a window for each of its streams."""
+    import lzma
+    from partition.images.image import INDEX_READS
+    empty = lzma.compress(b"", format=lzma.FORMAT_XZ)          # one 32-byte stream
+    image = tmp_path / "streams.xz"
+    image.write_bytes(xz(disk, "-T2", "--block-size=1MiB").read_bytes() + empty * 5_000)
+    size = image.stat().st_size
+    server = served(image, tmp_path)
+    target = tmp_path / "out.raw"
+    deploy_url(server, image, target, "node")
+    assert same(target, system_xz(image, tmp_path))
+    seen = server.clients["node"]
+    assert seen["bytes"] <= size + INDEX_READS
+    assert seen["requests"] <= 1 + INDEX_READS // (64 << 10)
 
 
 def zstd_of(raw: Path, tmp_path: Path, how: str) -> Path:

@@ -34,8 +34,9 @@ def compression_of(head: bytes) -> str | None:
 
 def decompressing_reader(inner, kind: str, name: str, pread=None, size: int | None = None,
                          budget: int = 256 << 20) -> io.RawIOBase:
-    """``pread(offset, length)`` and ``size``: the compressed file is local, and an xz
-    file of many blocks is decompressed on all cores (partition/images/xzblocks.py). A zstd
+    """``pread(offset, length)`` and ``size``: the compressed file can be read at random
+    (a local file, or an http(s) file by Range requests), and an xz file of many blocks
+    is decompressed on all cores (partition/images/xzblocks.py). A zstd
     stream of many frames is, from any source whose reader can ``peek``
     (partition/images/zstdframes.py). ``budget``: what their threads may hold at once
     (image.Buffers.decompress_budget)."""

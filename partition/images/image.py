@@ -47,9 +47,12 @@ from ..errors import PartitionError
 from .formats import HEAD_BYTES, MIN_DISK, gpt_declared_size, identify, refuse_unconvertible
 from ..progress import Progress
 from .qcow2 import READ_RUN, Qcow2
-from .source import HttpSource, Source, open_source, read_full
+from .source import HttpSource, RangePreads, Source, open_source, read_full
 
 ZERO_GRAIN = 64 << 10    # zero detection granularity inside data
+# Bytes an http(s) image may cost in Range requests to find its compressed units (an xz
+# file's index, its streams' footers): one stream takes a 64 KiB window and its header.
+INDEX_READS = 2 << 20
 HEAD = 1 << 20           # the copier holds back this much of the disk's start (copy.HOLD)
 
 
@@ -247,8 +250,14 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
     stream = outer
     closers = [source.close]
     if compression:
-        # A local file can be read at random too: an xz file's index is read from its end.
-        pread = (lambda offset, n: os.pread(source.fileno(), n, offset)) if source.path else None
+        # A local file can be read at random too, and so can an http(s) file served with
+        # ranges (a few Range requests, within INDEX_READS): an xz file's index is read
+        # from its end.
+        pread = None
+        if source.path:
+            pread = lambda offset, n: os.pread(source.fileno(), n, offset)      # noqa: E731
+        elif isinstance(source, HttpSource) and source.ranges and source.provable:
+            pread = RangePreads(source, INDEX_READS)
         decompressed = decompressing_reader(outer, compression, source.name, pread, source.size,
                                             buffers.decompress_budget)
         closers.append(decompressed.close)

@@ -124,6 +124,7 @@ class HttpSource(Source):
         self._budget = _Budget(url, _setting(retries, ENV_RETRIES, RETRIES, int),
                                _setting(deadline, ENV_DEADLINE, DEADLINE, float), backoff)
         self._timeout = timeout
+        self._exact = False      # a Range answered with the whole file: refused (``range``)
         self._pos, self._end = 0, None
         self._again = False      # another request for the same file (see ``range``)
         self._validator: tuple[str, str] | None = None     # ("ETag" | "Last-Modified", value)
@@ -144,10 +145,12 @@ class HttpSource(Source):
         strong ETag or Last-Modified): what ``range`` needs."""
         return self._validator is not None and self.size is not None
 
-    def range(self, start: int, end: int | None = None) -> "HttpSource":
+    def range(self, start: int, end: int | None = None, exact: bool = False) -> "HttpSource":
         """Another GET of the same entity for bytes ``start`` up to ``end`` (exclusive;
         None: to its end), sharing this download's deadline and retry budget. Like a
-        resume, it sends If-Range and checks Content-Range: a changed file fails."""
+        resume, it sends If-Range and checks Content-Range: a changed file fails. A
+        server that answers with the whole file is skipped to ``start``, unless
+        ``exact``: then RangeIgnored, before a byte of the body is read."""
         if self._validator is None or self.size is None:
             raise PartitionError(f"{self.url}: cannot read ranges: the server names no size, "
                                  "ETag or Last-Modified that would prove it is the same file")
@@ -158,6 +161,7 @@ class HttpSource(Source):
                               size=self.size, ranges=self.ranges, stat=None, path=None)
         other._pos, other._end = start, min(end, self.size) if end is not None else None
         other._again = True      # even from byte 0: it must be the same file
+        other._exact = exact
         other._resp = other._open()
         return other
 
@@ -210,6 +214,10 @@ class HttpSource(Source):
             return
         # 200: the server ignored Range (same validator: skip what we have) or the file
         # changed (If-Range did not match): never stitch two files together.
+        if self._exact:
+            resp.close()
+            raise RangeIgnored(f"{self.url}: asked for bytes from {self._pos}, the server "
+                               f"answered HTTP {resp.status} with the whole file")
         if resp.headers.get(kind) != value:
             resp.close()
             raise PartitionError(f"{self.url}: the file changed while downloading ({kind} "
@@ -248,6 +256,48 @@ class HttpSource(Source):
         if not self.closed:
             self._resp.close()
         super().close()
+
+
+class RangeIgnored(PartitionError):
+    """A Range request (``HttpSource.range(exact=True)``) answered with the whole file."""
+
+
+class RangePreads:
+    """``pread(offset, length)`` over an http(s) file by Range requests of the same entity
+    (``HttpSource.range``: If-Range sent, Content-Range checked, a changed file fails),
+    for the few reads at random that finding a compressed file's units takes: an xz
+    file's index lies at its end (partition/images/xzblocks.py). Each request asks for at
+    least WINDOW bytes ending where the read ends, and the last answer is kept, so that a
+    stream's padding, footer and index come in one request. Every byte asked for is
+    charged to ``budget``: a read past it raises ValueError (the caller then reads the
+    file serially), so a file of many small streams, each costing a request and a
+    window, cannot turn into more requests and bytes than the budget."""
+
+    WINDOW = 64 << 10
+
+    def __init__(self, source: HttpSource, budget: int):
+        self._source, self._left = source, budget
+        self._start, self._data = 0, b""
+
+    def __call__(self, offset: int, length: int) -> bytes:
+        kept = offset - self._start
+        if 0 <= kept and offset + length <= self._start + len(self._data):
+            return self._data[kept: kept + length]
+        end = offset + length
+        start = max(0, min(offset, end - self.WINDOW))
+        if end - start > self._left:
+            raise ValueError(f"reads at random past their budget at byte {start}")
+        self._left -= end - start
+        try:
+            reader = self._source.range(start, end, exact=True)
+        except RangeIgnored as exc:      # reading up to ``start`` would cost the whole file
+            raise ValueError(str(exc)) from exc
+        try:
+            data = read_full(reader, end - start)
+        finally:
+            reader.close()
+        self._start, self._data = start, data
+        return data[offset - start:]
 
 
 def _content_length(text: str | None) -> int | None:

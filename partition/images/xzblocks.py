@@ -17,9 +17,12 @@ on the reading thread, ``piece`` bytes at a time, as the serial reader would. Th
 read forward where the index, the stream headers and footers lie must be the bytes the
 indexes were read from.
 
-A file whose indexes cannot be read or hold a single block is left to the serial reader
-(partition/images/compress.py), which then reports whatever is wrong with it. So is every
-stream that is not a local file: its index comes last.
+The indexes are read at random with ``pread``: from a local file, or from an http(s) file
+whose server serves ranges, by Range requests of the same entity within a byte budget
+(source.RangePreads: about 64 KiB and two requests for a file of one stream). A file whose
+indexes cannot be read (stdin, a server without ranges, a budget spent) or hold a single
+block is left to the serial reader (partition/images/compress.py), which then reports
+whatever is wrong with it.
 """
 
 from __future__ import annotations
