@@ -12,6 +12,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -254,6 +255,25 @@ class IgnoresRanges(RangeServer):
         super().serve(handler)
 
 
+class RefusesRanges(RangeServer):
+    """A server that says it serves ranges, then answers every Range request with
+    ``status`` (416 and 403 from caches and proxies, 503 from one overloaded), or, with
+    ``stall``, with nothing for that many seconds."""
+    status, stall = 416, 0.0
+
+    def serve(self, handler) -> None:
+        if handler.headers.get("Range"):
+            self.requests.append(handler.headers["Range"])
+            if self.stall:
+                time.sleep(self.stall)
+            try:
+                handler.send_error(self.status)
+            except BrokenPipeError:
+                pass            # the client gave up waiting
+            return
+        super().serve(handler)
+
+
 def served(image: Path, tmp_path: Path, kind=RangeServer) -> RangeServer:
     """A ``kind`` of server on 127.0.0.1 with a copy of ``image`` in its root."""
     root = tmp_path / "www"
@@ -300,6 +320,35 @@ def test_a_server_ignoring_ranges_is_not_read_twice(disk, tmp_path):
     # The file once, and what the closed answer had pushed into the sockets' buffers
     # (a few MiB on loopback), not the file again.
     assert server.clients["node"]["bytes"] < size + size // 2
+
+
+@pytest.mark.parametrize("status", [416, 403, 503])
+def test_a_server_refusing_ranges_is_read_serially(status, disk, tmp_path):
+    """The index's Range answered with an error: the deploy goes on from the download it
+    has, serially, in one Range request (none retried: a 503 there once cost the
+    download's retries and 31 s of backoff, then failed the deploy)."""
+    image = xz(disk, "-T2", "--block-size=1MiB")
+    server = served(image, tmp_path, type("Refuses", (RefusesRanges,), {"status": status}))
+    target = tmp_path / "out.raw"
+    deploy_url(server, image, target, "node")
+    assert same(target, system_xz(image, tmp_path))
+    assert len(server.requests) == 2 and server.requests[0] is None
+
+
+def test_a_stalled_range_costs_the_index_reads_deadline_not_the_downloads(disk, tmp_path,
+                                                                             monkeypatch):
+    """A Range answer that never comes: abandoned at RangePreads.DEADLINE (shortened here
+    to 1 s; 30 s in use), the file read serially. It once waited the timeout of every
+    retry, minutes, then failed the deploy."""
+    from partition.images import source
+    monkeypatch.setattr(source.RangePreads, "DEADLINE", 1.0)
+    image = xz(disk, "-T2", "--block-size=1MiB")
+    server = served(image, tmp_path, type("Stalls", (RefusesRanges,), {"stall": 5.0}))
+    target = tmp_path / "out.raw"
+    with server as base:        # in this process, where the deadline is shortened
+        write_image(f"{base}/{image.name}?node", str(target))
+    assert same(target, system_xz(image, tmp_path))
+    assert len(server.requests) == 2
 
 
 def test_many_streams_over_http_cost_range_reads_within_a_budget(disk, tmp_path):

@@ -145,23 +145,28 @@ class HttpSource(Source):
         strong ETag or Last-Modified): what ``range`` needs."""
         return self._validator is not None and self.size is not None
 
-    def range(self, start: int, end: int | None = None, exact: bool = False) -> "HttpSource":
+    def range(self, start: int, end: int | None = None,
+              within: "_Budget | None" = None) -> "HttpSource":
         """Another GET of the same entity for bytes ``start`` up to ``end`` (exclusive;
         None: to its end), sharing this download's deadline and retry budget. Like a
         resume, it sends If-Range and checks Content-Range: a changed file fails. A
-        server that answers with the whole file is skipped to ``start``, unless
-        ``exact``: then RangeIgnored, before a byte of the body is read."""
+        server that answers with the whole file is skipped to ``start``.
+
+        ``within``: a budget of its own, for a read the caller can do without (an xz
+        index, see RangePreads): its failures spend none of the download's retries, and a
+        server answering with the whole file raises RangeIgnored before a byte of the
+        body is read."""
         if self._validator is None or self.size is None:
             raise PartitionError(f"{self.url}: cannot read ranges: the server names no size, "
                                  "ETag or Last-Modified that would prove it is the same file")
         other = HttpSource.__new__(HttpSource)
-        other.__dict__.update(name=self.name, url=self.url, _budget=self._budget,
+        other.__dict__.update(name=self.name, url=self.url, _budget=within or self._budget,
                               _timeout=self._timeout, _validator=self._validator,
                               _handlers=self._handlers,
                               size=self.size, ranges=self.ranges, stat=None, path=None)
         other._pos, other._end = start, min(end, self.size) if end is not None else None
         other._again = True      # even from byte 0: it must be the same file
-        other._exact = exact
+        other._exact = within is not None
         other._resp = other._open()
         return other
 
@@ -259,7 +264,8 @@ class HttpSource(Source):
 
 
 class RangeIgnored(PartitionError):
-    """A Range request (``HttpSource.range(exact=True)``) answered with the whole file."""
+    """A Range request that may not be skipped (``HttpSource.range(within=...)``)
+    answered with the whole file."""
 
 
 class RangePreads:
@@ -268,16 +274,25 @@ class RangePreads:
     for the few reads at random that finding a compressed file's units takes: an xz
     file's index lies at its end (partition/images/xzblocks.py). Each request asks for at
     least WINDOW bytes ending where the read ends, and the last answer is kept, so that a
-    stream's padding, footer and index come in one request. Every byte asked for is
-    charged to ``budget``: a read past it raises ValueError (the caller then reads the
-    file serially), so a file of many small streams, each costing a request and a
-    window, cannot turn into more requests and bytes than the budget."""
+    stream's padding, footer and index come in one request.
+
+    These reads only make the deploy faster, so any failure of theirs raises ValueError
+    (the caller then reads the file serially, from the download it has) and they never
+    cost what the download needs: every byte asked for is charged to ``budget`` (a file
+    of many small streams, each costing a request and a window, cannot turn into more
+    requests and bytes than that); all of them share a deadline of DEADLINE seconds and
+    no retries, apart from the download's own (a server refusing ranges with 416 or 503,
+    or stalling them, once failed the deploy, or spent its retries and minutes of
+    backoff first, where the serial reader would have succeeded)."""
 
     WINDOW = 64 << 10
+    DEADLINE = 30.0
 
     def __init__(self, source: HttpSource, budget: int):
         self._source, self._left = source, budget
         self._start, self._data = 0, b""
+        self._time = _Budget(source.url, 0, min(self.DEADLINE, source._left("reading the index")),
+                             BACKOFF)
 
     def __call__(self, offset: int, length: int) -> bytes:
         kept = offset - self._start
@@ -289,13 +304,13 @@ class RangePreads:
             raise ValueError(f"reads at random past their budget at byte {start}")
         self._left -= end - start
         try:
-            reader = self._source.range(start, end, exact=True)
-        except RangeIgnored as exc:      # reading up to ``start`` would cost the whole file
+            reader = self._source.range(start, end, within=self._time)
+            try:
+                data = read_full(reader, end - start)
+            finally:
+                reader.close()
+        except PartitionError as exc:    # refused, stalled, ignored (RangeIgnored), ...
             raise ValueError(str(exc)) from exc
-        try:
-            data = read_full(reader, end - start)
-        finally:
-            reader.close()
         self._start, self._data = start, data
         return data[offset - start:]
 
