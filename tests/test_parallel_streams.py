@@ -8,6 +8,7 @@ costs no more memory than an honest one.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import subprocess
@@ -503,6 +504,29 @@ def test_a_frame_of_empty_blocks_is_charged_what_its_chunks_cost(tmp_path):
         finally:
             tracemalloc.stop()
     assert peak < 2 * budget, peak
+
+
+def test_a_frame_of_empty_blocks_costs_reads_by_its_bytes_not_by_its_blocks(tmp_path):
+    """The walker reads headers from a buffer of REFILL bytes: a frame of 200,000 empty
+    3-byte blocks is a few hundred reads of the stream, not one per block (one by one, 40
+    million of them took about 90 s), and decompresses to what `zstd -dc` writes."""
+    from partition.images import zstdframes
+    frame = struct.pack("<I", 0xFD2FB528) + b"\x00\x00" + bytes(3) * 200_000 + b"\x01\x00\x00"
+    data = struct.pack("<II", 0x184D2A50, 0) + frame + frame
+    image = tmp_path / "blocks.zst"
+    image.write_bytes(data)
+    reads = []
+
+    class Counted(io.BufferedReader):
+        def read(self, n=-1):
+            reads.append(n)
+            return super().read(n)
+    with Counted(io.FileIO(image)) as fp:
+        reader = zstdframes.parallel_reader(fp, "blocks.zst", 256 * MiB)
+        assert reader is not None
+        assert reader.read() == run("zstd", "-dc", image).stdout == b""
+        reader.close()
+    assert len(reads) <= len(data) // zstdframes.REFILL + 16, len(reads)
 
 
 def test_jobs_in_flight_are_charged_what_a_job_costs_not_only_their_bytes():
