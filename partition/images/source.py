@@ -154,8 +154,7 @@ class HttpSource(Source):
 
         ``within``: a budget of its own, for a read the caller can do without (an xz
         index, see RangePreads): its failures spend none of the download's retries, and a
-        server answering with the whole file raises RangeIgnored before a byte of the
-        body is read."""
+        server answering with the whole file fails it before a byte of the body is read."""
         if self._validator is None or self.size is None:
             raise PartitionError(f"{self.url}: cannot read ranges: the server names no size, "
                                  "ETag or Last-Modified that would prove it is the same file")
@@ -221,7 +220,7 @@ class HttpSource(Source):
         # changed (If-Range did not match): never stitch two files together.
         if self._exact:
             resp.close()
-            raise RangeIgnored(f"{self.url}: asked for bytes from {self._pos}, the server "
+            raise PartitionError(f"{self.url}: asked for bytes from {self._pos}, the server "
                                f"answered HTTP {resp.status} with the whole file")
         if resp.headers.get(kind) != value:
             resp.close()
@@ -261,11 +260,6 @@ class HttpSource(Source):
         if not self.closed:
             self._resp.close()
         super().close()
-
-
-class RangeIgnored(PartitionError):
-    """A Range request that may not be skipped (``HttpSource.range(within=...)``)
-    answered with the whole file."""
 
 
 class RangePreads:
@@ -309,7 +303,7 @@ class RangePreads:
                 data = read_full(reader, end - start)
             finally:
                 reader.close()
-        except PartitionError as exc:    # refused, stalled, ignored (RangeIgnored), ...
+        except PartitionError as exc:    # refused, stalled, answered with the whole file, ...
             raise ValueError(str(exc)) from exc
         self._start, self._data = start, data
         return data[offset - start:]
