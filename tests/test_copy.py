@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import signal
 import subprocess
 import sys
@@ -175,6 +176,40 @@ def test_preserve_on_error_keeps_the_wreck(gpt_image, tmp_path):
         assert read(dev, MiB, len(image) - 2 * MiB) == image[MiB:-MiB]
         assert read(dev, 0, MiB) == bytes(MiB)
         assert_not_the_image(dev, empty_table=False)
+
+
+@pytest.mark.parametrize("kind", ["raw", "qcow2"])
+def test_the_file_opened_is_the_file_hashed_and_written(gpt_image, tmp_path, monkeypatch, kind):
+    """A local image's name is resolved once. Another file renamed over the name right
+    after the open (what anyone who may write the directory can do) changes nothing: the
+    checksum is the opened file's and so is the disk written; the other file's checksum
+    fails. Before, the digest and a qcow2's conversion read the name again."""
+    import partition.images.image as image_module
+    need_tool("qemu-img")
+    other_raw = make_gpt_disk(tmp_path / "other-disk.bin", "7B7B7B7B-1111-2222-3333-444455556666", seed=7)
+    made = {"raw": lambda src, dst: dst.write_bytes(src.read_bytes()),
+            "qcow2": lambda src, dst: run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", src, dst)}
+    opened, other = tmp_path / f"image.{kind}", tmp_path / f"other.{kind}"
+    real_open = image_module.open_source
+
+    def swapped_after_open(spec, **kw):
+        source = real_open(spec, **kw)
+        os.replace(other, opened)          # the name now names the other file
+        return source
+    monkeypatch.setattr(image_module, "open_source", swapped_after_open)
+
+    def staged() -> tuple[str, str]:
+        made[kind](gpt_image, opened)
+        made[kind](other_raw, other)
+        return sha(opened), sha(other)
+    mine, theirs = staged()
+    with pytest.raises(PartitionError, match="checksum mismatch"):
+        write_image(str(opened), str(tmp_path / "a.img"), checksum="sha256:" + theirs)
+    mine, theirs = staged()
+    summary = write_image(str(opened), str(tmp_path / "b.img"), checksum="sha256:" + mine)
+    assert summary["checksum"]["value"] == mine
+    assert (tmp_path / "b.img").read_bytes() == gpt_image.read_bytes()
+    assert "PTUUID=" + IMAGE_GUID.lower() in out("blkid", "-p", "-o", "export", tmp_path / "b.img")
 
 
 def test_checksum_file_forms(gpt_image, tmp_path):

@@ -293,7 +293,7 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
         if source.path and not compression:
             # A local file: its holes are asked of the file system, not read and scanned.
             fd = source.fileno()
-            background = _HashFile(source.path, hash_algorithm) if hasher else None
+            background = _HashFile(fd, source.name, hash_algorithm) if hasher else None
             return Image(source.name, "raw", None, size,
                          lambda: file_extents(fd, size, source.name, read_size),
                          background.result if background else (lambda: None), closers,
@@ -317,12 +317,12 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
                      detected=detected)
 
     if source.path and not compression:
-        # Read in place; hash the same file in order on a thread meanwhile.
-        fd = os.open(source.path, os.O_RDONLY | os.O_CLOEXEC)
-        closers.append(lambda: os.close(fd))
-        qcow = Qcow2(fd, os.fstat(fd).st_size, source.name, read_run=read_size)
+        # Read in place through the descriptor opened (never the name again: see
+        # _HashFile); hash the same file in order on a thread meanwhile.
+        fd = source.fileno()
+        qcow = Qcow2(fd, source.size, source.name, read_run=read_size)
         closers.append(qcow.close)
-        background = _HashFile(source.path, hash_algorithm) if hasher else None
+        background = _HashFile(fd, source.name, hash_algorithm) if hasher else None
         finish = background.result if background else (lambda: None)
         return Image(source.name, "qcow2", None, qcow.virtual_size, qcow.extents, finish, closers,
                      detected="qcow2")
@@ -498,26 +498,36 @@ class _Forward:
 
 class _HashFile(threading.Thread):
     """Hash a local file from start to end while the converter reads it at random
-    (hashlib and file reads release the GIL, so this runs alongside)."""
+    (hashlib and file reads release the GIL, so this runs alongside), through the
+    converter's own descriptor (pread: neither moves the other's position). Never by its
+    name again: a file renamed over the name after the open (a writable directory allows
+    it) would have had its digest checked while the file opened was written, and a qcow2
+    converted from the other file; ``--checksum`` would have passed for bytes it never
+    saw."""
 
-    def __init__(self, path: str, algorithm: str):
+    def __init__(self, fd: int, name: str, algorithm: str):
         super().__init__(daemon=True, name="hash-image")
         import hashlib
-        self._path, self._hasher, self._error = path, hashlib.new(algorithm), None
+        # A descriptor of its own for the same open file: this thread may still be
+        # reading when a failed deploy closes the image's.
+        self._fd, self._name = os.dup(fd), name
+        self._hasher, self._error = hashlib.new(algorithm), None
         self.start()
 
     def run(self) -> None:
+        buf, offset = bytearray(1 << 20), 0
         try:
-            with open(self._path, "rb", buffering=0) as fp:
-                buf = bytearray(1 << 20)
-                while n := fp.readinto(buf):
-                    self._hasher.update(memoryview(buf)[:n])
+            while n := os.preadv(self._fd, [buf], offset):
+                self._hasher.update(memoryview(buf)[:n])
+                offset += n
         except OSError as exc:
             self._error = exc
+        finally:
+            os.close(self._fd)
 
     def result(self) -> str:
         self.join()
         if self._error:
-            raise PartitionError(f"{self._path}: reading for the checksum failed: "
+            raise PartitionError(f"{self._name}: reading for the checksum failed: "
                                  f"{self._error.strerror}")
         return self._hasher.hexdigest()
