@@ -119,6 +119,35 @@ def test_raw_image(tmp_path, handler, made_mounts, caplog):
     check_loops_and_mounts_released(img, handler, made_mounts)
 
 
+def test_the_image_checked_is_the_image_written(tmp_path, handler, made_mounts, monkeypatch):
+    """The image is named once (configdrive/inject/target.py). Another ext4 image renamed
+    over the name right after the open, as anyone who may write the directory can do,
+    gets nothing: the file opened, and checked, gets the content. Before, the handlers
+    checked and then wrote whatever the name named by then (a symbolic link to a mounted
+    disk included)."""
+    import configdrive.inject.target as target_module
+    named = ext4_image(tmp_path / "guest.img", guest_tree(tmp_path))
+    other_tree = tmp_path / "other"
+    other_tree.mkdir()
+    other = ext4_image(tmp_path / "other.img", guest_tree(other_tree))
+    kept = tmp_path / "opened.img"
+    os.link(named, kept)                 # the file opened, still reachable after the swap
+    real_open = target_module.Target.open.__func__
+
+    def swapped_after_open(cls, path, partition="auto"):
+        target = real_open(cls, path, partition)
+        os.replace(other, path)          # the name now names the other image
+        return target
+    monkeypatch.setattr(target_module.Target, "open", classmethod(swapped_after_open))
+    result = inject(str(named), full_content(), handlers=[handler])
+    assert result["handler"] == handler
+    assert_injected(kept)
+    assert debugfs_stat(named, "/root/.ssh") is None          # the other image: untouched
+    assert debugfs_stat(named, "/etc/motd") is None
+    e2fsck_clean(named)
+    check_loops_and_mounts_released(kept, handler, made_mounts)
+
+
 def test_gpt_image_auto_partition_selinux(tmp_path, handler, made_mounts):
     fs = ext4_image(tmp_path / "root.ext4", guest_tree(tmp_path, selinux=True))
     disk = gpt_image(tmp_path / "disk.img", fs)

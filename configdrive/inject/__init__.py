@@ -40,7 +40,15 @@ def inject(image: str, content: Content, handlers: str | list[str] | None = None
     """
     order = parse_order(handlers)
     target = Target.open(image, partition)
-    plan(content)   # refuse bad guest paths before anything is attached
+    try:
+        plan(content)   # refuse bad guest paths before anything is attached
+        return _inject(target, content, order)
+    finally:
+        target.close()
+
+
+def _inject(target: Target, content: Content, order: list[str]) -> dict[str, Any]:
+    image = target.path
     skipped: list[dict[str, str]] = []
     for name in order:
         handler = load(name)()

@@ -19,7 +19,7 @@ from ..errors import one_line
 from .guestpath import GuestPath, GuestPathError, show
 from .guestroot import MAX_GUEST_READ, GuestRoot, GuestStat, check_read_size
 from .handler import Handler
-from .target import Target, is_block_device, locate
+from .target import Target, locate
 from .tools import ToolError, run_tool, which
 
 EXT_TYPES = ("ext2", "ext3", "ext4")
@@ -191,15 +191,16 @@ class DebugfsHandler(Handler):
             return "debugfs (e2fsprogs) is not installed"
         if target.cow:
             return f"copy-on-write image ({target.format}): debugfs edits raw images only"
-        if not os.access(target.path, os.W_OK):
+        if not os.access(target.node, os.W_OK):
             return "image is not writable by this user"
-        if not is_block_device(target.path):
-            users = run_tool("losetup", "-j", os.path.abspath(target.path), check=False, quiet=True)
+        if not target.is_block:
+            users = run_tool("losetup", "-j", target.node, check=False, quiet=True,
+                             pass_fds=(target.fd,))
             attached = users.stdout.decode(errors="replace").split(":", 1)[0].strip()
             if attached:
                 return f"image is in use (attached to {attached}); editing it unmounted could corrupt it"
         try:
-            self.slice = locate(target.path, target.partition)
+            self.slice = locate(target, target.partition)
         except Exception as exc:  # a table we cannot read is a reason, not a crash
             return str(exc)
         if self.slice.fs_type not in EXT_TYPES:
@@ -209,15 +210,12 @@ class DebugfsHandler(Handler):
 
     def attach(self, target: Target) -> DebugfsRoot:
         if self.slice is None:
-            self.slice = locate(target.path, target.partition)
-        # Hand debugfs our own descriptor as /dev/fd/N: a path containing '?' would
-        # otherwise be cut at the I/O manager's option separator, and a block device is
-        # opened O_EXCL so a mounted filesystem is refused rather than corrupted.
-        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_EXCL if is_block_device(target.path) else 0)
-        try:
-            fd = os.open(target.path, flags)
-        except OSError as exc:
-            raise ToolError(f"{target.path}: cannot open for writing ({exc.strerror})") from exc
+            self.slice = locate(target, target.partition)
+        # Hand debugfs our own descriptor as /dev/fd/N: the image checked above, never its
+        # name again; a path containing '?' would otherwise be cut at the I/O manager's
+        # option separator, and a block device is opened O_EXCL so a mounted filesystem is
+        # refused rather than corrupted.
+        fd = target.open_for_writing()
         self.cleanup.callback(os.close, fd)
         root = DebugfsRoot(f"/dev/fd/{fd}?offset={self.slice.offset}", pass_fds=(fd,))
         features = root._debugfs(["features"])

@@ -34,6 +34,10 @@ class GuestfsHandler(Handler):
             where = ["-m", "/dev/sda"]
         else:
             where = ["-m", f"/dev/sda{target.partition}"]
+        # By name, the one handler that still is: libguestfs starts its appliance's qemu
+        # with every other descriptor closed, so /dev/fd/N would name nothing there. The
+        # name was checked once (Target.open); a file renamed over it since would be what
+        # the appliance edits, inside its VM (the host kernel never parses it).
         run_tool("guestmount", "--rw", "-a", target.path, "--format", target.format, *where, mnt)
         unmount = ("guestunmount", mnt) if which("guestunmount") else ("fusermount", "-u", mnt)
         self.cleanup.callback(retry, lambda: run_tool(*unmount), f"{' '.join(unmount)}")

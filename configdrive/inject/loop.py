@@ -26,7 +26,9 @@ class LoopHandler(Handler):
 
     def attach(self, target: Target) -> HostDirRoot:
         # --partscan asks the kernel for /dev/loopNpK; kernels that ignore it get partx.
-        dev = run_tool("losetup", "--find", "--show", "--partscan", target.path).stdout.decode().strip()
+        # The held image, through its descriptor (target.py says why), never its name.
+        dev = run_tool("losetup", "--find", "--show", "--partscan", target.node,
+                       pass_fds=(target.fd,)).stdout.decode().strip()
         self.cleanup.callback(retry, lambda: run_tool("losetup", "--detach", dev), f"losetup --detach {dev}")
         self.device = dev
         self.slice = locate(dev, target.partition)

@@ -56,7 +56,9 @@ class NbdHandler(Handler):
                 if _in_use(sysdir):
                     continue
                 dev = "/dev/" + os.path.basename(sysdir)
-                proc = run_tool("qemu-nbd", "-c", dev, "-f", target.format, target.path, check=False)
+                # The held image, through its descriptor (target.py says why).
+                proc = run_tool("qemu-nbd", "-c", dev, "-f", target.format, target.node,
+                                check=False, pass_fds=(target.fd,))
                 if proc.returncode != 0:
                     continue    # taken by someone who does not use our lock; try the next
                 self.cleanup.callback(retry, lambda: run_tool("qemu-nbd", "-d", dev), f"qemu-nbd -d {dev}")
