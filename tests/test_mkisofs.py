@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from configdrive.errors import ConfigDriveError
+
 from configdrive.model.layout import build_tree
 
 from conftest import need_tool, out, run, sample_content
@@ -157,6 +159,36 @@ def test_a_failed_build_leaves_a_held_output_file_empty(tmp_path):
     proc = mkisofs("-o", image, *args, source, check=False)
     assert proc.returncode == 1 and len(proc.stderr.decode().splitlines()) == 1, proc.stderr
     assert image.read_bytes() == b""
+
+
+@pytest.mark.parametrize("existed", [True, False])
+def test_a_failed_build_cleans_up_only_the_file_it_opened(tmp_path, monkeypatch, existed):
+    """The output is named once. A symbolic link to another file renamed over the name
+    during the build (anyone who may write the directory can) is left alone by the
+    clean-up after a failure, and so is the file it points to; the file the build opened
+    is emptied. Before, the clean-up truncated or removed whatever the name named by then."""
+    from configdrive.engines import mkisofs as engine
+    from configdrive.formats import iso
+    source = write_dir({"openstack/latest/meta_data.json": b"{}"}, tmp_path / "src")
+    victim, image = tmp_path / "victim", tmp_path / "out.iso"
+    victim.write_bytes(b"precious")
+    if existed:
+        image.write_bytes(b"old contents")
+        os.link(image, tmp_path / "opened")        # the file opened, reachable after the swap
+
+    def write_then_fail(tree, fp, **kw):
+        fp.write(b"partial image")
+        (tmp_path / "link").symlink_to(victim)
+        os.replace(tmp_path / "link", image)       # the name now leads to the victim
+        raise ConfigDriveError("the build failed half-way")
+    monkeypatch.setattr(iso, "write", write_then_fail)
+    with pytest.raises(ConfigDriveError, match="half-way"):
+        engine.make_image({"source": str(source), "output": str(image), "label": "config-2",
+                           "publisher": "x"})
+    assert victim.read_bytes() == b"precious"
+    assert image.is_symlink() and os.readlink(image) == str(victim)
+    if existed:
+        assert (tmp_path / "opened").read_bytes() == b""
 
 
 def test_an_unwritable_output_fails_with_one_line(tmp_path):

@@ -31,6 +31,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from partition.writing.device import identity_of, unlink_if_still
+
 from ..files.dirfd import HeldFile, Refused, walk
 from ..errors import ConfigDriveError, one_line
 
@@ -130,21 +132,47 @@ def make_image(options: dict[str, str]) -> None:
     _raise_fd_limit()
     tree = read_source_tree(options["source"])   # every file judged before the output is touched
     try:
-        output = Path(options["output"])
-        existed = output.exists()
+        parent, name, fd, created = _open_output(Path(options["output"]))
         try:
-            with open(output, "wb") as fp:           # O_TRUNC: the same inode the caller holds
+            with open(fd, "wb", closefd=False) as fp:
                 iso.write(tree, fp, label=options["label"], publisher=options["publisher"],
                           epoch=source_date_epoch(), application=f"configdrive-mkisofs {version()}")
         except BaseException:
-            with contextlib.suppress(OSError):
-                if existed:
-                    os.truncate(output, 0)
-                else:
-                    output.unlink()
+            # No partial image is left: an output that was there is emptied (its caller
+            # holds it open), one this build made is removed; both through what was
+            # opened, never the name: a link renamed over it since would lead elsewhere.
+            if created:
+                unlink_if_still(parent, name, identity_of(fd))
+            else:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
             raise
+        finally:
+            os.close(fd)
+            os.close(parent)
     finally:
         close_all(tree)
+
+
+def _open_output(output: Path) -> tuple[int, str, int, bool]:
+    """The output file opened once, in its directory (held open too, for the clean-up):
+    (directory, name, descriptor, created). An existing file is truncated in place, not
+    replaced: openstacksdk hands over a temporary file's name and reads the image back
+    through its own descriptor of that inode."""
+    flags = os.O_WRONLY | os.O_CLOEXEC
+    try:
+        parent = os.open(output.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigDriveError(f"{output}: cannot write ({exc.strerror})") from exc
+    try:
+        try:
+            return parent, output.name, os.open(output.name, flags | os.O_CREAT | os.O_EXCL,
+                                                0o666, dir_fd=parent), True
+        except FileExistsError:
+            return parent, output.name, os.open(output.name, flags | os.O_TRUNC, dir_fd=parent), False
+    except OSError as exc:
+        os.close(parent)
+        raise ConfigDriveError(f"{output}: cannot write ({exc.strerror})") from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:

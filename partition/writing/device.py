@@ -264,11 +264,7 @@ class Target:
         if self._made_in is not None:
             parent, name = self._made_in
             if os.fstat(self.fd).st_size == 0:
-                try:   # through the directory it was made in, never the name given
-                    if identity_of_stat(os.stat(name, dir_fd=parent, follow_symlinks=False)) == self.identity:
-                        os.unlink(name, dir_fd=parent)
-                except OSError:
-                    pass
+                unlink_if_still(parent, name, self.identity)
             os.close(parent)
             self._made_in = None
         os.close(self.fd)
@@ -301,6 +297,17 @@ def identity_of_stat(st: os.stat_result) -> tuple:
     if stat.S_ISBLK(st.st_mode):
         return "block", st.st_rdev, None
     return "file", st.st_dev, st.st_ino
+
+
+def unlink_if_still(parent: int, name: str, identity: tuple) -> None:
+    """Remove ``name`` from the directory open as ``parent`` (through it, never by a path)
+    if it still names ``identity``, a file this process made: whatever was renamed over
+    the name since is left alone. Best effort, as every clean-up after a failure."""
+    try:
+        if identity_of_stat(os.stat(name, dir_fd=parent, follow_symlinks=False)) == identity:
+            os.unlink(name, dir_fd=parent)
+    except OSError:
+        pass
 
 
 def describe_identity(identity: tuple) -> str:
