@@ -126,3 +126,31 @@ def test_small_buffers_bound_what_is_read_ahead(tmp_path, monkeypatch):
     assert ahead and max(ahead) <= bound, (max(ahead), bound)
     # ... and it did run ahead (1 MiB batches of 64 KiB reads would have gone past the bound).
     assert max(ahead) > copy.HOLD + buffers.read_size, max(ahead)
+
+
+def test_declared_raw_is_checked_in_the_one_download(image, tmp_path):
+    """ironic's disk_format raw ("raw-declared"): a qcow2 is refused before the target is
+    touched, and a raw image is written, each from a single request for the file: the
+    format is told from the bytes written, so a server cannot show a first look raw bytes
+    and the download a qcow2."""
+    import sys
+    from conftest import ROOT
+    from partition.errors import PartitionError
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from common import RangeServer
+    raw, _ = image
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "disk.raw").write_bytes(raw.read_bytes())
+    run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, www / "disk.qcow2")
+    target = tmp_path / "target.img"
+    target.write_bytes(b"\xaa" * 12 * MiB)
+    server = RangeServer(www)
+    with server as base:
+        with pytest.raises(PartitionError, match=r"disk\.qcow2\?q: declared disk_format raw, "
+                                                 r"but its content is qcow2: refused"):
+            deploy(str(target), f"{base}/disk.qcow2?q", image_format="raw-declared")
+        assert target.read_bytes() == b"\xaa" * 12 * MiB
+        deploy(str(target), f"{base}/disk.raw?r", image_format="raw-declared")
+    assert target.read_bytes() == raw.read_bytes()
+    assert server.clients["q"]["requests"] == 1 and server.clients["r"]["requests"] == 1

@@ -40,7 +40,8 @@ def deploy(device: str | Target, image: str | None = None, *, checksum: str | No
     disk and compare; then place ``drive`` (when given) on the disk. The device is locked
     for all of it (a second deploy onto it is refused); a missing one is made as a disk
     image file only with ``create``. ``image_format``: "auto" (by content), "raw" (the
-    bytes as they are) or "qcow2"; ``http_options``: retries, deadline, timeout;
+    bytes as they are), "qcow2", or "raw-declared" (by content, a qcow2 refused:
+    open_image says why); ``http_options``: retries, deadline, timeout;
     ``buffers``: how much image data is in flight (partition.images.image.Buffers).
 
     Returns a summary: {"device": the name given, "target": the device written (kind,

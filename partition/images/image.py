@@ -226,7 +226,10 @@ def open_image(spec: str | os.PathLike, *, hash_algorithm: str | None = None,
 
     ``hash_algorithm`` (hashlib name) hashes the source bytes; ``finish()`` returns the
     hex digest. ``image_format``: "auto", or "raw" to write the (decompressed) bytes as
-    they are whatever they hold, or "qcow2" to insist on qcow2. ``buffers``: the most read
+    they are whatever they hold, or "qcow2" to insist on qcow2, or "raw-declared" (what
+    ironic's disk_format raw promises): as "auto", but a qcow2 is refused, as IPA's format
+    inspector refuses it; told from the bytes that are then written, so a server cannot
+    answer a first look with one file and the download with another. ``buffers``: the most read
     at once (``read_size``; the copier takes its ``queue_depth``). Raises PartitionError for
     anything refused (before any target is touched)."""
     source = open_source(spec, **(http_options or {}))
@@ -272,6 +275,9 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
     detected = "forced" if image_format == "raw" else identify(head)
     if image_format == "qcow2" and detected != "qcow2":
         raise PartitionError(f"{source.name}: not a qcow2 image (its content is {detected}): refused")
+    if image_format == "raw-declared" and detected == "qcow2":
+        raise PartitionError(f"{source.name}: declared disk_format raw, but its content is "
+                             "qcow2: refused")
     refuse_unconvertible(detected, source.name)
     if len(head) < MIN_DISK:
         raise PartitionError(f"{source.name}: the image holds only {len(head)} bytes{inside}, "
