@@ -212,6 +212,19 @@ def test_the_file_opened_is_the_file_hashed_and_written(gpt_image, tmp_path, mon
     assert "PTUUID=" + IMAGE_GUID.lower() in out("blkid", "-p", "-o", "export", tmp_path / "b.img")
 
 
+@pytest.mark.parametrize("kind", ["fifo", "directory", "missing"])
+def test_a_checksum_argument_that_is_no_file_fails_at_once(gpt_image, tmp_path, kind):
+    """A FIFO, a directory or nothing at the checksum's path: one line, before the image is
+    read or the target touched, and never a wait for a FIFO's writer (the file is opened
+    once, non-blocking, and judged by what was opened)."""
+    spec = tmp_path / "sums"
+    {"fifo": lambda: os.mkfifo(spec), "directory": spec.mkdir, "missing": lambda: None}[kind]()
+    target = tmp_path / "t.img"
+    with pytest.raises(PartitionError, match=r"neither ALGO:HEX .* nor a checksum file or URL"):
+        write_image(str(gpt_image), str(target), checksum=str(spec))
+    assert not target.exists()
+
+
 def test_checksum_file_forms(gpt_image, tmp_path):
     digest = hashlib.sha512(gpt_image.read_bytes()).hexdigest()
     sums = tmp_path / "SHA512SUMS"

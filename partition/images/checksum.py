@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 from ..errors import PartitionError
@@ -82,12 +83,31 @@ def _expected(algorithm: str, hexdigest: str, spec: str) -> Expected:
 
 
 def _read_checksum_file(spec: str, http_options: dict) -> str:
+    """The checksum file's text, read once. A local one is opened once and judged by what
+    was opened (a regular file; non-blocking, so a FIFO cannot hold the open up), never
+    by a look at its name first: a name looked at, then opened, can name a FIFO or a
+    device by then."""
     from .source import is_url, open_source
-    if not is_url(spec) and not os.path.isfile(spec):
-        raise PartitionError(f"--checksum {spec!r}: neither ALGO:HEX ({', '.join(ALGORITHMS)}) "
+    neither = PartitionError(f"--checksum {spec!r}: neither ALGO:HEX ({', '.join(ALGORITHMS)}) "
                              "nor a checksum file or URL")
-    with open_source(spec, **http_options) as src:
-        data = src.read_upto(MAX_CHECKSUM_FILE + 1)
+    if is_url(spec):
+        with open_source(spec, **http_options) as src:
+            data = src.read_upto(MAX_CHECKSUM_FILE + 1)
+    else:
+        try:
+            fd = os.open(spec, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise neither from None
+        except OSError as exc:
+            raise PartitionError(f"{spec}: cannot open: {exc.strerror}") from exc
+        data = b""
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise neither
+            while len(data) <= MAX_CHECKSUM_FILE and (piece := os.read(fd, MAX_CHECKSUM_FILE + 1)):
+                data += piece
+        finally:
+            os.close(fd)
     if len(data) > MAX_CHECKSUM_FILE:
         raise PartitionError(f"{spec}: a checksum file over {MAX_CHECKSUM_FILE} bytes")
     return data.decode("utf-8", "replace")
