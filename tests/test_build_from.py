@@ -146,6 +146,21 @@ def test_a_symlinked_content_file_is_not_followed(tmp_path):
     assert proc.returncode == 1 and b"/files/0/content_path" in proc.stderr
 
 
+def test_a_symlinked_content_directory_is_not_followed(tmp_path):
+    """openstack/content itself a link to a host directory holding a file 0000: nothing of
+    it reaches the drive (the entry stays, and validation reports it)."""
+    (tmp_path / "host").mkdir()
+    (tmp_path / "host/0000").write_bytes(b"host secret\n")
+    meta = tmp_path / "d/openstack/latest/meta_data.json"
+    meta.parent.mkdir(parents=True)
+    (tmp_path / "d/openstack/content").symlink_to(tmp_path / "host")
+    meta.write_text(json.dumps({"uuid": "0b5a2e5c-0f0e-4d7c-9e0e-3f6f7f1d2a11",
+                                "files": [{"path": "/etc/x", "content_path": "/content/0000"}]}))
+    proc = configdrive("build", "--meta-data", meta, "-o", tmp_path / "o.iso", check=False)
+    assert proc.returncode == 1 and b"/files/0/content_path" in proc.stderr
+    assert not (tmp_path / "o.iso").exists()
+
+
 def test_a_vfat_drive_stays_vfat_unless_told(tmp_path):
     source = tmp_path / "given.img"
     configdrive("build", "--example", "--format", "vfat", "-o", source)

@@ -111,17 +111,27 @@ def open_file(parts: Sequence[str], dir_fd: int) -> tuple[int, os.stat_result]:
     return fd, st
 
 
-def open_regular(path: str) -> tuple[int, os.stat_result]:
-    """A file the caller named (``--file``'s LOCAL_FILE): its directory as given, the file
-    itself without following a link and only if fstat says it is a regular file."""
+def open_regular(path: str, below: int = 0) -> tuple[int, os.stat_result]:
+    """A file the caller named (``--file``'s LOCAL_FILE): the directory ``below`` levels
+    above it as given; the directories below that and the file itself without following a
+    link, and only if fstat says it is a regular file."""
     head, name = os.path.split(path)
     if not name:
         raise Refused([path], "is a directory")
+    middle: list[str] = []
+    for _ in range(below):
+        head, part = os.path.split(head)
+        middle.insert(0, part)
     top = open_top(head or ".")
     try:
-        return open_file([name], top)
+        where = open_dirs(top, middle) if middle else top
     finally:
-        os.close(top)
+        if middle:
+            os.close(top)
+    try:
+        return open_file([*middle, name], where)
+    finally:
+        os.close(where)
 
 
 def create_file(top: int, parts: Sequence[str], mode: int = 0o644) -> int:

@@ -111,17 +111,19 @@ def changes_from_options(*, ironic: str | None = None, meta_data: str | None = N
 MAX_INPUT_BYTES = 64 << 20
 
 
-def read_bytes(path: str, what: str = "input", limit: int | None = None, *, regular: bool = False) -> bytes:
+def read_bytes(path: str, what: str = "input", limit: int | None = None, *, regular: bool = False,
+               below: int = 0) -> bytes:
     """A file's bytes; ``-`` is standard input. With ``limit``, a file holding more than
     ``limit`` bytes is refused after reading at most one byte more. With ``regular``, the
-    file itself must be a regular file, opened without following a link and judged by
-    fstat of that descriptor (configdrive/files/dirfd.py): a name in a directory others can
-    write may be swapped for a link to a host file at any moment."""
+    file itself (and the ``below`` directories above it) must be a regular file (and
+    directories), opened without following a link and judged by fstat of that descriptor
+    (configdrive/files/dirfd.py): a name in a directory others can write may be swapped for
+    a link to a host file at any moment."""
     try:
         if path == "-":
             data = sys.stdin.buffer.read(-1 if limit is None else limit + 1)
         else:
-            with open(open_regular(path)[0] if regular else path, "rb") as fp:
+            with open(open_regular(path, below)[0] if regular else path, "rb") as fp:
                 data = fp.read(-1 if limit is None else limit + 1)
     except Refused as exc:
         hint = "; name the file it points to" if exc.link else ""
@@ -232,9 +234,10 @@ def carry_over_files(meta_data: dict[str, Any], meta_data_path: str) -> list[Inj
 
 
 def _read_regular_file(path: Path) -> bytes | None:
-    """The bytes of ``path`` if it is a regular file (not a link), else None."""
+    """The bytes of ``path`` (``X/openstack/content/NNNN``) if it is a regular file in a
+    directory ``content``, neither of them a link, else None."""
     try:
-        return read_bytes(str(path), "content file", MAX_INPUT_BYTES, regular=True)
+        return read_bytes(str(path), "content file", MAX_INPUT_BYTES, regular=True, below=1)
     except ConfigDriveError as exc:
         if isinstance(exc.__cause__, (Refused, OSError)):   # a link, a FIFO, no such file
             return None
