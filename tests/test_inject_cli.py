@@ -93,6 +93,27 @@ def test_qcow2_reasons_listed_and_image_untouched(tmp_path):
     assert sha256(img) == before
 
 
+@pytest.mark.parametrize("kind", ["backing-file", "vmdk"])
+def test_images_naming_other_files_are_refused_before_any_handler(tmp_path, kind):
+    """A qcow2 with a backing file (here a host file), or a container whose header we do
+    not read (VMDK: its extents may name host files), is refused in one line before any
+    handler is asked, whatever this machine has: qemu-nbd or libguestfs would read them."""
+    need_tool("qemu-img")
+    raw = ext4_image(tmp_path / "guest.img", guest_tree(tmp_path))
+    img = tmp_path / f"guest.{kind}"
+    if kind == "backing-file":
+        run("qemu-img", "create", "-f", "qcow2", "-F", "raw", "-b", raw, img)
+        named = "qcow2 names a backing file"
+    else:
+        run("qemu-img", "convert", "-f", "raw", "-O", "vmdk", raw, img)
+        named = "vmdk images are refused"
+    before = sha256(img)
+    proc = configdrive("inject", img, "--example", check=False)
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and named in lines[0], lines
+    assert "debugfs" not in lines[0] and sha256(img) == before
+
+
 def test_qcow2_served_where_nbd_or_guestfs_exist(tmp_path):
     raw = ext4_image(tmp_path / "guest.img", guest_tree(tmp_path))
     img = qcow2_copy(raw)

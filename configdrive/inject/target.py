@@ -72,13 +72,35 @@ class Target:
             raise ConfigDriveError(f"{path}: cannot read image ({exc.strerror})") from exc
         try:
             head = os.pread(fd, 512, 0)
-            return cls(path, image_format(head), partition, fd, os.fstat(fd))
+            target = cls(path, image_format(head), partition, fd, os.fstat(fd))
+            target._refuse_other_files()
+            return target
         except OSError as exc:
             os.close(fd)
             raise ConfigDriveError(f"{path}: cannot read image ({exc.strerror})") from exc
         except BaseException:
             os.close(fd)
             raise
+
+    def _refuse_other_files(self) -> None:
+        """A container whose header can name other files is refused before any handler
+        sees it: qemu (qemu-nbd, libguestfs) would open them, and what the guest then reads
+        (a host file as a backing file, a VMDK's extents) is what nova's images did in
+        CVE-2024-32498. A qcow2 passes the same checks as one being deployed
+        (partition/images/qcow2.py: no backing file, no external data file, its tables
+        inside the file); the other containers, whose descriptors and parent links we do
+        not read, are refused whole: converted to raw or qcow2 first, they are served."""
+        if self.format == "raw":
+            return
+        if self.format != "qcow2":
+            raise ConfigDriveError(f"{self.path}: {self.format} images are refused: their "
+                                   "headers can name other files that qemu would read "
+                                   "(CVE-2024-32498); convert it to raw or qcow2 first")
+        from partition.images.qcow2 import Qcow2
+        try:
+            Qcow2(self.fd, self.st.st_size, self.path).close()
+        except PartitionError as exc:
+            raise ConfigDriveError(str(exc)) from exc
 
     def open_for_writing(self) -> int:
         """A read-write descriptor of the same file (O_EXCL on a block device: the kernel
