@@ -69,7 +69,7 @@ def fleet(cmds: list[list], server: RangeServer) -> dict:
 
     def one(i: int, proc: subprocess.Popen) -> None:
         try:
-            user, system, rss = finish(proc)
+            user, system, rss, _ = finish(proc)
         except SystemExit as failed:          # a thread ends quietly on SystemExit: say why
             print(failed, file=sys.stderr, flush=True)
             return

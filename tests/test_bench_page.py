@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 import subprocess
 import sys
 import urllib.request
@@ -129,6 +130,11 @@ def test_quick_stream_and_fleet_pages_show_the_limit_and_the_fleet(tmp_path):
                      if x.startswith(f"0.0625G {where}-backed loop: {row} ") and x.endswith(peer)]
             assert len(lines) == 1, (row, peer)          # the row in the table against the limit
     assert "ours/limit" in text and "peer/limit" in text and "u+" in text
+    # Our copy alone (the deploy's --json seconds) beside each whole command of ours.
+    assert "copy/both" in text
+    compared = [x for x in text.splitlines() if "| peer/ours" in x]
+    assert len(compared) == 2 * 9                      # 9 rows on each device
+    assert all(re.search(r" ours +[0-9.]+s \(copy +[0-9.]+s\) cpu", x) for x in compared)
     for line in ("fleet wall time (8 at once)", "bytes sent per deploy (x file)",
                  "requests per deploy", "peak RSS per deploy (median)", "the devices at once"):
         assert line in text
