@@ -53,7 +53,9 @@ What the writer does that these rows show:
   page cache, which is what qemu-img meets here too.
 - each run of zeros is zeroed (write-zeroes, never discard; BLKZEROOUT where the device
   cannot) on a thread of its own beside the data writes, rather than the whole range in
-  one call first, which freed blocks the data then had to allocate again;
+  one call first, which freed blocks the data then had to allocate again; the runs the
+  image's own map names (qcow2 tables, a file's holes) are queued there before the first
+  data write, so the device zeroes while the writer reads (0.08-0.1 s of these rows);
 - zero detection compares each 64 KiB grain in place, without copying it out first;
 - still paid, and kept: the first and last MiB held back and three fsyncs (zeroed ends,
   body, head), so that a crash never leaves a half-written disk that looks bootable;

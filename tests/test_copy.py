@@ -102,6 +102,51 @@ def test_image_lands_on_a_used_disk(gpt_image, tmp_path):
         assert summary["checksum"] == {"algorithm": "sha256", "value": sha(image), "verified": True}
 
 
+@pytest.mark.parametrize("kind", ["qcow2, 4 KiB clusters", "sparse raw"])
+def test_the_zeros_the_image_maps_are_zeroed_ahead_over_old_data(gpt_image, tmp_path, kind):
+    """The zero runs an image's own map names (a qcow2's unallocated tables and zero
+    clusters; with 4 KiB clusters a table maps 2 MiB, so both kinds occur here; a sparse
+    file's holes) are zeroed ahead of the stream: over a used disk, what lands is the
+    image byte for byte, and past it the disk is untouched."""
+    need_tool("qemu-img")
+    image = tmp_path / "image"
+    if kind.startswith("qcow2"):
+        run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=4096",
+            gpt_image, image)
+    else:
+        run("cp", "--sparse=always", gpt_image, image)
+        assert image.stat().st_blocks * 512 < gpt_image.stat().st_size // 2   # holes there
+    size = gpt_image.stat().st_size
+    with disk_target(tmp_path) as dev:
+        write_image(str(image), dev)
+        assert read(dev, 0, size) == gpt_image.read_bytes()
+        assert read(dev, size, MiB) == b"\xaa" * MiB
+
+
+def test_a_hole_that_becomes_data_during_the_copy_fails_and_wipes(gpt_image, tmp_path, monkeypatch):
+    """A sparse source written into after its holes were mapped (and zeroed ahead on the
+    target): the data where its map said zeros fails the copy in one line, and the disk
+    holds an empty table, never a mix of the two files."""
+    import partition.images.image as image_module
+    image = tmp_path / "sparse.raw"
+    run("cp", "--sparse=always", gpt_image, image)
+    real_holes = image_module.file_holes
+
+    def mapped_then_written(fd, size, name):
+        holes = real_holes(fd, size, name)
+        offset = next(o for o, n in holes if o >= 2 * MiB and n >= 1 << 20)
+        with open(image, "r+b") as fp:
+            fp.seek(offset + (64 << 10))
+            fp.write(b"\x55" * (64 << 10))
+        return holes
+    monkeypatch.setattr(image_module, "file_holes", mapped_then_written)
+    with disk_target(tmp_path) as dev:
+        with pytest.raises(PartitionError, match=r"changed while it was read: data at byte "
+                                                 r"\d+ .* where its map said zeros .*empty partition table"):
+            write_image(str(image), dev)
+        assert_not_the_image(dev, empty_table=True)
+
+
 class _NoWriteZeroes:
     """libc as a device without "write zeroes" sees it: fallocate fails (EOPNOTSUPP), so
     each zero run goes to BLKZEROOUT (the kernel writes the zeros) or to zero buffers."""

@@ -48,6 +48,7 @@ from .formats import HEAD_BYTES, MIN_DISK, gpt_declared_size, identify, refuse_u
 from ..progress import Progress
 from .qcow2 import READ_RUN, Qcow2
 from .source import HttpSource, RangePreads, Source, open_source, read_full
+from .zeromap import MAX_RUNS, ZeroMap
 
 ZERO_GRAIN = 64 << 10    # zero detection granularity inside data
 # Bytes an http(s) image may cost in Range requests to find its compressed units (an xz
@@ -100,6 +101,10 @@ class Image:
     # False: after the first HEAD bytes (given first, in order) the extents come in any
     # order (a qcow2 converted in its file's order), each once; virtual_size is known.
     in_order: bool = True
+    # The image's own map of its zero runs, (offset, length), sorted, known at the open
+    # (zeromap.py): a qcow2's zero and unallocated clusters, a local file's holes. The
+    # stream gives them as zero extents too, later; never data there.
+    known_zeros: list = field(default_factory=list)
 
     def extents(self) -> Iterator[Extent]:
         """The virtual disk in order; data extents are split where they hold runs of
@@ -181,6 +186,18 @@ def file_extents(fd: int, size: int, name: str,
             yield data_at, n, data
             data_at += n
         offset = hole_at
+
+
+def file_holes(fd: int, size: int, name: str) -> list[tuple[int, int]]:
+    """A local file's holes in its first ``size`` bytes, as the file system reports them
+    now (``file_extents`` asks again as it reads; a hole that became data meanwhile fails
+    the copy, see copy.py), as many as the zero map keeps."""
+    holes, offset = ZeroMap(), 0
+    while offset < size and len(holes) < MAX_RUNS:
+        data_at = _seek(fd, offset, os.SEEK_DATA, size, name)
+        holes.add(offset, data_at - offset)
+        offset = _seek(fd, data_at, os.SEEK_HOLE, size, name) if data_at < size else size
+    return holes.runs()
 
 
 def _seek(fd: int, offset: int, whence: int, size: int, name: str) -> int:
@@ -303,7 +320,7 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
             return Image(source.name, "raw", None, size,
                          lambda: file_extents(fd, size, source.name, read_size),
                          background.result if background else (lambda: None), closers,
-                         detected=detected)
+                         detected=detected, known_zeros=file_holes(fd, size, source.name))
 
         def raw_extents() -> Iterator[Extent]:
             offset = 0
@@ -331,7 +348,7 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
         background = _HashFile(fd, source.name, hash_algorithm) if hasher else None
         finish = background.result if background else (lambda: None)
         return Image(source.name, "qcow2", None, qcow.virtual_size, qcow.extents, finish, closers,
-                     detected="qcow2")
+                     detected="qcow2", known_zeros=qcow.zeros.runs())
 
     if isinstance(source, HttpSource) and not compression and source.provable:
         # Read in place by Range requests: no spool, memory bounded (partition/images/ranged.py);
@@ -357,7 +374,7 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
             closers.append(qcow.close)
             return Image(source.name, "qcow2", None, qcow.virtual_size,
                          lambda: qcow.extents_by_host(ranged.follow), ranged.finish, closers,
-                         detected="qcow2", in_order=False)
+                         detected="qcow2", in_order=False, known_zeros=qcow.zeros.runs())
 
     # A stream (stdin, a compressor, a server that cannot serve passes): read forward,
     # keeping what passes in the spool; when the tables and the first MiB's clusters come
@@ -383,7 +400,7 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
             return drained()
         return Image(source.name, "qcow2", compression, qcow.virtual_size,
                      lambda: qcow.extents_by_host(forward.follow), forward_finish, closers,
-                     detected="qcow2", in_order=False)
+                     detected="qcow2", in_order=False, known_zeros=qcow.zeros.runs())
     if qcow is not None:
         qcow.close()
     why = (f"inside {compression}" if compression else
@@ -419,7 +436,7 @@ def _open(source: Source, hash_algorithm, spool_dir, on_spool, image_format="aut
     qcow = Qcow2(spool.fileno(), spool.tell(), source.name, read_run=read_size)
     closers.append(qcow.close)
     return Image(source.name, "qcow2", compression, qcow.virtual_size, qcow.extents,
-                 lambda: digest, closers, detected="qcow2")
+                 lambda: digest, closers, detected="qcow2", known_zeros=qcow.zeros.runs())
 
 
 def _check_spool_room(where: str, needed: int, name: str) -> None:

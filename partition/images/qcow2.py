@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ..errors import PartitionError
+from .zeromap import ZeroMap
 
 try:
     from deflate import DeflateError as _libdeflate_error
@@ -141,10 +142,13 @@ class Qcow2:
         self._l2_checked = False
         self._map = (_HostMap(head_first, self.coffset_mask, read_run)
                      if head_first is not None else None)
+        self.zeros = ZeroMap()            # the virtual disk's zero runs, from the tables
         for index, l2 in self._tables():
             self._check_l2(index, l2)
             if self._map is not None:
                 self._map.add(self._table_pieces(index, l2))
+            for voff, length in self._table_zeros(index, l2):
+                self.zeros.add(voff, length)
         if self._map is not None:
             self._map.close()
         # Neighbouring compressed clusters share a sector (each read runs to the end of
@@ -481,6 +485,29 @@ class Qcow2:
                     yield soff, slen, "data", host + s * sub
                 else:
                     yield soff, slen, "zero", 0
+
+    def _table_zeros(self, index: int, l2) -> Iterator[tuple[int, int]]:
+        """The runs that one L1 entry maps to zeros, as ``_table_pieces`` tells them (an
+        entry with no host cluster, or the zero flag; never a compressed one), found by
+        C-speed searches over a byte per entry: a loop over the pieces cost 1 µs a
+        cluster, four times the tables' own check."""
+        if l2 is None or self.entry_words != 1:
+            for voff, length, kind, _ in self._table_pieces(index, l2):
+                if kind == "zero":
+                    yield voff, length
+            return
+        size, cluster = self.virtual_size, self.cluster
+        base = index * self.l2_entries * cluster
+        count = min(self.l2_entries, -(-(size - base) // cluster))
+        zero = bytes(not entry & COMPRESSED and (not entry & OFFSET_MASK or entry & ZERO_FLAG)
+                     for entry in l2[:count])
+        start = zero.find(1)
+        while start >= 0:
+            end = zero.find(0, start)
+            end = count if end < 0 else end
+            voff = base + start * cluster
+            yield voff, min(base + end * cluster, size) - voff
+            start = zero.find(1, end)
 
     def extents(self) -> Iterator[tuple[int, int, bytes | None]]:
         """The virtual disk in order as (offset, length, data or None for zeros);

@@ -36,11 +36,16 @@ times as long as the runs zeroed beside the data: the one call frees the blocks 
 the cached pages) that the data then has to allocate again. A device that cannot zero
 without writing gets no choice anyway (zeroing the whole range there writes every data
 byte twice). Made in line, the runs' calls cost 1.35 s of 2.88 s once; beside the data
-they cost the wall time only where zeroing takes longer than the data does.
+they cost the wall time only where zeroing takes longer than the data does. The runs an
+image's own map names when it is opened (a qcow2's zero and unallocated clusters, a local
+file's holes: ``Image.known_zeros``) are handed to that thread before the first data
+write, not as the stream reaches them (``_Writer.zero_ahead`` says why and what it saved);
+the map and the data are disjoint, and data where the map said zeros fails the copy.
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 import queue
@@ -116,6 +121,7 @@ def copy_image(image: Image, target: Target, *, expected: Expected | None = None
         zeroed_to = _zeroed_already(target)
         fingerprints = Fingerprints() if verify else None
         writer = _Writer(target, limit, progress, fingerprints, zeroed_to)
+        writer.zero_ahead(image.known_zeros)
         # The last MiB is held back until the checksum is proven: the stream's last
         # MiB, or, for extents out of order (after the head), what lies in the disk's.
         tail = _Lag(HOLD) if image.in_order else _Above(max(HOLD, image.virtual_size - HOLD))
@@ -349,6 +355,27 @@ class _Writer:
         self._writeback: _Background | None = None     # started at the first window
         self._zeroing: _Background | None = None       # started at the first zero run
         self._data = DirectWrites(target)              # O_DIRECT onto a block device
+        self._ahead = _Runs([])                        # zeroed ahead of the stream
+
+    def zero_ahead(self, runs: list[tuple[int, int]]) -> None:
+        """Zero ``runs`` (the image's own map of its zeros, Image.known_zeros) now, on the
+        zeroing thread, rather than as the stream reaches each; the stream's zero extents
+        inside them are then skipped, and data inside them fails the copy (the source
+        changed since its map was read). Why: the writer writes one piece at a time and
+        the device idles while it reads the next; zeroing already queued fills those
+        gaps. A 4 GiB qcow2 holding 1 GiB of data ends in a 2 GiB zero run that the
+        stream reached only after the last data, and the device then zeroed it alone:
+        measured on the renewed RAM-backed loop device (5 runs each, medians), the runs
+        zeroed beside the stream took 0.72 s, zeroed ahead 0.60 s."""
+        ahead = []
+        for offset, length in runs:
+            start = max(offset, HOLD, self.zeroed_to)
+            end = offset + length if self.limit is None else min(offset + length, self.limit)
+            if start < end:
+                ahead.append((start, end - start))
+        self._ahead = _Runs(ahead)
+        if ahead:
+            self._zero(ahead)
 
     def write(self, offset: int, length: int, data) -> None:
         if self.limit is not None and offset + length > self.limit:
@@ -358,14 +385,16 @@ class _Writer:
             self.fingerprints.add(offset, data, length)
         if data is None:
             start = max(offset, min(offset + length, self.zeroed_to))   # first byte to zero
-            if start == offset + length:
-                pass                                   # zeroed already: nothing to do
-            elif self._zeros and self._zeros[0] + self._zeros[1] == start:
-                self._zeros = (self._zeros[0], self._zeros[1] + offset + length - start)
-            else:
-                self._flush_zeros()
-                self._zeros = (start, offset + length - start)
+            for start, end in self._ahead.outside(start, offset + length):
+                if self._zeros and self._zeros[0] + self._zeros[1] == start:
+                    self._zeros = (self._zeros[0], self._zeros[1] + end - start)
+                else:
+                    self._flush_zeros()
+                    self._zeros = (start, end - start)
         else:
+            if self._ahead.overlaps(offset, offset + length):
+                raise PartitionError(f"the image changed while it was read: data at byte "
+                                     f"{offset} ({length} bytes) where its map said zeros")
             self._flush_zeros()
             cached = self._data.write(data, offset)    # O_DIRECT where it can (direct.py)
             self.data_bytes += length
@@ -408,21 +437,37 @@ class _Writer:
             raise error
 
     def _flush_zeros(self) -> None:
-        if not self._zeros:
+        if self._zeros:
+            runs, self._zeros = [self._zeros], None
+            self._zero(runs)
+
+    def _zero(self, runs: list[tuple[int, int]]) -> None:
+        """Zero ``runs``: their part-page ends in line, their whole pages on the zeroing
+        thread, all of them one item of its queue."""
+        pages = []
+        for offset, length in runs:
+            first = -(-offset // PAGE) * PAGE              # whole pages: [first, last)
+            last = (offset + length) // PAGE * PAGE
+            if last <= first:
+                self.target.write_zeros(offset, length)
+                continue
+            self.target.write_zeros(offset, first - offset)
+            self.target.write_zeros(last, offset + length - last)
+            pages.append((first, last - first))
+        if not pages:
             return
-        offset, length = self._zeros
-        self._zeros = None
-        first = -(-offset // PAGE) * PAGE                  # whole pages: [first, last)
-        last = (offset + length) // PAGE * PAGE
-        if last <= first:
-            self.target.write_zeros(offset, length)
-            return
-        self.target.write_zeros(offset, first - offset)
-        self.target.write_zeros(last, offset + length - last)
         if self._zeroing is None:
-            self._zeroing = _Background(lambda run: self.target.write_zeros(*run),
-                                        ZEROING_DEPTH, "zeroing")
-        self._zeroing.submit((first, last - first))
+            zeroing = _Background(lambda item: self._zero_pages(item, zeroing), ZEROING_DEPTH,
+                                  "zeroing")
+            self._zeroing = zeroing
+        self._zeroing.submit(pages)
+
+    def _zero_pages(self, runs: list[tuple[int, int]], worker: "_Background") -> None:
+        """On the zeroing thread; a failed deploy stops it between two runs."""
+        for offset, length in runs:
+            if worker.discarding:
+                return
+            self.target.write_zeros(offset, length)
 
 
 def _writeback_job(target: Target):
@@ -446,7 +491,7 @@ class _Background:
     next ``submit`` or by ``close``); the items after it are dropped."""
 
     def __init__(self, job, depth: int, name: str):
-        self._job, self._error, self._discard = job, None, False
+        self._job, self._error, self.discarding = job, None, False
         self._queue: queue.Queue = queue.Queue(depth)
         self._thread = threading.Thread(target=self._run, daemon=True, name=name)
         self._thread.start()
@@ -461,7 +506,7 @@ class _Background:
         as long as the image declares) used to be zeroed before the error line and the
         wipe; on a disk whose zeros the kernel writes itself, that can be gigabytes
         written to a disk about to be wiped."""
-        self._discard = self._discard or discard
+        self.discarding = self.discarding or discard
         self._queue.put(None)
         self._thread.join()
         self._raise()
@@ -473,11 +518,36 @@ class _Background:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            if self._error is None and not self._discard:
+            if self._error is None and not self.discarding:
                 try:
                     self._job(item)
                 except BaseException as exc:     # handed to the submitter, which raises it
                     self._error = exc
+
+
+class _Runs:
+    """Sorted, disjoint runs (offset, length): what of a range they leave, whether they
+    touch it (a binary search each: the extents may come in any order)."""
+
+    def __init__(self, runs: list[tuple[int, int]]):
+        self.starts = [offset for offset, _ in runs]
+        self.ends = [offset + length for offset, length in runs]
+
+    def outside(self, start: int, end: int) -> Iterator[tuple[int, int]]:
+        """The parts of [start, end) no run covers, as (start, end)."""
+        at = bisect.bisect_right(self.ends, start)
+        while start < end:
+            if at == len(self.starts) or self.starts[at] >= end:
+                yield start, end
+                return
+            if self.starts[at] > start:
+                yield start, self.starts[at]
+            start = max(start, self.ends[at])
+            at += 1
+
+    def overlaps(self, start: int, end: int) -> bool:
+        at = bisect.bisect_right(self.ends, start)
+        return at < len(self.starts) and self.starts[at] < end
 
 
 class _Lag:
