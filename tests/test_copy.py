@@ -147,6 +147,56 @@ def test_a_hole_that_becomes_data_during_the_copy_fails_and_wipes(gpt_image, tmp
         assert_not_the_image(dev, empty_table=True)
 
 
+class _ZeroingDisk:
+    """A 4 TiB disk as the writer sees it, whose zeroing calls take their time (as
+    BLKZEROOUT does where the kernel writes every zero) or fail; data writes vanish."""
+    is_block, sector_size, size, created, path = False, 512, 4 << 40, False, "disk"
+
+    def __init__(self, fail: bool = False):
+        self.calls, self.fail, self.failed = [], fail, threading.Event()
+
+    def write_zeros(self, offset: int, length: int) -> None:
+        self.calls.append((offset, length))
+        if self.fail and length > MiB:
+            self.failed.set()
+            raise OSError(5, "Input/output error")
+        time.sleep(0.01)
+
+    def pwrite(self, data, offset: int) -> None:
+        pass
+
+
+def test_a_failed_deploy_stops_the_zeroing_ahead_at_once():
+    """An image whose map ends in terabytes of zeros: that run is queued at the start, and
+    a deploy failing meanwhile stops it within one chunk (ZERO_CHUNK), not after all of
+    it (hours on a disk that writes its zeros)."""
+    from partition.progress import Progress
+    from partition.writing import copy as copy_module
+    disk = _ZeroingDisk()
+    writer = copy_module._Writer(disk, disk.size, Progress.quiet(), None, copy_module.HOLD)
+    writer.zero_ahead([(2 * MiB, disk.size - 2 * MiB)])
+    writer.stop(discard=True)
+    assert sum(length for _, length in disk.calls) <= 2 * copy_module.ZERO_CHUNK
+    assert all(offset + length <= disk.size - copy_module.HOLD for offset, length in disk.calls)
+
+
+def test_a_zeroing_failure_stops_the_data_writes():
+    """The zeroing thread's error is raised at the next data write, not after the whole
+    image was written."""
+    from partition.progress import Progress
+    from partition.writing import copy as copy_module
+    disk = _ZeroingDisk(fail=True)
+    writer = copy_module._Writer(disk, disk.size, Progress.quiet(), None, copy_module.HOLD)
+    writer.zero_ahead([(2 * MiB, 64 * MiB)])
+    assert disk.failed.wait(30)
+    deadline = time.monotonic() + 30     # the thread hands its error over after the call
+    while writer._zeroing._error is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(OSError, match="Input/output error"):
+        writer.write(128 * MiB, 4096, b"x" * 4096)
+    writer.stop(discard=True)
+
+
 class _NoWriteZeroes:
     """libc as a device without "write zeroes" sees it: fallocate fails (EOPNOTSUPP), so
     each zero run goes to BLKZEROOUT (the kernel writes the zeros) or to zero buffers."""

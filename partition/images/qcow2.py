@@ -488,9 +488,9 @@ class Qcow2:
 
     def _table_zeros(self, index: int, l2) -> Iterator[tuple[int, int]]:
         """The runs that one L1 entry maps to zeros, as ``_table_pieces`` tells them (an
-        entry with no host cluster, or the zero flag; never a compressed one), found by
-        C-speed searches over a byte per entry: a loop over the pieces cost 1 µs a
-        cluster, four times the tables' own check."""
+        entry with no host cluster, or the zero flag; never a compressed one): one pass
+        over the entries makes a byte each, then bytes.find gives the runs; a loop over
+        the pieces cost 1 µs a cluster, four times the tables' own check."""
         if l2 is None or self.entry_words != 1:
             for voff, length, kind, _ in self._table_pieces(index, l2):
                 if kind == "zero":

@@ -31,10 +31,12 @@ class ZeroMap:
             self._runs.append((offset, length))
 
     def runs(self) -> list[tuple[int, int]]:
+        """Sorted and disjoint: touching or overlapping runs merged."""
         merged: list[tuple[int, int]] = []
         for offset, length in sorted(self._runs):
-            if merged and sum(merged[-1]) == offset:
-                merged[-1] = (merged[-1][0], merged[-1][1] + length)
+            if merged and offset <= sum(merged[-1]):
+                start = merged[-1][0]
+                merged[-1] = (start, max(sum(merged[-1]), offset + length) - start)
             else:
                 merged.append((offset, length))
         return merged
