@@ -640,7 +640,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = command("inject", cmd_inject, "write drive content into a guest image's filesystem (legacy)",
                 "  configdrive inject guest.raw --hostname node-7 --ssh-key ops.pub\n")
-    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("image", metavar="IMAGE",
+                   help="a raw or qcow2 guest image (other containers are refused: their "
+                        "headers can name host files)")
     p.add_argument("--handlers", default=None, metavar="LIST",
                    help="handlers to try in order (default: debugfs,loop,nbd,guestfs)")
     p.add_argument("--partition", default="auto", metavar="N|auto|none",
