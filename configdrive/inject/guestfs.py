@@ -34,10 +34,12 @@ class GuestfsHandler(Handler):
             where = ["-m", "/dev/sda"]
         else:
             where = ["-m", f"/dev/sda{target.partition}"]
-        # By name, the one handler that still is: libguestfs starts its appliance's qemu
-        # with every other descriptor closed, so /dev/fd/N would name nothing there. The
-        # name was checked once (Target.open); a file renamed over it since would be what
-        # the appliance edits, inside its VM (the host kernel never parses it).
+        # By name, the one handler that still is: libguestfs opens the drive in processes
+        # of its own (qemu-img, its appliance's qemu), and whether a /dev/fd/N of ours
+        # would still name the image there is not known (no libguestfs on the machines
+        # this is tested on). The name was checked once (Target.open); a file renamed
+        # over it since would be what the appliance edits, inside its VM (the host kernel
+        # never parses it).
         run_tool("guestmount", "--rw", "-a", target.path, "--format", target.format, *where, mnt)
         unmount = ("guestunmount", mnt) if which("guestunmount") else ("fusermount", "-u", mnt)
         self.cleanup.callback(retry, lambda: run_tool(*unmount), f"{' '.join(unmount)}")

@@ -200,8 +200,8 @@ class Qcow2:
                 compression_type = raw[104]
         if backing_offset:
             name = self._pread(backing_offset, min(backing_size, MAX_BACKING_NAME), "backing file name")
-            raise self._refuse(f"names a backing file ({name.decode('utf-8', 'replace')!r}); it "
-                               "could make the deploy read any file on this host "
+            raise self._refuse(f"names a backing file ({name.decode('utf-8', 'replace')!r}): a "
+                               "file of this host would be read as the image's data "
                                "(CVE-2011-3147, CVE-2024-44082)")
         if incompatible & INCOMPAT_DATA_FILE:
             raise self._refuse("keeps its data in an external data file")
