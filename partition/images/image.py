@@ -167,12 +167,9 @@ def file_extents(fd: int, size: int, name: str,
     are read in ``read_size`` pieces; ``Image.extents`` still finds zero runs inside
     them, which costs little (about 60 ms of CPU per GiB) and keeps a file written
     without holes fast. A file system that cannot tell reports all of the file as data."""
-    offset = 0
-    while offset < size:
-        data_at = _seek(fd, offset, os.SEEK_DATA, size, name)
+    for offset, data_at, hole_at in _regions(fd, size, name):
         if data_at > offset:
             yield offset, data_at - offset, None
-        hole_at = _seek(fd, data_at, os.SEEK_HOLE, size, name) if data_at < size else size
         while data_at < hole_at:
             n = min(read_size, hole_at - data_at)
             try:
@@ -185,19 +182,30 @@ def file_extents(fd: int, size: int, name: str,
                                      f"{data_at + len(data)}, its length was {size} bytes")
             yield data_at, n, data
             data_at += n
-        offset = hole_at
 
 
 def file_holes(fd: int, size: int, name: str) -> list[tuple[int, int]]:
     """A local file's holes in its first ``size`` bytes, as the file system reports them
     now (``file_extents`` asks again as it reads; a hole that became data meanwhile fails
     the copy, see copy.py), as many as the zero map keeps."""
-    holes, offset = ZeroMap(), 0
-    while offset < size and len(holes) < MAX_RUNS:
-        data_at = _seek(fd, offset, os.SEEK_DATA, size, name)
+    holes = ZeroMap()
+    for offset, data_at, _ in _regions(fd, size, name):
         holes.add(offset, data_at - offset)
-        offset = _seek(fd, data_at, os.SEEK_HOLE, size, name) if data_at < size else size
+        if len(holes) >= MAX_RUNS:
+            break
     return holes.runs()
+
+
+def _regions(fd: int, size: int, name: str) -> Iterator[tuple[int, int, int]]:
+    """The file's first ``size`` bytes as the file system reports them, asked as they are
+    walked: (start, data, end) for each hole [start, data) and the data [data, end) after
+    it (either may be empty)."""
+    offset = 0
+    while offset < size:
+        data_at = _seek(fd, offset, os.SEEK_DATA, size, name)
+        hole_at = _seek(fd, data_at, os.SEEK_HOLE, size, name) if data_at < size else size
+        yield offset, data_at, hole_at
+        offset = hole_at
 
 
 def _seek(fd: int, offset: int, whence: int, size: int, name: str) -> int:
