@@ -14,7 +14,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from partition.writing.device import disk_geometry
+from partition.writing.device import disk_geometry, identity_of
 from partition.errors import PartitionError
 from partition.tables import read_table
 
@@ -110,8 +110,7 @@ class Target:
             fd = os.open(f"/proc/self/fd/{self.fd}", flags)
         except OSError as exc:
             raise ConfigDriveError(f"{self.path}: cannot open for writing ({exc.strerror})") from exc
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino, st.st_rdev) != (self.st.st_dev, self.st.st_ino, self.st.st_rdev):
+        if identity_of(fd) != identity_of(self.fd):
             os.close(fd)      # cannot happen through /proc/self/fd; checked, not assumed
             raise ConfigDriveError(f"{self.path}: opened for writing, it is no longer the image")
         return fd
