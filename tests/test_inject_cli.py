@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import configdrive, is_root, need_tool, run
+from conftest import configdrive, is_root, loop_device, need_tool, run
 from inject_images import (ROOT_PART_OFFSET, debugfs_cat, debugfs_stat, e2fsck_clean, ext4_image, gpt_image,
                            guest_tree, qcow2_copy)
 
@@ -112,6 +112,19 @@ def test_images_naming_other_files_are_refused_before_any_handler(tmp_path, kind
     lines = proc.stderr.decode().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and named in lines[0], lines
     assert "debugfs" not in lines[0] and sha256(img) == before
+
+
+def test_a_qcow2_on_a_block_device_is_checked_by_its_size(tmp_path):
+    """A qcow2 held by a block device (st_size 0) passes the same checks as the file: the
+    line lists the handlers' reasons, not a header "truncated" at 0 bytes."""
+    img = qcow2_copy(ext4_image(tmp_path / "guest.img", guest_tree(tmp_path)))
+    if nbd_or_guestfs_here():
+        pytest.skip("this machine has nbd or libguestfs, so a qcow2 image can be served")
+    with loop_device(img) as dev:
+        proc = configdrive("inject", dev, "--example", check=False)
+    line = proc.stderr.decode().strip()
+    assert proc.returncode == 1 and "truncated" not in line, line
+    assert "debugfs: copy-on-write image (qcow2)" in line
 
 
 def test_qcow2_served_where_nbd_or_guestfs_exist(tmp_path):

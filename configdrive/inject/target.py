@@ -97,8 +97,8 @@ class Target:
                                    "headers can name other files that qemu would read "
                                    "(CVE-2024-32498); convert it to raw or qcow2 first")
         from partition.images.qcow2 import Qcow2
-        try:
-            Qcow2(self.fd, self.st.st_size, self.path).close()
+        try:   # its size by seeking: a block device's st_size is 0
+            Qcow2(self.fd, os.lseek(self.fd, 0, os.SEEK_END), self.path).close()
         except PartitionError as exc:
             raise ConfigDriveError(str(exc)) from exc
 
